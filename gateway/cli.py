@@ -1,0 +1,109 @@
+"""The ``edgeinfer`` command line (DESIGN.md, "Command line"). Parses arguments only
+when ``main`` runs; each command hands off to the package that does the work."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from runtime.errors import EdgeInferError
+from runtime.settings import Settings
+from runtime.spec import load_config
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="edgeinfer",
+    help="Serverless inference runtime manager: WASM at the edge, native on GPUs, scale to zero.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+class RuntimeChoice(StrEnum):
+    auto = "auto"
+    wasm = "wasm"
+    onnx = "onnx"
+    llama = "llama"
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+    )
+
+
+@app.command()
+def worker(
+    model: str = typer.Option(..., "--model", help="Name of the model to serve."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Model config (YAML); the bundled models when omitted."
+    ),
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, "--runtime"),
+    device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535),
+) -> None:
+    """Serve one model over the OpenAI and OIP v2 HTTP contract."""
+    from runtime.worker.server import run_worker  # imports uvicorn and the runtimes
+
+    settings = Settings.from_env()
+    _setup_logging(settings)
+    try:
+        code = run_worker(
+            load_config(config),
+            model,
+            runtime=runtime.value,
+            device=device.value,
+            host=host,
+            port=port,
+            settings=settings,
+        )
+    except EdgeInferError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def models(
+    config: Path | None = typer.Option(None, "--config", help="Model config (YAML)."),
+) -> None:
+    """Validate a config and list its models."""
+    from rich.table import Table
+
+    try:
+        cfg = load_config(config)
+    except EdgeInferError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+    table = Table("model", "task", "runtimes", "artifacts", "p95 goal", "scale")
+    for m in cfg.models:
+        table.add_row(
+            m.name,
+            m.task.value,
+            ", ".join(r.value for r in m.runtimes),
+            "\n".join(f"{k.value}: {v}" for k, v in m.artifacts.items()),
+            f"{m.latency.p95_ms:g} ms",
+            f"{m.scaling.min_scale}..{m.scaling.max_scale or '∞'}",
+        )
+    Console().print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,39 @@
+"""Reading a JSON request body into a wire type, with errors that say what to fix."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from runtime.errors import BadInput
+
+__all__ = ["describe_validation", "parse_json"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json(body: bytes, model: type[M]) -> M:
+    """Validate ``body`` as ``model``; malformed JSON or a bad field is :class:`BadInput`."""
+    if not body:
+        raise BadInput("the request body is empty; send a JSON object")
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadInput("the request body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInput(describe_validation(exc)) from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """A pydantic error as one clause per field: where, and what is allowed there."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"field {field!r}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

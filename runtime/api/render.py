@@ -1,0 +1,71 @@
+"""Rendering errors in the shape of the API that was called.
+
+``/v2/...`` gets OIP v2's ``{"error": "..."}``; everything else OpenAI's
+``{"error": {"message", "type", "param", "code"}}``. Foreign exceptions become a 500
+whose message names what failed, in the same shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime.api import oip, openai
+from runtime.errors import BadInput, EdgeInferError, RuntimeFailure
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger("edgeinfer.http")
+
+
+def error_response(path: str, exc: EdgeInferError) -> Response:
+    body = oip.error_body(exc) if path.startswith("/v2") else openai.error_body(exc)
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return Response(
+        json.dumps(body), status_code=exc.status, media_type="application/json", headers=headers
+    )
+
+
+class _HttpStatus(EdgeInferError):
+    """A routing error from Starlette (404 unknown route, 405 wrong method...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        self.error_type = "invalid_request_error"
+
+
+def install_error_handlers(app: object) -> None:
+    """Register the handlers on a FastAPI/Starlette app."""
+
+    async def on_edgeinfer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EdgeInferError)
+        return error_response(request.url.path, exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(request.url.path, _HttpStatus(exc.status_code, message))
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        return error_response(request.url.path, BadInput(str(exc)))
+
+    async def on_other(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        failure = RuntimeFailure(f"internal error while serving {request.url.path}: {exc!r}")
+        return error_response(request.url.path, failure)
+
+    from fastapi.exceptions import RequestValidationError
+
+    add = app.add_exception_handler  # type: ignore[attr-defined]
+    add(EdgeInferError, on_edgeinfer)
+    add(HTTPException, on_http)
+    add(RequestValidationError, on_validation)
+    add(Exception, on_other)

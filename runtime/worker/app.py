@@ -1,0 +1,59 @@
+"""The single-model worker: one model, one runtime, DESIGN.md's HTTP contract.
+
+This is what runs in every Knative container and every local replica the gateway
+starts. It is live as soon as it listens and ready once the model has loaded;
+``create_app`` has no side effects until the app's lifespan starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from runtime.api.render import install_error_handlers
+from runtime.backend import Runtime
+from runtime.spec import ModelSpec
+from runtime.worker import oip_routes, openai_routes
+from runtime.worker.metrics import RequestMetrics
+from runtime.worker.state import WorkerState
+
+__all__ = ["create_app"]
+
+
+def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
+    """The worker's ASGI app. The model loads in the background when the app starts;
+    the runtime is unloaded (memory freed) when it stops."""
+    state = WorkerState(spec, runtime)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(state.load())
+        try:
+            yield
+        finally:
+            await loading
+            await runtime.unload()
+
+    app = FastAPI(
+        title=f"edgeinfer worker: {spec.name}",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.worker = state
+    install_error_handlers(app)
+    app.include_router(openai_routes.router)
+    app.include_router(oip_routes.router)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    return app

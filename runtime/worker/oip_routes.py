@@ -1,0 +1,88 @@
+"""The worker's KServe Open Inference Protocol v2 routes: health, metadata, infer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from runtime.api import oip
+from runtime.errors import BadInput
+from runtime.worker.state import WorkerState
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+
+def _state(request: Request) -> WorkerState:
+    state: WorkerState = request.app.state.worker
+    return state
+
+
+@router.get("/v2")
+async def server_metadata(request: Request) -> Response:
+    return _json({"name": "edgeinfer", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    state = _state(request)
+    return _json({"ready": state.ready}, 200 if state.ready else 503)
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
+    state = _state(request)
+    state.check_name(name)
+    runtime = state.runtime
+    return _json(
+        oip.metadata_response(
+            name, f"edgeinfer_{runtime.name.value}", runtime.inputs(), runtime.outputs()
+        )
+    )
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    state = _state(request)
+    state.check_name(name)
+    return _json({"name": name, "ready": state.ready}, 200 if state.ready else 503)
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    state = _state(request)
+    state.check_name(name)
+    header = request.headers.get(oip.HEADER_LENGTH)
+    try:
+        header_length = int(header) if header is not None else None
+    except ValueError:
+        raise BadInput(
+            f"Inference-Header-Content-Length must be a number, got {header!r}"
+        ) from None
+    body, tensors = oip.decode_request(await request.body(), header_length)
+    runtime = await state.wait_ready()
+    outputs = await runtime.infer(tensors)
+    payload, json_length = oip.encode_response(name, body, outputs)
+    if json_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(
+        payload,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )

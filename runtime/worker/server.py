@@ -1,0 +1,71 @@
+"""Running a worker process: config -> runtime -> app -> uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+import uvloop
+
+from runtime.backend import create_runtime
+from runtime.errors import ModelNotFound
+from runtime.settings import Settings
+from runtime.spec import ModelConfig
+from runtime.worker.app import create_app
+
+__all__ = ["run_worker"]
+
+log = logging.getLogger("edgeinfer.worker")
+
+
+def run_worker(
+    config: ModelConfig,
+    model: str,
+    *,
+    runtime: str = "auto",
+    device: str = "auto",
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    settings: Settings,
+) -> int:
+    """Serve one model until SIGINT/SIGTERM. Returns the process exit code: 0 after a
+    clean shutdown, 1 when the model failed to load (so a supervisor or Kubernetes
+    sees the failure instead of a worker that is live but never ready)."""
+    spec = config.get(model)
+    if spec is None:
+        names = ", ".join(m.name for m in config.models)
+        raise ModelNotFound(f"model {model!r} is not in {config.source}; it has: {names}")
+    rt = create_runtime(
+        spec, runtime=runtime, device=device, settings=settings, base_dir=config.base_dir
+    )
+    app = create_app(spec, rt)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=int(spec.scaling.timeout),
+        )
+    )
+    state = app.state.worker
+
+    async def main() -> None:
+        async def exit_if_load_fails() -> None:
+            await state.loaded()
+            if state.load_error is not None:
+                server.should_exit = True
+
+        watcher = asyncio.create_task(exit_if_load_fails())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    uvloop.run(main())
+    log.debug("worker for %s stopped", spec.name)
+    return 1 if state.load_error is not None else 0

@@ -1,0 +1,100 @@
+"""Shared fixtures: real worker processes on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``edgeinfer worker`` subprocess."""
+
+    model: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_worker(
+    model: str, log_dir: Path, *args: str, env: dict[str, str] | None = None,
+    ready_timeout: float = 180.0,
+) -> WorkerProcess:
+    port = free_port()
+    log = log_dir / f"worker-{model}-{port}.log"
+    cmd = [sys.executable, "-m", "gateway", "worker", "--model", model, "--port", str(port), *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    worker = WorkerProcess(model, f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker for {model} exited with {proc.returncode}:\n{worker.output()}")
+        try:
+            if httpx.get(f"{worker.url}/v2/health/ready", timeout=2).status_code == 200:
+                return worker
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    worker.stop()
+    raise RuntimeError(f"worker for {model} not ready in {ready_timeout}s:\n{worker.output()}")
+
+
+@pytest.fixture(scope="session")
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workers")
+
+
+def _session_worker(model: str, logs: Path, *args: str) -> Iterator[WorkerProcess]:
+    worker = start_worker(model, logs, *args)
+    yield worker
+    code = worker.stop()
+    assert code == 0, f"worker {model} did not shut down cleanly ({code}):\n{worker.output()}"
+
+
+@pytest.fixture(scope="session")
+def smollm2_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
+    yield from _session_worker("smollm2", worker_logs)
+
+
+@pytest.fixture(scope="session")
+def minilm_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
+    yield from _session_worker("minilm", worker_logs)
+
+
+@pytest.fixture(scope="session")
+def magika_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
+    yield from _session_worker("magika", worker_logs)
