@@ -12,6 +12,7 @@ CUDA still imports everything else.
 from __future__ import annotations
 
 import importlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,6 +44,8 @@ class Runtime(ABC):
         self.settings = settings
         self.base_dir = base_dir
         self.report = LoadReport(device=device)
+        self._generated = 0
+        self._generated_lock = threading.Lock()
 
     def artifact(self, fmt: ArtifactFormat) -> Path:
         """The resolved file of one of the model's artifacts."""
@@ -62,6 +65,15 @@ class Runtime(ABC):
     def memory_bytes(self) -> int:
         """Resident memory the model added when it loaded."""
         return self.report.memory_bytes
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens generated since load, including by generations cut short."""
+        return self._generated
+
+    def _count_generated(self, n: int) -> None:
+        with self._generated_lock:
+            self._generated += n
 
     @property
     def context_length(self) -> int | None:

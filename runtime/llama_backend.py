@@ -250,6 +250,7 @@ class LlamaRuntime(Runtime):
             # llama.cpp samples one token past the end: the EOS token, or the one after
             # max_tokens that it then drops; neither is part of the answer.
             used = min(sampled, max_tokens) if finish == "length" else max(sampled - 1, 0)
+            self._count_generated(used)
             emit(TokenChunk("", finish, prompt_tokens=len(tokens), completion_tokens=used))
             emit(_DONE)
         except Exception as exc:

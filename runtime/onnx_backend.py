@@ -100,7 +100,9 @@ class OnnxRuntime(Runtime):
                 f"model {self.spec.name!r}: the onnx runtime builds graphs from safetensors "
                 "only for BERT-family embedding models; give an onnx artifact"
             )
-        return minilm.ensure_bert_onnx(weights.parent, self.settings.artifact_cache)
+        return minilm.ensure_bert_onnx(
+            weights.parent, self.settings.artifact_cache, name=self.spec.name
+        )
 
     def _preprocess_config(self) -> Path:
         ref = self.spec.options.preprocess_config

@@ -157,7 +157,7 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(_Request):
-    input: str | list[Any] = Field(min_length=1)
+    input: str | list[Any]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
 
@@ -165,6 +165,8 @@ class EmbeddingRequest(_Request):
     @classmethod
     def _texts(cls, value: str | list[Any]) -> str | list[Any]:
         texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("input must hold at least one string")
         if any(not isinstance(v, str) for v in texts):
             raise ValueError("token arrays are not supported; send strings")
         if any(not v for v in texts):

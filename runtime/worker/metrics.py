@@ -49,6 +49,12 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         ).labels(**labels)
+        self.generated = Gauge(
+            "edgeinfer_worker_generated_tokens",
+            "Tokens the runtime generated since load, including generations cut short",
+            ["model"],
+            registry=self.registry,
+        ).labels(**labels)
         self.ttft = Histogram(
             "edgeinfer_worker_time_to_first_token_seconds",
             "Time to the first generated token",

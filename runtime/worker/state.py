@@ -32,6 +32,7 @@ class WorkerState:
         self.spec = spec
         self.runtime = runtime
         self.metrics = WorkerMetrics(spec.name)
+        self.metrics.generated.set_function(lambda: runtime.tokens_generated)
         self.created = int(time.time())
         self._loaded = asyncio.Event()
         self.load_error: EdgeInferError | None = None

@@ -27,7 +27,9 @@ def test_package_file_without_importing_the_package() -> None:
 def test_produced_file_calls_the_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = tmp_path / "maker_mod.py"
     target = tmp_path / "made.bin"
-    module.write_text(f"def make():\n    open({str(target)!r}, 'wb').write(b'ok')\n    return {str(target)!r}\n")
+    module.write_text(
+        f"def make():\n    open({str(target)!r}, 'wb').write(b'ok')\n    return {str(target)!r}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert resolve_artifact("py://maker_mod:make", tmp_path, model="m", field="f") == target
     assert target.read_bytes() == b"ok"

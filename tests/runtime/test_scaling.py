@@ -10,8 +10,15 @@ from runtime.scaling import ScalingRule, format_duration, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("60s", 60.0), ("1m30s", 90.0), ("500ms", 0.5), ("1h", 3600.0), (15, 15.0), ("0", 0.0),
-     ("2.5s", 2.5)],
+    [
+        ("60s", 60.0),
+        ("1m30s", 90.0),
+        ("500ms", 0.5),
+        ("1h", 3600.0),
+        (15, 15.0),
+        ("0", 0.0),
+        ("2.5s", 2.5),
+    ],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -39,8 +46,15 @@ def test_defaults_are_knatives() -> None:
 
 def test_knative_names_are_the_field_names() -> None:
     rule = ScalingRule.model_validate(
-        {"min-scale": 1, "max-scale": 3, "window": "2m", "scale-down-delay": "30s",
-         "scale-to-zero-pod-retention-period": "1m", "container-concurrency": 4, "target": 2}
+        {
+            "min-scale": 1,
+            "max-scale": 3,
+            "window": "2m",
+            "scale-down-delay": "30s",
+            "scale-to-zero-pod-retention-period": "1m",
+            "container-concurrency": 4,
+            "target": 2,
+        }
     )
     assert rule.window == 120 and rule.scale_down_delay == 30
     assert rule.scale_to_zero_pod_retention_period == 60

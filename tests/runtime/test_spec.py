@@ -47,9 +47,17 @@ def test_a_good_file_loads_with_knative_names(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "field", "fragment"),
     [
-        ({"task": "translate"}, "task", "'chat', 'completion', 'embedding', 'classify' or 'tensor'"),
+        (
+            {"task": "translate"},
+            "task",
+            "'chat', 'completion', 'embedding', 'classify' or 'tensor'",
+        ),
         ({"runtimes": ["tpu"]}, "runtimes.0", "'wasm', 'onnx' or 'llama'"),
-        ({"runtimes": ["onnx"]}, "(the model itself)", "runtime 'onnx' needs a onnx or safetensors"),
+        (
+            {"runtimes": ["onnx"]},
+            "(the model itself)",
+            "runtime 'onnx' needs a onnx or safetensors",
+        ),
         ({"runtimes": []}, "runtimes", "at least 1 item"),
         ({"runtimes": ["llama", "llama"]}, "runtimes", "each runtime may be listed once"),
         ({"artifacts": {"pt": "x.pt"}}, "artifacts.pt.[key]", "'gguf', 'onnx', 'safetensors' or"),
@@ -82,14 +90,17 @@ def test_duplicate_names(tmp_path: Path) -> None:
 
 def test_classify_needs_preprocess(tmp_path: Path) -> None:
     spec = {"name": "c", "task": "classify", "artifacts": {"onnx": "m.onnx"}, "runtimes": ["onnx"]}
-    with pytest.raises(ConfigError, match="options.preprocess"):
+    with pytest.raises(ConfigError, match=r"options\.preprocess"):
         load_config(write(tmp_path, [spec]))
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("models: [", "not valid YAML"), ("- a\n- b\n", "expected a mapping"),
-     ("models: []\n", "at least 1 item")],
+    [
+        ("models: [", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("models: []\n", "at least 1 item"),
+    ],
 )
 def test_unreadable_files(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "bad.yaml"

@@ -35,12 +35,20 @@ def test_json_tensors_keep_type_and_shape() -> None:
 @pytest.mark.parametrize(
     ("item", "fragment"),
     [
-        ({"name": "a", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]},
-         "shape [2, 2] holds 4 elements but data has 3"),
+        (
+            {"name": "a", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]},
+            "shape [2, 2] holds 4 elements but data has 3",
+        ),
         ({"name": "a", "shape": [1], "datatype": "FP33", "data": [1]}, "unknown datatype 'FP33'"),
-        ({"name": "a", "shape": [1], "datatype": "INT64", "data": ["x"]}, "INT64 data must be numbers"),
+        (
+            {"name": "a", "shape": [1], "datatype": "INT64", "data": ["x"]},
+            "INT64 data must be numbers",
+        ),
         ({"name": "a", "shape": [1], "datatype": "INT32", "data": [1.5]}, "must be whole numbers"),
-        ({"name": "a", "shape": [1], "datatype": "BYTES", "data": [3]}, "BYTES data must be strings"),
+        (
+            {"name": "a", "shape": [1], "datatype": "BYTES", "data": [3]},
+            "BYTES data must be strings",
+        ),
         ({"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}, "negative dimension"),
         ({"name": "a", "shape": [1], "datatype": "FP32"}, "has no data"),
         ({"shape": [1], "datatype": "FP32", "data": [1]}, "field 'inputs.0.name': Field required"),
@@ -61,15 +69,25 @@ def test_binary_extension_round_trip() -> None:
     floats = np.arange(6, dtype=np.float32).reshape(2, 3)
     strings = [b"abc", b""]
     raw_bytes = b"".join(struct.pack("<I", len(s)) + s for s in strings)
-    header = json.dumps({
-        "inputs": [
-            {"name": "f", "shape": [2, 3], "datatype": "FP32",
-             "parameters": {"binary_data_size": floats.nbytes}},
-            {"name": "s", "shape": [2], "datatype": "BYTES",
-             "parameters": {"binary_data_size": len(raw_bytes)}},
-        ],
-        "outputs": [{"name": "f", "parameters": {"binary_data": True}}, {"name": "s"}],
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "f",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": floats.nbytes},
+                },
+                {
+                    "name": "s",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw_bytes)},
+                },
+            ],
+            "outputs": [{"name": "f", "parameters": {"binary_data": True}}, {"name": "s"}],
+        }
+    ).encode()
     request, (f, s) = decode_request(header + floats.tobytes() + raw_bytes, len(header))
     np.testing.assert_array_equal(f.data, floats)
     assert s.data.tolist() == strings
@@ -87,20 +105,35 @@ def test_binary_extension_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("size", "tail", "fragment"),
-    [(100, b"\0" * 24, "runs past the body"), (24, b"\0" * 28, "belong to no input"),
-     (20, b"\0" * 20, "needs 24 bytes, got 20")],
+    [
+        (100, b"\0" * 24, "runs past the body"),
+        (24, b"\0" * 28, "belong to no input"),
+        (20, b"\0" * 20, "needs 24 bytes, got 20"),
+    ],
 )
 def test_binary_sizes_are_checked(size: int, tail: bytes, fragment: str) -> None:
-    header = json.dumps({"inputs": [{"name": "f", "shape": [2, 3], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "f",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
     with pytest.raises(BadInput, match=fragment):
         decode_request(header + tail, len(header))
 
 
 def test_unknown_requested_output() -> None:
     request = InferenceRequest.model_validate(
-        {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}],
-         "outputs": [{"name": "nope"}]}
+        {
+            "inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}],
+            "outputs": [{"name": "nope"}],
+        }
     )
     with pytest.raises(BadInput, match="has no output 'nope'"):
         encode_response("m", request, [Tensor("y", "FP32", np.zeros(1, np.float32))])
@@ -108,8 +141,11 @@ def test_unknown_requested_output() -> None:
 
 def test_binary_output_for_all_when_asked_on_the_request() -> None:
     request = InferenceRequest.model_validate(
-        {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}],
-         "parameters": {"binary_data_output": True}, "id": "r1"}
+        {
+            "inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}],
+            "parameters": {"binary_data_output": True},
+            "id": "r1",
+        }
     )
     payload, length = encode_response("m", request, [Tensor("y", "INT64", np.array([7, 8]))])
     assert length is not None and json.loads(payload[:length])["id"] == "r1"

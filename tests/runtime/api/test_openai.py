@@ -37,7 +37,8 @@ def test_chat_to_core() -> None:
 def test_content_parts_and_developer_role() -> None:
     req = parse_json(
         b'{"model": "m", "messages": [{"role": "developer", "content": "be brief"},'
-        b'{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}',
+        b'{"role": "user", "content": [{"type": "text", "text": "a"},'
+        b' {"type": "text", "text": "b"}]}]}',
         ChatCompletionRequest,
     )
     core = req.to_core()
