@@ -223,7 +223,13 @@ class LlamaRuntime(Runtime):
         seed = p.seed if p.seed is not None else random.getrandbits(31)
         finish = "stop"
         try:
-            llm.reset()
+            # Without a reset llama-cpp-python keeps the KV cache of the longest prefix
+            # shared with this instance's previous request (a shared system prompt is not
+            # evaluated twice). But logits of a token evaluated alone differ in the last
+            # bits from the same token evaluated in a batch, so a request with a seed
+            # starts from a clean cache: the same seed then gives the same text.
+            if p.seed is not None:
+                llm.reset()
             stream = llm.create_completion(
                 tokens,
                 max_tokens=max_tokens,

@@ -16,6 +16,7 @@ of ``options.parallel`` threads.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,7 +116,7 @@ class OnnxRuntime(Runtime):
     def _session_options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.spec.options.threads or 0
+        opts.intra_op_num_threads = self.spec.options.threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         return opts

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
@@ -33,6 +34,10 @@ def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(state.load())
+        # Starlette streams through an anyio task group; anyio imports its asyncio
+        # backend on first use. Do it now rather than inside the first request.
+        async with anyio.create_task_group():
+            pass
         try:
             yield
         finally:

@@ -1,0 +1,228 @@
+"""Worker overhead: the worker over HTTP against the raw library, same model, same threads.
+
+* generation: SmolLM2 tokens/s streamed through ``edgeinfer worker`` (SSE, token by
+  token, read by an HTTP client) against ``llama_cpp.Llama.create_completion`` in this
+  process, greedy, same prompt, same ``max_tokens``, same thread count;
+* embeddings: MiniLM embeddings/s through the worker (``/v1/embeddings``, batches of 32,
+  base64 as the openai client asks) against onnxruntime + tokenizers in this process
+  on the same ONNX file with the same threads.
+
+Both sides are measured in the same run, interleaved (raw, worker, raw, worker...) so
+drift on a shared machine hits both; the medians are compared. Prints one JSON line.
+Run: ``python bench/worker_overhead.py [--runs 5] [--tokens 128]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runtime.artifacts import resolve_artifact  # noqa: E402
+from runtime.minilm import ensure_bert_onnx  # noqa: E402
+from runtime.settings import Settings  # noqa: E402
+from runtime.spec import ArtifactFormat, load_config  # noqa: E402
+
+# A prompt greedy decoding continues well past --tokens without an end-of-sequence token,
+# so both sides generate exactly --tokens tokens (checked below).
+PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+SENTENCES = [
+    f"Sentence number {i} talks about {topic} in a few plain words."
+    for i, topic in enumerate(
+        ["the sea", "mountains", "databases", "music", "cooking", "trains", "the moon", "bees"] * 4
+    )
+]
+
+
+def start_worker(model: str) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "worker", "--model", model, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker {model} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"worker {model} did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
+def interleave(
+    runs: int, raw: Callable[[], float], worker: Callable[[], float]
+) -> dict[str, float]:
+    raw_rates, worker_rates = [], []
+    for _ in range(runs):
+        raw_rates.append(raw())
+        worker_rates.append(worker())
+    r, w = statistics.median(raw_rates), statistics.median(worker_rates)
+    return {"raw_per_s": round(r, 2), "worker_per_s": round(w, 2), "ratio": round(w / r, 4)}
+
+
+def bench_generation(runs: int, tokens: int, threads: int) -> dict[str, float]:
+    from llama_cpp import Llama
+
+    config = load_config()
+    spec = config.get("smollm2")
+    assert spec is not None
+    path = resolve_artifact(
+        spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
+    )
+    llm = Llama(
+        str(path),
+        n_ctx=spec.options.context_length,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=spec.options.batch_size,
+        verbose=False,
+    )
+    proc, url = start_worker("smollm2")
+    client = httpx.Client(timeout=120)
+    body = {
+        "model": "smollm2",
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "repeat_penalty": 1.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    def raw() -> float:
+        start = time.perf_counter()
+        finish = None
+        for chunk in llm.create_completion(
+            PROMPT, max_tokens=tokens, temperature=0, repeat_penalty=1.0, stream=True
+        ):
+            finish = chunk["choices"][0]["finish_reason"] or finish
+        elapsed = time.perf_counter() - start
+        if finish != "length":
+            raise SystemExit(f"raw llama.cpp stopped early ({finish})")
+        return tokens / elapsed
+
+    def worker() -> float:
+        start = time.perf_counter()
+        used = 0
+        with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if line.startswith("data: {") and '"usage"' in line:
+                    used = json.loads(line[6:])["usage"]["completion_tokens"]
+        elapsed = time.perf_counter() - start
+        if used != tokens:
+            raise SystemExit(f"worker generated {used} tokens, expected {tokens}")
+        return tokens / elapsed
+
+    try:
+        raw(), worker()  # warm both
+        return interleave(runs, raw, worker)
+    finally:
+        stop(proc)
+        llm.close()
+
+
+def bench_embeddings(runs: int, threads: int) -> dict[str, float]:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    config = load_config()
+    spec = config.get("minilm")
+    assert spec is not None and spec.tokenizer
+    weights = resolve_artifact(
+        spec.artifacts[ArtifactFormat.SAFETENSORS], config.base_dir, model="minilm", field="st"
+    )
+    settings = Settings.from_env()
+    model = ensure_bert_onnx(weights.parent, settings.artifact_cache, name="minilm")
+    tok = Tokenizer.from_file(
+        str(resolve_artifact(spec.tokenizer, config.base_dir, model="minilm", field="tok"))
+    )
+    tok.enable_padding()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    proc, url = start_worker("minilm")
+    client = httpx.Client(timeout=60)
+    body = {"model": "minilm", "input": SENTENCES, "encoding_format": "base64"}
+    reps = 5
+
+    def raw() -> float:
+        start = time.perf_counter()
+        for _ in range(reps):
+            enc = tok.encode_batch(SENTENCES)
+            feeds = {
+                "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+            }
+            session.run(["sentence_embedding"], feeds)
+        return reps * len(SENTENCES) / (time.perf_counter() - start)
+
+    def worker() -> float:
+        start = time.perf_counter()
+        for _ in range(reps):
+            client.post(f"{url}/v1/embeddings", json=body).raise_for_status()
+        return reps * len(SENTENCES) / (time.perf_counter() - start)
+
+    try:
+        raw(), worker()
+        return interleave(runs, raw, worker)
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    threads = os.cpu_count() or 1  # what the worker uses when options.threads is unset
+    generation = bench_generation(args.runs, args.tokens, threads)
+    embeddings = bench_embeddings(args.runs, threads)
+    print(
+        json.dumps(
+            {
+                "bench": "worker_overhead",
+                "threads": threads,
+                "runs": args.runs,
+                "generation_tokens_per_s": generation,
+                "embeddings_per_s": embeddings,
+                "target_ratio": 0.95,
+                "pass": generation["ratio"] >= 0.95 and embeddings["ratio"] >= 0.95,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
