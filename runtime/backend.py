@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import ClassVar
 
@@ -88,7 +88,7 @@ class Runtime(ABC):
         """OIP v2 metadata: the tensors ``infer`` returns."""
         return []
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:
         """Generate token by token. Closing the iterator stops the generation."""
         raise UnsupportedTask(f"model {self.spec.name!r} ({self.spec.task}) does not generate text")
 

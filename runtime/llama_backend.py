@@ -15,9 +15,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
 from llama_cpp import Llama, StoppingCriteriaList
@@ -122,7 +122,7 @@ class LlamaRuntime(Runtime):
     def has_chat_template(self) -> bool:
         return self._formatter is not None
 
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:  # type: ignore[override]
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:  # type: ignore[override]
         if self._instances is None or self._pool is None:
             raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
         llm = await self._instances.get()
@@ -171,7 +171,7 @@ class LlamaRuntime(Runtime):
                 )
             messages = [{"role": m.role, "content": m.content} for m in request.messages]
             try:
-                formatted = self._formatter(messages=messages)
+                formatted = self._formatter(messages=cast(Any, messages))
             except Exception as exc:  # jinja2 errors from the model's own template
                 raise BadInput(f"the model's chat template rejected the messages: {exc}") from exc
             tokens = llm.tokenize(
@@ -244,7 +244,7 @@ class LlamaRuntime(Runtime):
                 stopping_criteria=StoppingCriteriaList([should_stop]),
                 stream=True,
             )
-            for chunk in stream:
+            for chunk in cast(Iterator[dict[str, Any]], stream):
                 choice = chunk["choices"][0]
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]

@@ -205,7 +205,8 @@ def load_config(path: str | Path | None = None) -> ModelConfig:
 
 def _describe(file: Path, raw: dict[str, Any], exc: ValidationError) -> str:
     """One line per problem: file, model, dotted field path, what is allowed."""
-    models = raw.get("models") if isinstance(raw.get("models"), list) else []
+    found = raw.get("models")
+    models: list[Any] = found if isinstance(found, list) else []
     lines = []
     for err in exc.errors(include_url=False):
         loc = list(err["loc"])
