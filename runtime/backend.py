@@ -53,6 +53,11 @@ class Runtime(ABC):
             self.spec.artifacts[fmt], self.base_dir, model=self.spec.name, field=f"artifacts.{fmt}"
         )
 
+    @classmethod
+    def supports_cuda(cls) -> bool:
+        """Whether this build of the runtime's library can use a CUDA device."""
+        return False
+
     @abstractmethod
     async def load(self) -> LoadReport:
         """Load the model; returns the time each phase took and the memory added."""
@@ -115,11 +120,11 @@ def runtime_class(name: RuntimeName) -> type[Runtime]:
     return cls
 
 
-def resolve_device(requested: str) -> str:
-    """``auto`` becomes ``cuda`` where a GPU is present, else ``cpu``; ``cuda`` on a host
-    without one is an error rather than a silent fallback."""
+def resolve_device(requested: str, cls: type[Runtime]) -> str:
+    """``auto`` becomes ``cuda`` where a GPU is present and the runtime's build can use
+    it, else ``cpu``; ``cuda`` on a host without one is an error, not a silent fallback."""
     if requested == "auto":
-        return "cuda" if cuda_available() else "cpu"
+        return "cuda" if cuda_available() and cls.supports_cuda() else "cpu"
     if requested == "cuda" and not cuda_available():
         raise RuntimeUnavailable("--device cuda was asked for, but this host has no CUDA device")
     if requested not in {"cpu", "cuda"}:
@@ -164,4 +169,4 @@ def create_runtime(
                 f"its runtimes are {[r.value for r in spec.runtimes]}"
             )
         cls = runtime_class(chosen)
-    return cls(spec, device=resolve_device(device), settings=settings, base_dir=base_dir)
+    return cls(spec, device=resolve_device(device, cls), settings=settings, base_dir=base_dir)

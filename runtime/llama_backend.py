@@ -50,6 +50,10 @@ class LlamaRuntime(Runtime):
     _formatter: Jinja2ChatFormatter | None = None
     _n_ctx: int = 0
 
+    @classmethod
+    def supports_cuda(cls) -> bool:
+        return bool(llama_cpp.llama_supports_gpu_offload())
+
     async def load(self) -> LoadReport:
         if self.device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
             raise RuntimeUnavailable(

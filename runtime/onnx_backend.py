@@ -57,6 +57,10 @@ class OnnxRuntime(Runtime):
     _pool: ThreadPoolExecutor | None = None
     _max_tokens: int = 512
 
+    @classmethod
+    def supports_cuda(cls) -> bool:
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+
     async def load(self) -> LoadReport:
         loop = asyncio.get_running_loop()
         self._pool = ThreadPoolExecutor(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,7 +44,7 @@ class _HttpStatus(EdgeInferError):
         self.error_type = "invalid_request_error"
 
 
-def install_error_handlers(app: object) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on a FastAPI/Starlette app."""
 
     async def on_edgeinfer(request: Request, exc: Exception) -> Response:
@@ -62,9 +64,7 @@ def install_error_handlers(app: object) -> None:
         failure = RuntimeFailure(f"internal error while serving {request.url.path}: {exc!r}")
         return error_response(request.url.path, failure)
 
-    from fastapi.exceptions import RequestValidationError
-
-    add = app.add_exception_handler  # type: ignore[attr-defined]
+    add = app.add_exception_handler
     add(EdgeInferError, on_edgeinfer)
     add(HTTPException, on_http)
     add(RequestValidationError, on_validation)

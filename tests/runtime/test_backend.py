@@ -1,0 +1,77 @@
+"""Choosing a runtime class and a device for a model (no model is loaded here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime import backend
+from runtime.backend import create_runtime, resolve_device
+from runtime.errors import RuntimeUnavailable
+from runtime.onnx_backend import OnnxRuntime
+from runtime.settings import Settings
+from runtime.spec import ModelSpec
+
+SETTINGS = Settings(state_dir=Path("/nonexistent"))
+
+
+def spec(**overrides: object) -> ModelSpec:
+    base: dict[str, object] = {
+        "name": "m",
+        "task": "embedding",
+        "artifacts": {"onnx": "m.onnx", "wasm": "m.wasm"},
+        "runtimes": ["onnx"],
+    }
+    return ModelSpec.model_validate({**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("host_gpu", "build_cuda", "expected"),
+    [(False, False, "cpu"), (False, True, "cpu"), (True, False, "cpu"), (True, True, "cuda")],
+)
+def test_auto_device(
+    monkeypatch: pytest.MonkeyPatch, host_gpu: bool, build_cuda: bool, expected: str
+) -> None:
+    monkeypatch.setattr(backend, "cuda_available", lambda: host_gpu)
+    monkeypatch.setattr(OnnxRuntime, "supports_cuda", classmethod(lambda cls: build_cuda))
+    assert resolve_device("auto", OnnxRuntime) == expected
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
+    with pytest.raises(RuntimeUnavailable, match="no CUDA device"):
+        resolve_device("cuda", OnnxRuntime)
+    with pytest.raises(RuntimeUnavailable, match="unknown device 'tpu'"):
+        resolve_device("tpu", OnnxRuntime)
+
+
+def test_auto_runtime_skips_runtimes_this_build_lacks() -> None:
+    rt = create_runtime(
+        spec(runtimes=["wasm", "onnx"]),
+        runtime="auto",
+        device="cpu",
+        settings=SETTINGS,
+        base_dir=Path("."),
+    )
+    assert isinstance(rt, OnnxRuntime) and rt.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "asked", "fragment"),
+    [
+        (["wasm"], "auto", "none of its runtimes ['wasm'] can run here"),
+        (["onnx"], "llama", "does not list runtime 'llama'"),
+        (["onnx"], "tensorrt", "unknown runtime 'tensorrt'"),
+        (["wasm"], "wasm", "runtime 'wasm' is not available in this build"),
+    ],
+)
+def test_runtime_choice_errors(runtimes: list[str], asked: str, fragment: str) -> None:
+    with pytest.raises(RuntimeUnavailable, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        create_runtime(
+            spec(runtimes=runtimes),
+            runtime=asked,
+            device="cpu",
+            settings=SETTINGS,
+            base_dir=Path("."),
+        )
