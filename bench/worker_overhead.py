@@ -9,7 +9,7 @@
 
 Both sides are measured in the same run, interleaved (raw, worker, raw, worker...) so
 drift on a shared machine hits both; the medians are compared. Prints one JSON line.
-Run: ``python bench/worker_overhead.py [--runs 5] [--tokens 128]``.
+Run: ``python bench/worker_overhead.py [--runs 15] [--tokens 128]``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from http.client import HTTPConnection
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,7 @@ from runtime.spec import ArtifactFormat, load_config  # noqa: E402
 
 # A prompt greedy decoding continues well past --tokens without an end-of-sequence token,
 # so both sides generate exactly --tokens tokens (checked below).
+JSON = {"Content-Type": "application/json"}
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 SENTENCES = [
     f"Sentence number {i} talks about {topic} in a few plain words."
@@ -81,12 +83,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def interleave(
     runs: int, raw: Callable[[], float], worker: Callable[[], float]
 ) -> dict[str, float]:
+    """Alternate the two sides ``runs`` times. Reports the ratio of the medians, and
+    the quartiles of the per-round ratios to show how noisy the machine was."""
     raw_rates, worker_rates = [], []
     for _ in range(runs):
         raw_rates.append(raw())
         worker_rates.append(worker())
     r, w = statistics.median(raw_rates), statistics.median(worker_rates)
-    return {"raw_per_s": round(r, 2), "worker_per_s": round(w, 2), "ratio": round(w / r, 4)}
+    q1, _, q3 = statistics.quantiles(
+        [b / a for a, b in zip(raw_rates, worker_rates, strict=True)], n=4
+    )
+    return {
+        "raw_per_s": round(r, 2),
+        "worker_per_s": round(w, 2),
+        "ratio": round(w / r, 4),
+        "round_ratio_q1": round(q1, 4),
+        "round_ratio_q3": round(q3, 4),
+    }
 
 
 def bench_generation(runs: int, tokens: int, threads: int) -> dict[str, float]:
@@ -107,16 +120,18 @@ def bench_generation(runs: int, tokens: int, threads: int) -> dict[str, float]:
         verbose=False,
     )
     proc, url = start_worker("smollm2")
-    client = httpx.Client(timeout=120)
-    body = {
-        "model": "smollm2",
-        "prompt": PROMPT,
-        "max_tokens": tokens,
-        "temperature": 0,
-        "repeat_penalty": 1.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    conn = HTTPConnection(url.removeprefix("http://"), timeout=120)
+    body = json.dumps(
+        {
+            "model": "smollm2",
+            "prompt": PROMPT,
+            "max_tokens": tokens,
+            "temperature": 0,
+            "repeat_penalty": 1.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
 
     def raw() -> float:
         start = time.perf_counter()
@@ -133,11 +148,13 @@ def bench_generation(runs: int, tokens: int, threads: int) -> dict[str, float]:
     def worker() -> float:
         start = time.perf_counter()
         used = 0
-        with client.stream("POST", f"{url}/v1/completions", json=body) as response:
-            response.raise_for_status()
-            for line in response.iter_lines():
-                if line.startswith("data: {") and '"usage"' in line:
-                    used = json.loads(line[6:])["usage"]["completion_tokens"]
+        conn.request("POST", "/v1/completions", body, JSON)
+        response = conn.getresponse()
+        if response.status != 200:
+            raise SystemExit(f"worker answered {response.status}: {response.read()!r}")
+        for line in response:  # one SSE line at a time, as a streaming client reads
+            if line.startswith(b"data: {") and b'"usage"' in line:
+                used = json.loads(line[6:])["usage"]["completion_tokens"]
         elapsed = time.perf_counter() - start
         if used != tokens:
             raise SystemExit(f"worker generated {used} tokens, expected {tokens}")
@@ -170,40 +187,48 @@ def bench_embeddings(runs: int, threads: int) -> dict[str, float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # The worker's session options (runtime/onnx_backend.py). Spinning pool threads
+    # left over from one side would also steal the cores from the other side's turn.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     proc, url = start_worker("minilm")
-    client = httpx.Client(timeout=60)
-    body = {"model": "minilm", "input": SENTENCES, "encoding_format": "base64"}
-    reps = 5
+    conn = HTTPConnection(url.removeprefix("http://"), timeout=60)
+    body = json.dumps({"model": "minilm", "input": SENTENCES, "encoding_format": "base64"})
 
     def raw() -> float:
         start = time.perf_counter()
-        for _ in range(reps):
-            enc = tok.encode_batch(SENTENCES)
-            feeds = {
-                "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-            }
-            session.run(["sentence_embedding"], feeds)
-        return reps * len(SENTENCES) / (time.perf_counter() - start)
+        enc = tok.encode_batch(SENTENCES)
+        feeds = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+        session.run(["sentence_embedding"], feeds)
+        return len(SENTENCES) / (time.perf_counter() - start)
 
     def worker() -> float:
         start = time.perf_counter()
-        for _ in range(reps):
-            client.post(f"{url}/v1/embeddings", json=body).raise_for_status()
-        return reps * len(SENTENCES) / (time.perf_counter() - start)
+        conn.request("POST", "/v1/embeddings", body, JSON)
+        response = conn.getresponse()
+        data = json.loads(response.read())
+        if response.status != 200 or len(data["data"]) != len(SENTENCES):
+            raise SystemExit(f"worker answered {response.status}: {data}")
+        return len(SENTENCES) / (time.perf_counter() - start)
 
     try:
-        raw(), worker()
-        return interleave(runs, raw, worker)
+        for _ in range(3):
+            raw(), worker()
+        # One batch per side per round: finer interleaving than generation needs, since
+        # a batch takes ~0.1 s and the machine's speed drifts on that scale.
+        return interleave(runs * 4, raw, worker)
     finally:
         stop(proc)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
     threads = os.cpu_count() or 1  # what the worker uses when options.threads is unset

@@ -13,7 +13,7 @@ from rich.logging import RichHandler
 
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
-from runtime.spec import load_config
+from runtime.spec import RuntimeName, load_config
 
 __all__ = ["app", "main"]
 
@@ -27,11 +27,10 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-class RuntimeChoice(StrEnum):
-    auto = "auto"
-    wasm = "wasm"
-    onnx = "onnx"
-    llama = "llama"
+# "auto" plus every runtime name the model spec knows.
+RuntimeChoice = StrEnum(  # type: ignore[misc]
+    "RuntimeChoice", {"auto": "auto", **{r.value: r.value for r in RuntimeName}}
+)
 
 
 class DeviceChoice(StrEnum):
@@ -54,7 +53,7 @@ def worker(
     config: Path | None = typer.Option(
         None, "--config", help="Model config (YAML); the bundled models when omitted."
     ),
-    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, "--runtime"),
+    runtime: RuntimeChoice = typer.Option("auto", "--runtime"),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", min=0, max=65535),

@@ -123,6 +123,10 @@ class OnnxRuntime(Runtime):
         opts.intra_op_num_threads = self.spec.options.threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # onnxruntime's pool threads spin after each run waiting for more work; in a
+        # server that steals the cores the event loop needs to answer and read the next
+        # request. Let them sleep instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
     def _providers(self) -> list[str]:

@@ -177,6 +177,19 @@ def test_client_disconnect_stops_generation(smollm2_worker: WorkerProcess) -> No
     assert metric(smollm2_worker, "edgeinfer_worker_generations_cancelled_total") > before_cancel
 
 
+def test_client_giving_up_on_a_whole_answer_stops_it(smollm2_worker: WorkerProcess) -> None:
+    before = metric(smollm2_worker, "edgeinfer_worker_generated_tokens")
+    body = {"model": "smollm2", "prompt": COUNTING, "max_tokens": 1500, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{smollm2_worker.url}/v1/completions", json=body, timeout=1.0)
+    after = client(smollm2_worker).completions.create(
+        model="smollm2", prompt="Hello", max_tokens=4, temperature=0
+    )
+    assert after.usage is not None and after.usage.completion_tokens == 4
+    generated = metric(smollm2_worker, "edgeinfer_worker_generated_tokens") - before
+    assert generated < 500, f"the abandoned request went on generating ({generated} tokens)"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
