@@ -18,8 +18,12 @@ __all__ = [
     "ModelNotFound",
     "ModelNotReady",
     "Overloaded",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
     "RuntimeFailure",
     "RuntimeUnavailable",
+    "Unauthorized",
     "UnsupportedTask",
 ]
 
@@ -60,6 +64,37 @@ class UnsupportedTask(BadInput):
     """The route's task (chat, embeddings...) is not what this model serves (400)."""
 
     code = "unsupported_task"
+
+
+class Unauthorized(EdgeInferError):
+    """No API key, or one that is not known (401)."""
+
+    status = 401
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+
+class PermissionDenied(EdgeInferError):
+    """A known key that may not use this model or route (403)."""
+
+    status = 403
+    code = "permission_denied"
+    error_type = "permission_error"
+
+
+class RateLimited(EdgeInferError):
+    """The key's request rate is used up; ``retry_after`` says when to come back (429)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    error_type = "rate_limit_error"
+
+
+class PayloadTooLarge(BadInput):
+    """The request body is larger than the configured maximum (413)."""
+
+    status = 413
+    code = "payload_too_large"
 
 
 class ModelNotFound(EdgeInferError):
