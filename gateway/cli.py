@@ -80,6 +80,26 @@ def worker(
 
 
 @app.command()
+def serve(
+    config: Path | None = typer.Option(
+        None, "--config", help="Model config (YAML); the bundled models when omitted."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+) -> None:
+    """The gateway: every model behind one endpoint, each scaled to and from zero."""
+    from gateway.server import run_gateway  # imports uvicorn, aiohttp
+
+    settings = Settings.from_env()
+    _setup_logging(settings)
+    try:
+        run_gateway(load_config(config), settings, host=host, port=port)
+    except EdgeInferError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def models(
     config: Path | None = typer.Option(None, "--config", help="Model config (YAML)."),
 ) -> None:

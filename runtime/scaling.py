@@ -7,6 +7,8 @@ documentation and its ``autoscaling`` validation:
 * ``min-scale`` / ``max-scale`` / ``initial-scale``: replica counts; ``max-scale`` 0
   means unbounded, otherwise it must be >= ``min-scale``.
 * ``target``: soft concurrency target per replica (> 0, at least 0.01).
+* ``target-utilization-percentage``: 1..100, the share of ``target`` the autoscaler aims
+  for (Knative's ``container-concurrency-target-percentage``, default 70).
 * ``container-concurrency``: hard limit of requests in flight per replica, 0..1000
   (0 = unlimited).
 * ``window``: stable window, 6s..1h, whole seconds.
@@ -81,6 +83,9 @@ class ScalingRule(BaseModel):
     max_scale: int = Field(0, alias="max-scale", ge=0, description="0 means unbounded")
     initial_scale: int = Field(1, alias="initial-scale", ge=0)
     target: float = Field(100.0, alias="target", ge=0.01)
+    target_utilization_percentage: float = Field(
+        70.0, alias="target-utilization-percentage", ge=1.0, le=100.0
+    )
     container_concurrency: int = Field(0, alias="container-concurrency", ge=0, le=1000)
     window: Duration = Field(60.0, alias="window", ge=6.0, le=3600.0)
     panic_window_percentage: float = Field(10.0, alias="panic-window-percentage", ge=1.0, le=100.0)
@@ -105,11 +110,6 @@ class ScalingRule(BaseModel):
         if self.max_scale and self.initial_scale > self.max_scale:
             raise ValueError(
                 f"initial-scale ({self.initial_scale}) must be <= max-scale ({self.max_scale})"
-            )
-        if self.container_concurrency and self.target > self.container_concurrency:
-            raise ValueError(
-                f"target ({self.target}) must be <= container-concurrency "
-                f"({self.container_concurrency}) when a hard limit is set"
             )
         return self
 

@@ -157,6 +157,9 @@ class ModelConfig(_Strict):
     """A config file: the models this deployment serves."""
 
     models: list[ModelSpec] = Field(min_length=1)
+    gateway: dict[str, Any] = Field(
+        default_factory=dict, description="the gateway's own settings, validated by gateway"
+    )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 
     @model_validator(mode="after")

@@ -39,7 +39,19 @@ async def live() -> Response:
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> Response:
     state = _state(request)
-    return _json({"ready": state.ready}, 200 if state.ready else 503)
+    body: dict[str, Any] = {"ready": state.ready}
+    if state.ready:
+        # What a supervisor reports as the load and warm-up phases of a cold start.
+        report = state.runtime.report
+        body["load"] = {
+            "phases": report.phases,
+            "memory_bytes": report.memory_bytes,
+            "device": report.device,
+            "runtime": state.runtime.name.value,
+        }
+    elif state.load_error is not None:
+        body["error"] = state.load_error.message
+    return _json(body, 200 if state.ready else 503)
 
 
 @router.get("/v2/models/{name}")

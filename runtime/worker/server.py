@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import uvicorn
 import uvloop
 
 from runtime.backend import create_runtime
 from runtime.errors import ModelNotFound
+from runtime.http_server import http_server
 from runtime.settings import Settings
 from runtime.spec import ModelConfig
 from runtime.worker.app import create_app
@@ -40,17 +40,12 @@ def run_worker(
         spec, runtime=runtime, device=device, settings=settings, base_dir=config.base_dir
     )
     app = create_app(spec, rt)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=int(spec.scaling.timeout),
-        )
+    server = http_server(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        graceful_seconds=spec.scaling.timeout,
     )
     state = app.state.worker
 

@@ -75,7 +75,6 @@ def test_knative_names_are_the_field_names() -> None:
         ({"panic-threshold-percentage": 1001}, "less than or equal to 1000"),
         ({"container-concurrency": 1001}, "less than or equal to 1000"),
         ({"target": 0}, "greater than or equal to 0.01"),
-        ({"target": 8, "container-concurrency": 4}, "must be <= container-concurrency"),
         ({"initial-scale": 5, "max-scale": 2}, "initial-scale (5) must be <= max-scale (2)"),
         ({"scale-down-delay": "2h"}, "less than or equal to 3600"),
         ({"timeout": "11m"}, "less than or equal to 600"),
@@ -87,6 +86,12 @@ def test_rule_bounds(values: dict[str, object], fragment: str) -> None:
     with pytest.raises(ValidationError) as info:
         ScalingRule.model_validate(values)
     assert fragment in str(info.value)
+
+
+def test_target_above_the_hard_limit_is_allowed() -> None:
+    # Knative caps the effective target at container-concurrency rather than refusing.
+    rule = ScalingRule.model_validate({"container-concurrency": 4})
+    assert rule.target == 100 and rule.container_concurrency == 4
 
 
 def test_max_scale_zero_means_unbounded() -> None:

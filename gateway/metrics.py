@@ -1,0 +1,94 @@
+"""The gateway's Prometheus metrics, in a registry of their own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from runtime.supervisor import Supervisor
+
+__all__ = ["GatewayMetrics"]
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_COLD = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
+
+
+class _PoolCollector(Collector):
+    """Replicas, queue depth and in-flight per model, read from the supervisor on scrape."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        replicas = GaugeMetricFamily(
+            "edgeinfer_replicas", "Replicas per model and state", labels=["model", "state"]
+        )
+        queued = GaugeMetricFamily(
+            "edgeinfer_queue_depth", "Requests waiting for a replica", labels=["model"]
+        )
+        in_flight = GaugeMetricFamily(
+            "edgeinfer_in_flight_requests", "Requests on replicas", labels=["model"]
+        )
+        desired = GaugeMetricFamily(
+            "edgeinfer_desired_replicas", "The autoscaler's last decision", labels=["model"]
+        )
+        for name, pool in self.supervisor.pools.items():
+            s = pool.status()
+            for state, n in (
+                ("ready", s.ready),
+                ("starting", s.starting),
+                ("draining", s.draining),
+            ):
+                replicas.add_metric([name, state], n)
+            queued.add_metric([name], s.queued)
+            in_flight.add_metric([name], s.in_flight)
+            desired.add_metric([name], s.desired)
+        yield from (replicas, queued, in_flight, desired)
+
+
+class GatewayMetrics:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "edgeinfer_requests",
+            "Requests by model, route and status",
+            ["model", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "edgeinfer_request_seconds",
+            "Request latency at the gateway, to the last byte",
+            ["model", "route"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.cold_start = Histogram(
+            "edgeinfer_cold_start_seconds",
+            "Replica cold starts by phase",
+            ["model", "phase"],
+            buckets=_COLD,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "edgeinfer_time_to_first_token_seconds",
+            "Streams: request to first event",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "edgeinfer_time_per_output_token_seconds",
+            "Streams: mean time between events",
+            ["model"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "edgeinfer_tokens",
+            "Tokens in (prompt) and out (completion), from usage",
+            ["model", "kind"],
+            registry=r,
+        )
+        r.register(_PoolCollector(supervisor))

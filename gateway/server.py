@@ -1,0 +1,62 @@
+"""``edgeinfer serve``: the gateway and its embedded supervisor under uvicorn."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import uvloop
+
+from gateway.app import Gateway
+from gateway.auth import Authenticator
+from gateway.config import gateway_config
+from runtime.errors import ConfigError
+from runtime.http_server import http_server
+from runtime.replica import WorkerProcess
+from runtime.settings import Settings
+from runtime.spec import ModelConfig
+from runtime.supervisor import Supervisor
+
+__all__ = ["build_gateway", "run_gateway"]
+
+
+def build_gateway(
+    config: ModelConfig,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    environ: Mapping[str, str] | None = None,
+) -> Gateway:
+    """The app for a config: supervisor with worker processes, keys from the environment."""
+    gw = gateway_config(config)
+    try:
+        authenticator = Authenticator.from_config(
+            gw.auth, os.environ if environ is None else environ
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: gateway.auth: {exc}") from None
+    assert config.source is not None
+    spawner = WorkerProcess(
+        config_path=Path(config.source),
+        log_dir=settings.state_dir / "logs",
+    )
+    supervisor = Supervisor(
+        config,
+        spawner=spawner,
+        tick=gw.tick_seconds,
+        max_queue=gw.max_queue,
+        ready_timeout=gw.ready_timeout_seconds,
+        scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
+        clock=clock,
+    )
+    return Gateway(config, gw, supervisor, authenticator, clock=clock)
+
+
+def run_gateway(config: ModelConfig, settings: Settings, *, host: str, port: int) -> None:
+    app = build_gateway(config, settings)
+    server = http_server(
+        app, host=host, port=port, log_level=settings.log_level, graceful_seconds=30
+    )
+    uvloop.run(server.serve())

@@ -1,0 +1,236 @@
+"""The gateway with embedded scale-to-zero, end to end: real gateway, real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.gateway.conftest import MINILM, SMOLLM2, GatewayServer
+
+pytestmark = pytest.mark.slow
+
+Factory = Callable[..., GatewayServer]
+
+
+def with_scaling(spec: dict[str, Any], **rule: Any) -> dict[str, Any]:
+    return {**spec, "scaling": {"initial-scale": 0, **rule}}
+
+
+def embed(gw: GatewayServer, text: str = "hello", **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}/v1/embeddings",
+        json={"model": "minilm", "input": text},
+        headers=headers,
+        timeout=120,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_scale_from_zero_and_back_to_zero(gateway_factory: Factory) -> None:
+    gw = gateway_factory(
+        [with_scaling(MINILM, window="6s", **{"scale-to-zero-pod-retention-period": "10s"})]
+    )
+    assert gw.status("minilm").ready == 0
+    r = embed(gw)
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+    info = gw.admin()["minilm"]
+    assert info["replicas"]["ready"] == 1 and info["cold_starts"] == 1
+    assert set(info["last_cold_start"]["phases"]) == {"spawn", "load", "warmup"}
+    pid = gw.on_loop(lambda: gw.pool("minilm").replicas[0].process.pid)
+
+    # Knative: inactive after a stable window (6 s) without traffic, removed once the
+    # retention period (10 s) has passed too.
+    gw.run_for("minilm", 14)
+    assert gw.status("minilm").ready == 1 and alive(pid)
+    gw.run_for("minilm", 3)
+    gw.wait_for(lambda: gw.status("minilm").ready == 0 and not alive(pid))
+    assert gw.status("minilm").desired == 0
+
+    assert embed(gw).status_code == 200  # and up again
+    assert gw.admin()["minilm"]["cold_starts"] == 2
+
+
+def test_concurrent_requests_during_one_cold_start(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(MINILM, **{"max-scale": 3})])
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            rs = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{gw.url}/v1/embeddings", json={"model": "minilm", "input": f"s{i}"}
+                    )
+                    for i in range(20)
+                )
+            )
+        return [r.status_code for r in rs]
+
+    assert asyncio.run(burst()) == [200] * 20
+    status = gw.status("minilm")
+    assert status.ready == 1 and gw.admin()["minilm"]["cold_starts"] == 1
+
+
+def test_queue_overflow_is_503_with_retry_after(gateway_factory: Factory) -> None:
+    gw = gateway_factory(
+        [with_scaling(SMOLLM2, **{"max-scale": 1, "container-concurrency": 1, "target": 1})],
+        gateway={"max_queue": 1},
+    )
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Count to 100."}],
+        "max_tokens": 300,
+        "temperature": 0,
+    }
+    results: list[int] = []
+
+    def long_request() -> None:
+        results.append(
+            httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=120).status_code
+        )
+
+    first = threading.Thread(target=long_request)
+    first.start()
+    gw.wait_for(lambda: gw.status("smollm2").in_flight == 1)
+    second = threading.Thread(target=long_request)
+    second.start()
+    gw.wait_for(lambda: gw.status("smollm2").queued == 1)
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert "waiting already" in r.json()["error"]["message"]
+    first.join()
+    second.join()
+    assert results == [200, 200]
+
+
+def test_deadline_is_504(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(MINILM)])
+    r = embed(gw, **{"x-edgeinfer-timeout": "0.05"})  # far shorter than a cold start
+    assert r.status_code == 504
+    assert "deadline" in r.json()["error"]["message"]
+    r = embed(gw, **{"x-edgeinfer-timeout": "soon"})
+    assert r.status_code == 400
+
+
+def test_a_killed_worker_fails_its_request_and_is_replaced(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(SMOLLM2)])
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
+    stream = client.completions.create(
+        model="smollm2", prompt="1, 2, 3, 4, 5,", max_tokens=1000, temperature=0, stream=True
+    )
+    next(iter(stream))  # generating now
+    pid = gw.on_loop(lambda: gw.pool("smollm2").replicas[0].process.pid)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(openai.APIError, match="replica"):
+        for _ in stream:
+            pass
+    gw.wait_for(lambda: gw.status("smollm2").ready == 0)
+    got = client.completions.create(model="smollm2", prompt="Hello", max_tokens=3, temperature=0)
+    assert got.usage is not None and got.usage.completion_tokens == 3
+    assert gw.admin()["smollm2"]["cold_starts"] == 2
+
+
+def test_scale_up_under_load_and_back_down(gateway_factory: Factory) -> None:
+    gw = gateway_factory(
+        [
+            with_scaling(
+                MINILM, target=1, **{"container-concurrency": 2, "max-scale": 3, "window": "6s"}
+            )
+        ]
+    )
+    assert embed(gw).status_code == 200
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def load() -> None:
+        with httpx.Client(timeout=120) as c:
+            while not stop.is_set():
+                codes.append(
+                    c.post(
+                        f"{gw.url}/v1/embeddings", json={"model": "minilm", "input": "load " * 40}
+                    ).status_code
+                )
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        gw.wait_for(lambda: gw.status("minilm").in_flight + gw.status("minilm").queued >= 3)
+        gw.run_for("minilm", 6)
+        gw.wait_for(lambda: gw.status("minilm").ready >= 2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(codes) == {200}
+    assert gw.status("minilm").desired >= 2
+    gw.run_for("minilm", 60)  # no load: down by at most half per step, then zero
+    gw.wait_for(lambda: gw.status("minilm").ready + gw.status("minilm").draining == 0)
+
+
+def test_auth_limits_and_body_size(gateway_factory: Factory) -> None:
+    gw = gateway_factory(
+        [with_scaling(MINILM)],
+        gateway={
+            "auth": {
+                "api_keys": [
+                    {"name": "app", "key_env": "APP_KEY", "rate_per_s": 0.001, "burst": 2},
+                    {"name": "other", "key": "other-secret", "models": ["smollm2"]},
+                ],
+                "admin_key": "admin-secret",
+                "max_body_bytes": 2048,
+            }
+        },
+        environ={"APP_KEY": "app-secret"},
+    )
+    ok = {"Authorization": "Bearer app-secret"}
+    assert embed(gw).status_code == 401
+    assert embed(gw, Authorization="Bearer wrong").status_code == 401
+    assert embed(gw, Authorization="Bearer other-secret").status_code == 403
+    r = httpx.post(
+        f"{gw.url}/v1/embeddings", headers=ok, json={"model": "minilm", "input": "x" * 5000}
+    )
+    assert r.status_code == 413
+    assert embed(gw, **ok).status_code == 200
+    assert embed(gw, **ok).status_code == 200
+    limited = embed(gw, **ok)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert httpx.get(f"{gw.url}/metrics", headers=ok).status_code == 403
+    assert httpx.get(f"{gw.url}/metrics").status_code == 401
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer admin-secret"})
+    assert metrics.status_code == 200
+    assert (
+        'edgeinfer_requests_total{model="minilm",route="/v1/embeddings",status="429"}'
+        in metrics.text
+    )
+    assert 'edgeinfer_cold_start_seconds_count{model="minilm",phase="spawn"} 1.0' in metrics.text
+
+
+def test_unknown_model_and_routes(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(MINILM)])
+    r = httpx.post(f"{gw.url}/v1/embeddings", json={"model": "gpt-9", "input": "x"})
+    assert r.status_code == 404 and "gpt-9" in r.json()["error"]["message"]
+    r = httpx.get(f"{gw.url}/v2/models/gpt-9/ready")
+    assert r.status_code == 404 and "gpt-9" in r.json()["error"]
+    assert httpx.post(f"{gw.url}/v1/embeddings", content=b"{oops").status_code == 400
+    assert httpx.get(f"{gw.url}/v2/models/minilm/ready").json() == {"name": "minilm", "ready": True}
+    ids = [m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]]
+    assert ids == ["minilm"]
+    assert gw.status("minilm").ready == 0  # none of that started a replica
