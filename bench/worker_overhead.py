@@ -136,6 +136,7 @@ def bench_generation(runs: int, tokens: int, threads: int) -> dict[str, float]:
     def raw() -> float:
         start = time.perf_counter()
         finish = None
+        llm.reset()  # as the worker does (options.prompt_cache is off by default)
         for chunk in llm.create_completion(
             PROMPT, max_tokens=tokens, temperature=0, repeat_penalty=1.0, stream=True
         ):

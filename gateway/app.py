@@ -26,6 +26,7 @@ from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import forward
+from gateway.usage import UsageTap
 from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound
 from runtime.replica import ColdStart
@@ -97,8 +98,17 @@ class Gateway:
         try:
             if path in _OPENAI_PROXY and scope["method"] == "POST":
                 body = await self._body(scope, receive)
-                model = _model_field(body)
-                status = await self._proxy(scope, receive, send, model, body)
+                request = _json_object(body)
+                model = _model_field(request)
+                tap = UsageTap()
+                if request.get("stream") is True:
+                    options = request.get("stream_options") or {}
+                    if not (isinstance(options, dict) and options.get("include_usage")):
+                        # Ask for the usage event, count it, and hide it again.
+                        tap = UsageTap(strip_usage_event=True)
+                        request["stream_options"] = {**options, "include_usage": True}
+                        body = json.dumps(request).encode()
+                status = await self._proxy(scope, receive, send, model, body, tap)
             elif (m := _OIP_MODEL.match(path)) is not None:
                 model, suffix = m.group(1), m.group(2)
                 route = "/v2/models/{name}" + (suffix or "")
@@ -140,7 +150,13 @@ class Gateway:
         return identity
 
     async def _proxy(
-        self, scope: Scope, receive: Receive, send: Send, model: str, body: bytes
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        model: str,
+        body: bytes,
+        tap: UsageTap | None = None,
     ) -> int:
         self._identity(scope, model)
         pool = self.supervisor.pool(model)
@@ -162,9 +178,13 @@ class Gateway:
                 send,
                 receive,
                 seconds_left=max(0.001, deadline - self.clock()),
+                tap=tap,
             )
         finally:
             pool.release(replica)
+        if tap is not None:
+            self.metrics.tokens.labels(model, "prompt").inc(tap.prompt)
+            self.metrics.tokens.labels(model, "completion").inc(tap.completion)
         if result.first_byte is not None and result.chunks > 2:
             # Streams: the first event and the mean gap between events.
             self.metrics.ttft.labels(model).observe(result.first_byte - started)
@@ -279,12 +299,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _model_field(body: bytes) -> str:
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"request body is not valid JSON: {exc}") from None
-    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise BadInput("the request body must be a JSON object")
+    return data
+
+
+def _model_field(request: dict[str, Any]) -> str:
+    model = request.get("model")
     if not isinstance(model, str) or not model:
         raise BadInput("field 'model': Field required (the name of the model to use)")
     return model

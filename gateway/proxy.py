@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.usage import UsageTap
 from runtime.errors import DeadlineExceeded, EdgeInferError
 
 __all__ = ["ForwardResult", "ReplicaFailed", "forward"]
@@ -74,13 +75,14 @@ async def forward(
     receive: Receive,
     *,
     seconds_left: float,
+    tap: UsageTap | None = None,
 ) -> ForwardResult:
     """Proxy to ``url``. Raises ReplicaFailed / DeadlineExceeded only before anything
     was sent to the client; after that, failures end the response early (for SSE with
     an error event) because the status line is already gone."""
     result = ForwardResult(status=0, started=False)
     work = asyncio.ensure_future(
-        _forward(session, url, method, headers, body, send, seconds_left, result)
+        _forward(session, url, method, headers, body, send, seconds_left, result, tap)
     )
     gone = asyncio.ensure_future(_wait_disconnect(receive))
     try:
@@ -111,6 +113,7 @@ async def _forward(
     send: Send,
     seconds_left: float,
     result: ForwardResult,
+    tap: UsageTap | None,
 ) -> None:
     upstream = {
         k.decode("latin-1"): v.decode("latin-1")
@@ -127,6 +130,8 @@ async def _forward(
             auto_decompress=False,
         ) as response:
             result.status = response.status
+            if tap is not None:
+                tap.headers(response.headers)
             out = [
                 (k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in response.headers.items()
@@ -143,6 +148,8 @@ async def _forward(
                     result.first_byte = result.first_byte or now
                     result.last_byte = now
                     result.chunks += 1
+                    if tap is not None:
+                        chunk = tap.chunk(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if streaming:

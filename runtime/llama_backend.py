@@ -228,11 +228,10 @@ class LlamaRuntime(Runtime):
         finish = "stop"
         try:
             # Without a reset llama-cpp-python keeps the KV cache of the longest prefix
-            # shared with this instance's previous request (a shared system prompt is not
-            # evaluated twice). But logits of a token evaluated alone differ in the last
-            # bits from the same token evaluated in a batch, so a request with a seed
-            # starts from a clean cache: the same seed then gives the same text.
-            if p.seed is not None:
+            # shared with this instance's previous request. A token evaluated alone gets
+            # logits that differ in the last bits from the same token in a batch, so that
+            # can change the answer: only with options.prompt_cache, and never with a seed.
+            if not self.spec.options.prompt_cache or p.seed is not None:
                 llm.reset()
             stream = llm.create_completion(
                 tokens,
@@ -253,7 +252,7 @@ class LlamaRuntime(Runtime):
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
                 if choice["text"]:
-                    emit(TokenChunk(text=choice["text"]))
+                    emit(TokenChunk(text=choice["text"], prompt_tokens=len(tokens)))
                 if cancel.is_set():
                     stream.close()  # type: ignore[union-attr]
                     break

@@ -99,6 +99,12 @@ class RuntimeOptions(_Strict):
     parallel: int = Field(1, ge=1, le=64, description="concurrent contexts / sessions")
     batch_size: int = Field(512, ge=1, le=8192, description="llama: n_batch")
     gpu_layers: int = Field(-1, ge=-1, description="llama on cuda: layers offloaded, -1 = all")
+    prompt_cache: bool = Field(
+        False,
+        description="llama: keep the KV cache of the prefix shared with the previous request "
+        "(faster for a shared system prompt, but a token evaluated alone gets slightly "
+        "different logits than in a batch, so answers may differ from a cold run)",
+    )
     max_batch: int = Field(256, ge=1, le=4096, description="max inputs in one request")
     max_input_tokens: int | None = Field(
         None, ge=1, description="embedding: longest input accepted (default: the model's)"

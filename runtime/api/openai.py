@@ -26,6 +26,8 @@ from runtime.errors import BadInput, EdgeInferError
 from runtime.types import ChatMessage, Embeddings, GenerateRequest, SamplingParams, TokenChunk
 
 __all__ = [
+    "COMPLETION_TOKENS",
+    "PROMPT_TOKENS",
     "ChatCompletionRequest",
     "CompletionRequest",
     "EmbeddingRequest",
@@ -38,6 +40,12 @@ __all__ = [
     "models_response",
     "new_id",
 ]
+
+# Response headers with the token counts of a request (an edgeinfer extension), so a
+# gateway can count tokens without parsing bodies. A stream carries only the prompt
+# count; its completion count is in the usage event.
+PROMPT_TOKENS = "x-edgeinfer-prompt-tokens"
+COMPLETION_TOKENS = "x-edgeinfer-completion-tokens"
 
 
 class _Request(BaseModel):

@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from runtime.api import openai
 from runtime.api.body import parse_json
+from runtime.api.openai import COMPLETION_TOKENS, PROMPT_TOKENS
 from runtime.errors import EdgeInferError, UnsupportedTask
 from runtime.spec import Task
 from runtime.types import GenerateRequest, TokenChunk
@@ -26,10 +27,19 @@ router = APIRouter()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json"
+        json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
+
+
+def _usage_headers(last: TokenChunk) -> dict[str, str]:
+    return {PROMPT_TOKENS: str(last.prompt_tokens), COMPLETION_TOKENS: str(last.completion_tokens)}
 
 
 def _state(request: Request) -> WorkerState:
@@ -75,7 +85,7 @@ async def chat_completions(request: Request) -> Response:
 
         return await _stream(request, state, body.to_core(), event, usage, body.include_usage)
     text, last = await _collect(request, state, body.to_core())
-    return _json(openai.chat_response(rid, body.model, text, last))
+    return _json(openai.chat_response(rid, body.model, text, last), headers=_usage_headers(last))
 
 
 @router.post("/v1/completions")
@@ -106,7 +116,10 @@ async def completions(request: Request) -> Response:
 
         return await _stream(request, state, core, event, usage, body.include_usage)
     text, last = await _collect(request, state, core)
-    return _json(openai.completion_response(rid, body.model, prefix + text, last))
+    return _json(
+        openai.completion_response(rid, body.model, prefix + text, last),
+        headers=_usage_headers(last),
+    )
 
 
 @router.post("/v1/embeddings")
@@ -118,7 +131,8 @@ async def embeddings(request: Request) -> Response:
     result = await runtime.embed(body.texts())
     state.metrics.count_tokens(result.prompt_tokens, 0)
     return _json(
-        openai.embedding_response(body.model, result, body.encoding_format, body.dimensions)
+        openai.embedding_response(body.model, result, body.encoding_format, body.dimensions),
+        headers={PROMPT_TOKENS: str(result.prompt_tokens), COMPLETION_TOKENS: "0"},
     )
 
 
@@ -207,7 +221,9 @@ async def _stream(
             yield _sse(usage(last))
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    # Completion tokens are only known at the end: they travel in the usage event.
+    headers = {**_SSE_HEADERS, PROMPT_TOKENS: str(first.prompt_tokens)}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 def _sse(body: dict[str, Any]) -> bytes:

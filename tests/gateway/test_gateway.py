@@ -234,3 +234,57 @@ def test_unknown_model_and_routes(gateway_factory: Factory) -> None:
     ids = [m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]]
     assert ids == ["minilm"]
     assert gw.status("minilm").ready == 0  # none of that started a replica
+
+
+def replica_metric(gw: GatewayServer, model: str, name: str) -> float:
+    url = gw.on_loop(lambda: gw.pool(model).replicas[0].url)
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_streams_pass_through_token_by_token(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(SMOLLM2)])
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
+    messages: Any = [{"role": "user", "content": "Name three colours."}]
+    whole = client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=16, temperature=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=16, temperature=0, stream=True
+        )
+    )
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) >= 8 and "".join(pieces) == whole.choices[0].message.content
+    # The gateway asked the worker for usage to count tokens; the client did not ask.
+    assert all(c.usage is None for c in chunks)
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'edgeinfer_tokens_total{kind="completion",model="smollm2"} 32.0' in metrics
+    assert "edgeinfer_time_to_first_token_seconds_count" in metrics
+
+
+def test_client_disconnect_cancels_upstream(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(SMOLLM2)])
+    body = {
+        "model": "smollm2",
+        "prompt": "1, 2, 3, 4, 5,",
+        "max_tokens": 900,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{gw.url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for n, _ in enumerate(r.iter_lines()):
+            if n >= 6:
+                break
+    gw.wait_for(lambda: gw.status("smollm2").in_flight == 0)
+    # One llama context: this runs only after the cut generation let go of it.
+    r = httpx.post(f"{gw.url}/v1/completions", json={**body, "max_tokens": 3, "stream": False})
+    assert r.status_code == 200, r.text
+    generated = replica_metric(gw, "smollm2", "edgeinfer_worker_generated_tokens")
+    assert generated < 300, f"the worker went on generating ({generated} tokens)"
+    assert replica_metric(gw, "smollm2", "edgeinfer_worker_generations_cancelled_total") == 1
