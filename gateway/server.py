@@ -13,8 +13,8 @@ from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
 from runtime.errors import ConfigError
+from runtime.forkserver import ForkServer
 from runtime.http_server import http_server
-from runtime.replica import WorkerProcess
 from runtime.settings import Settings
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
@@ -38,9 +38,10 @@ def build_gateway(
     except ValueError as exc:
         raise ConfigError(f"{config.source}: gateway.auth: {exc}") from None
     assert config.source is not None
-    spawner = WorkerProcess(
+    spawner = ForkServer(
         config_path=Path(config.source),
         log_dir=settings.state_dir / "logs",
+        socket_path=settings.state_dir / f"forkserver-{os.getpid()}.sock",
     )
     supervisor = Supervisor(
         config,

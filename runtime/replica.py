@@ -61,7 +61,13 @@ class ProcessHandle(Protocol):
     async def wait(self) -> int: ...
 
 
-Spawner = Callable[[ModelSpec, int], Awaitable[ProcessHandle]]
+class Spawner(Protocol):
+    """Starts worker processes: ``await spawner(spec, port)``; ``start`` and ``close``
+    bracket its life (the supervisor calls them)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def __call__(self, spec: ModelSpec, port: int) -> Awaitable[ProcessHandle]: ...
 
 
 @dataclass
@@ -163,6 +169,12 @@ class WorkerProcess:
     config_path: Path
     log_dir: Path
     extra_args: tuple[str, ...] = ()
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        return None
 
     async def __call__(self, spec: ModelSpec, port: int) -> ProcessHandle:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -335,6 +335,7 @@ class Supervisor:
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self._spawner.start()
         self._session = aiohttp.ClientSession()
         for spec in self.config.models:
             pool = ModelPool(
@@ -374,5 +375,6 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         await asyncio.gather(*(p.close() for p in self.pools.values()))
+        await self._spawner.close()
         if self._session is not None:
             await self._session.close()
