@@ -19,13 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import forward
+from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound
@@ -62,7 +62,7 @@ class Gateway:
         self.limiter = authenticator.rate_limiter()
         self.clock = clock
         self.metrics = GatewayMetrics(supervisor)
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream = UpstreamPool()
         self.created = int(time.time())
         supervisor.on_cold_start = self._record_cold_start
 
@@ -80,14 +80,11 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None)
-                self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
                 await self.supervisor.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.supervisor.stop()
-                if self.session is not None:
-                    await self.session.close()
+                self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -164,13 +161,15 @@ class Gateway:
         deadline = self.clock() + timeout
         replica = await pool.acquire(deadline)
         try:
-            assert self.session is not None
-            target = replica.url + scope["path"]
+            target = scope["path"]
             if scope.get("query_string"):
                 target += "?" + scope["query_string"].decode("latin-1")
+            host, port = replica.address
             started = time.perf_counter()
             result = await forward(
-                self.session,
+                self.upstream,
+                host,
+                port,
                 target,
                 scope["method"],
                 scope["headers"],
@@ -264,9 +263,12 @@ class Gateway:
                 {
                     "model": spec.name,
                     "task": spec.task.value,
-                    "runtime": spec.runtimes[0].value,
-                    "runtime_reason": "the first runtime the model lists (the manager is not "
-                    "running on this gateway)",
+                    "runtime": spec.runtimes[0].value if spec.runtimes else "external",
+                    "runtime_reason": (
+                        f"served by {spec.endpoint}"
+                        if spec.endpoint
+                        else "the first runtime the model lists (no manager runs here yet)"
+                    ),
                     "replicas": {
                         "ready": s.ready,
                         "starting": s.starting,

@@ -82,9 +82,32 @@ class Replica:
     cold_start: ColdStart | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
+    base_url: str | None = None
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Host and port to connect to."""
+        if self.base_url is None:
+            return "127.0.0.1", self.port
+        rest = self.base_url.removeprefix("http://")
+        host, _, port = rest.rpartition(":")
+        return (host, int(port)) if host else (rest, 80)
+
+    @classmethod
+    def external(cls, model: str, url: str, now: float) -> Replica:
+        """A replica that is a server someone else runs (``endpoint`` in the spec)."""
+        return cls(
+            model=model,
+            port=0,
+            process=_External(),
+            started=now,
+            state=ReplicaState.READY,
+            base_url=url,
+        )
 
     @property
     def alive(self) -> bool:
@@ -134,7 +157,7 @@ class Replica:
     async def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process exited."""
         self.state = ReplicaState.STOPPED
-        if self.alive:
+        if self.base_url is None and self.alive:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
             try:
@@ -143,6 +166,23 @@ class Replica:
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
                 await self.process.wait()
+
+
+class _External:
+    """The process handle of an external server: never ours to stop or to watch exit."""
+
+    pid = 0
+    returncode = None
+
+    def terminate(self) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+    async def wait(self) -> int:
+        await asyncio.Event().wait()  # forever: its life is not ours to see
+        return 0
 
 
 async def _probe(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:

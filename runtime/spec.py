@@ -122,9 +122,15 @@ class ModelSpec(_Strict):
     name: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
     task: Task
     description: str = ""
-    artifacts: dict[ArtifactFormat, str] = Field(min_length=1)
+    artifacts: dict[ArtifactFormat, str] = Field(default_factory=dict)
     tokenizer: str | None = None
-    runtimes: list[RuntimeName] = Field(min_length=1)
+    runtimes: list[RuntimeName] = Field(default_factory=list)
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^http://[^/\s]+$",
+        description="serve from this running server (http://host:port) instead of "
+        "starting replicas, e.g. an external worker (plain HTTP: the hop is internal)",
+    )
     latency: LatencyGoal = LatencyGoal()
     scaling: ScalingRule = ScalingRule()
     resources: Resources = Resources()
@@ -139,6 +145,10 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _runtimes_have_artifacts(self) -> ModelSpec:
+        if self.endpoint is None and not self.runtimes:
+            raise ValueError("a model needs runtimes (and artifacts), or an endpoint")
+        if self.runtimes and not self.artifacts:
+            raise ValueError("a model with runtimes needs at least one artifact")
         for runtime in self.runtimes:
             usable = RUNTIME_FORMATS[runtime]
             if not any(fmt in self.artifacts for fmt in usable):

@@ -85,6 +85,8 @@ class ModelPool:
         self.start_error: str | None = None
         self._spawning = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        if spec.endpoint is not None:
+            self.replicas.append(Replica.external(spec.name, spec.endpoint, clock()))
 
     # -- requests -------------------------------------------------------------------
 
@@ -183,7 +185,13 @@ class ModelPool:
         if starting < needed and active < limit:
             self.scale_up(min(needed - starting, limit - active))
 
+    @property
+    def external(self) -> bool:
+        return self.spec.endpoint is not None
+
     def scale_up(self, n: int) -> None:
+        if self.external:
+            return
         self._spawning += n  # counted at once, so the next request does not start more
         for _ in range(n):
             task = asyncio.create_task(self._start_one())
@@ -246,6 +254,8 @@ class ModelPool:
 
     def scale_down(self, n: int) -> None:
         """Drain ``n`` replicas (starting ones first, then the least busy ready ones)."""
+        if self.external:
+            return
         candidates = sorted(
             (r for r in self.replicas if r.state in (ReplicaState.STARTING, ReplicaState.READY)),
             key=lambda r: (r.state is ReplicaState.READY, r.in_flight),
@@ -265,6 +275,8 @@ class ModelPool:
 
     def autoscale(self, now: float) -> None:
         """One autoscaler step: decide on the observed concurrency, then act."""
+        if self.external:
+            return
         self._observe()
         active = self.count(ReplicaState.STARTING, ReplicaState.READY)
         self.window.tick(now)
@@ -349,7 +361,8 @@ class Supervisor:
                 on_cold_start=self.on_cold_start,
             )
             self.pools[spec.name] = pool
-            pool.scale_up(initial_replicas(spec.scaling))
+            if spec.endpoint is None:
+                pool.scale_up(initial_replicas(spec.scaling))
         self._loop_task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

