@@ -14,6 +14,7 @@ queue full, 504 deadline) -> forward -> release.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -28,12 +29,14 @@ from gateway.proxy import forward
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api.render import error_response
-from runtime.errors import BadInput, EdgeInferError, ModelNotFound
+from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
 from runtime.replica import ColdStart
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
 
 __all__ = ["Gateway"]
+
+log = logging.getLogger("edgeinfer.gateway")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -120,6 +123,11 @@ class Gateway:
         except EdgeInferError as exc:
             status = exc.status
             await error_response(path, exc)(scope, receive, send)
+        except Exception as exc:  # a bug here must still answer in the API's shape
+            log.exception("unhandled error on %s", path)
+            status = 500
+            failure = RuntimeFailure(f"internal error in the gateway: {exc!r}")
+            await error_response(path, failure)(scope, receive, send)
         finally:
             if model:
                 self.metrics.requests.labels(model, route, str(status)).inc()

@@ -15,6 +15,7 @@ import collections
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import httptools
 
@@ -70,8 +71,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -180,7 +181,10 @@ class UpstreamPool:
         payload = b"".join(head) + body
         for attempt in (0, 1):
             conn, reused = await self._connection((host, port))
-            assert conn.transport is not None
+            if conn.transport is None:  # closed between connecting and now
+                if attempt == 0:
+                    continue
+                raise UpstreamError("the replica closed the connection at once")
             conn.transport.write(payload)
             try:
                 status = await conn.head

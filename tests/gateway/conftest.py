@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
+import uvloop
 import yaml
 
 from gateway.app import Gateway
@@ -68,7 +69,6 @@ class GatewayServer:
                 port=self.port,
                 lifespan="on",
                 log_level="warning",
-                loop="asyncio",
                 http="httptools",
             )
         )
@@ -76,7 +76,7 @@ class GatewayServer:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as `edgeinfer serve` runs
         self.loop.run_until_complete(self.server.serve())
 
     def start(self) -> None:
