@@ -66,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.chunks: collections.deque[bytes] = collections.deque()
         self.wakeup: asyncio.Future[None] | None = None
         self.complete = False
+        self.keep_alive = False
         self.error: Exception | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------
@@ -91,6 +92,8 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        # Only meaningful while parsing: httptools resets it once the message ends.
+        self.keep_alive = self.parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(self.parser.get_status_code())
 
@@ -130,7 +133,7 @@ class _Connection(asyncio.Protocol):
             self.wakeup = None
 
     def _release(self) -> None:
-        keep = self.transport is not None and self.parser.should_keep_alive()
+        keep = self.transport is not None and self.keep_alive
         if keep:
             self.idle_since = time.monotonic()
             self.pool._idle[self.key].append(self)
