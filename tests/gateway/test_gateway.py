@@ -288,3 +288,66 @@ def test_client_disconnect_cancels_upstream(gateway_factory: Factory) -> None:
     generated = replica_metric(gw, "smollm2", "edgeinfer_worker_generated_tokens")
     assert generated < 300, f"the worker went on generating ({generated} tokens)"
     assert replica_metric(gw, "smollm2", "edgeinfer_worker_generations_cancelled_total") == 1
+
+
+def test_no_request_is_lost_to_a_scale_down(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(MINILM)])
+    assert embed(gw).status_code == 200
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=120) as c:
+            while not stop.is_set():
+                codes.append(
+                    c.post(
+                        f"{gw.url}/v1/embeddings", json={"model": "minilm", "input": "x"}
+                    ).status_code
+                )
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        for _ in range(3):  # drain the only replica while requests keep coming
+            gw.wait_for(lambda: gw.status("minilm").ready == 1)
+            gw.on_loop(lambda: gw.pool("minilm").scale_down(1))
+            gw.wait_for(lambda: gw.status("minilm").ready == 0)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(codes) > 3 and set(codes) == {200}
+    assert gw.admin()["minilm"]["cold_starts"] >= 3
+
+
+def test_a_model_served_from_an_endpoint(gateway_factory: Factory, tmp_path: Any) -> None:
+    from tests.conftest import start_worker
+
+    worker = start_worker("magika", tmp_path)
+    try:
+        gw = gateway_factory(
+            [
+                {
+                    "name": "magika",
+                    "task": "classify",
+                    "endpoint": worker.url,
+                    "options": {"preprocess": "magika"},
+                }
+            ]
+        )
+        body = {
+            "inputs": [
+                {
+                    "name": "content",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": ["#!/bin/sh\necho hi\n"],
+                }
+            ]
+        }
+        r = httpx.post(f"{gw.url}/v2/models/magika/infer", json=body)
+        assert r.status_code == 200
+        assert r.json()["outputs"][0]["data"] == ["shell"]
+        info = gw.admin()["magika"]
+        assert info["runtime"] == "external" and info["cold_starts"] == 0
+    finally:
+        worker.stop_cleanly()

@@ -58,7 +58,9 @@ def test_a_good_file_loads_with_knative_names(tmp_path: Path) -> None:
             "(the model itself)",
             "runtime 'onnx' needs a onnx or safetensors",
         ),
-        ({"runtimes": []}, "runtimes", "at least 1 item"),
+        ({"runtimes": []}, "(the model itself)", "a model needs runtimes (and artifacts), or"),
+        ({"artifacts": {}}, "(the model itself)", "needs at least one artifact"),
+        ({"endpoint": "https://x:1"}, "endpoint", "should match pattern"),
         ({"runtimes": ["llama", "llama"]}, "runtimes", "each runtime may be listed once"),
         ({"artifacts": {"pt": "x.pt"}}, "artifacts.pt.[key]", "'gguf', 'onnx', 'safetensors' or"),
         ({"scaling": {"window": "5s"}}, "scaling.window", "greater than or equal to 6"),
@@ -81,6 +83,13 @@ def test_bad_field_names_file_model_and_field(
     assert f"model {expected_model}" in message
     assert f"field {field!r}" in message
     assert fragment in message
+
+
+def test_a_model_served_from_an_endpoint_needs_no_artifacts(tmp_path: Path) -> None:
+    spec = {"name": "remote", "task": "tensor", "endpoint": "http://10.0.0.7:8080"}
+    model = load_config(write(tmp_path, [spec])).get("remote")
+    assert model is not None and model.endpoint == "http://10.0.0.7:8080"
+    assert model.runtimes == [] and model.artifacts == {}
 
 
 def test_duplicate_names(tmp_path: Path) -> None:
