@@ -130,8 +130,7 @@ class Gateway:
             await error_response(path, failure)(scope, receive, send)
         finally:
             if model:
-                self.metrics.requests.labels(model, route, str(status)).inc()
-                self.metrics.latency.labels(model, route).observe(time.perf_counter() - start)
+                self.metrics.observe_request(model, route, status, time.perf_counter() - start)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")

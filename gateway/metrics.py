@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -92,3 +94,14 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_PoolCollector(supervisor))
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency (label children cached: this is per request)."""
+        key = (model, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(model, route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

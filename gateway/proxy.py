@@ -62,6 +62,7 @@ class ForwardResult:
     last_byte: float | None = None
     chunks: int = 0
     disconnected: bool = False
+    timed_out: bool = False
 
 
 async def forward(
@@ -85,25 +86,30 @@ async def forward(
     result = ForwardResult(status=0, started=False)
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds_left
     watcher: asyncio.Task[None] | None = None
 
     def watch() -> None:
         nonlocal watcher
-        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task, result))
+        watcher = asyncio.ensure_future(_watch(receive, task, result, deadline))
 
-    handle = asyncio.get_running_loop().call_later(_WATCH_AFTER, watch)
+    # One timer per request: the watcher it starts sees both a client that hangs up and
+    # the deadline, so the many requests that finish sooner never pay for either.
+    handle = loop.call_at(min(deadline, loop.time() + _WATCH_AFTER), watch)
     upstream = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
     try:
-        async with asyncio.timeout(seconds_left):
-            await _forward(pool, host, port, target, method, upstream, body, send, result, tap)
-    except TimeoutError:
-        if not result.started:
-            raise DeadlineExceeded(f"the model did not answer within {seconds_left:.1f}s") from None
-        await _end(send)
+        await _forward(pool, host, port, target, method, upstream, body, send, result, tap)
     except asyncio.CancelledError:
-        if not result.disconnected:
+        if not (result.disconnected or result.timed_out):
             raise
         task.uncancel()
+        if result.timed_out:
+            if not result.started:
+                raise DeadlineExceeded(
+                    f"the model did not answer within {seconds_left:.1f}s"
+                ) from None
+            await _end(send)
     finally:
         handle.cancel()
         if watcher is not None:
@@ -111,15 +117,18 @@ async def forward(
     return result
 
 
-async def _cancel_on_disconnect(
-    receive: Receive, task: asyncio.Task[Any], result: ForwardResult
+async def _watch(
+    receive: Receive, task: asyncio.Task[Any], result: ForwardResult, deadline: float
 ) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            result.disconnected = True
-            task.cancel()
-            return
+    """Cancel ``task`` when the client disconnects or the deadline passes."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        result.disconnected = True
+    except TimeoutError:
+        result.timed_out = True
+    task.cancel()
 
 
 async def _end(send: Send) -> None:
@@ -154,8 +163,14 @@ async def _forward(
                     if k.startswith(b"x-edgeinfer-")
                 }
             )
+        whole = None if streaming else response.whole_body()
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         result.started = True
+        if whole is not None:  # one body message for an answer that is all here already
+            result.first_byte = result.last_byte = time.perf_counter()
+            result.chunks = 1
+            await send({"type": "http.response.body", "body": whole, "more_body": False})
+            return
         try:
             async for chunk in response.chunks():
                 now = time.perf_counter()

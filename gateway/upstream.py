@@ -40,10 +40,20 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk as it arrives. Must be consumed (or ``close`` called)."""
-        async for chunk in self._conn.body():
-            yield chunk
+        return self._conn.body()
+
+    def whole_body(self) -> bytes | None:
+        """The entire body if it has all arrived already (small answers usually arrive
+        with their headers), releasing the connection; else None."""
+        conn = self._conn
+        if not conn.complete:
+            return None
+        body = b"".join(conn.chunks)
+        conn.chunks.clear()
+        conn._release()
+        return body
 
     def close(self) -> None:
         """Abandon the response: the connection is closed, not reused."""

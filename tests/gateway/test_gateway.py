@@ -351,3 +351,16 @@ def test_a_model_served_from_an_endpoint(gateway_factory: Factory, tmp_path: Any
         assert info["runtime"] == "external" and info["cold_starts"] == 0
     finally:
         worker.stop_cleanly()
+
+
+def test_a_replica_that_answers_too_late_is_504(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(SMOLLM2)])
+    body = {"model": "smollm2", "prompt": "1, 2, 3,", "max_tokens": 3, "temperature": 0}
+    assert httpx.post(f"{gw.url}/v1/completions", json=body, timeout=60).status_code == 200
+    slow = {**body, "max_tokens": 800}  # several seconds of generation
+    r = httpx.post(
+        f"{gw.url}/v1/completions", json=slow, timeout=60, headers={"x-edgeinfer-timeout": "0.5"}
+    )
+    assert r.status_code == 504 and "did not answer within" in r.json()["error"]["message"]
+    gw.wait_for(lambda: gw.status("smollm2").in_flight == 0)
+    assert httpx.post(f"{gw.url}/v1/completions", json=body, timeout=60).status_code == 200
