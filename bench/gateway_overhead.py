@@ -8,8 +8,9 @@ Three cases, each measured on both sides in the same run, interleaved in rounds
     p50/p99; 64 clients: throughput;
 (c) SmolLM2 streams: added time to the first event.
 
-The load generator (one asyncio process, aiohttp, keep-alive), the gateway and the
-workers share this machine's cores, as they would on an edge box. The gateway routes
+The load generator (``wrk`` when installed, e.g. Debian's package; else one asyncio
+process with aiohttp, keep-alive), the gateway and the workers share this machine's
+cores, as they would on an edge box. The gateway routes
 to one replica per model (min-scale = max-scale = 1), so both sides hit one worker.
 Prints one JSON line. Run: ``python bench/gateway_overhead.py [--seconds 3] [--rounds 3]``.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import signal
 import socket
 import statistics
@@ -136,6 +138,76 @@ async def load(
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return latencies
+
+
+def wrk_load(url: str, body: dict[str, Any], clients: int, seconds: float) -> dict[str, float]:
+    """The same load from ``wrk`` (C, one thread): far less CPU than a Python client, so
+    more of the machine is left to what is measured."""
+    script = Path(tempfile.mkdtemp(prefix="edgeinfer-wrk-")) / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(body))}\n"
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"{url}: wrk saw errors:\n{out}")
+    values: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            values["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            values[parts[0]] = _seconds(parts[1])
+    return values
+
+
+def _seconds(text: str) -> float:
+    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def wrk_case(
+    direct: str, gateway: str, body: dict[str, Any], clients: int, seconds: float, rounds: int
+) -> dict[str, Any]:
+    d: list[dict[str, float]] = []
+    g: list[dict[str, float]] = []
+    for _ in range(rounds):
+        d.append(wrk_load(direct, body, clients, seconds))
+        g.append(wrk_load(gateway, body, clients, seconds))
+
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    return {
+        "clients": clients,
+        "load": "wrk",
+        "direct_rps": round(med(d, "rps"), 1),
+        "gateway_rps": round(med(g, "rps"), 1),
+        "ratio": round(med(g, "rps") / med(d, "rps"), 4),
+        "direct_p50_ms": round(med(d, "50%") * 1000, 3),
+        "gateway_p50_ms": round(med(g, "50%") * 1000, 3),
+        "added_p50_ms": round((med(g, "50%") - med(d, "50%")) * 1000, 3),
+        "direct_p99_ms": round(med(d, "99%") * 1000, 3),
+        "gateway_p99_ms": round(med(g, "99%") * 1000, 3),
+        "added_p99_ms": round((med(g, "99%") - med(d, "99%")) * 1000, 3),
+    }
 
 
 async def first_event(session: aiohttp.ClientSession, url: str) -> float:
@@ -256,20 +328,22 @@ async def run(seconds: float, rounds: int) -> dict[str, Any]:
             await wait_ok(session, f"{gw}/v1/chat/completions", CHAT)
             emb = "/v1/embeddings"
             oip = "/v2/models/sleeper/infer"
-            result = {
-                "minilm_8": await throughput_case(
-                    session, minilm + emb, gw + emb, ONE, 8, seconds, rounds
-                ),
-                "minilm_64": await throughput_case(
-                    session, minilm + emb, gw + emb, ONE, 64, seconds, rounds
-                ),
-                "sleep_1ms_8": await throughput_case(
-                    session, sleeper + oip, gw + oip, SLEEPER_BODY, 8, seconds, rounds
-                ),
-                "sleep_1ms_64": await throughput_case(
-                    session, sleeper + oip, gw + oip, SLEEPER_BODY, 64, seconds, rounds
-                ),
-            }
+            cases = [
+                ("minilm_8", minilm + emb, gw + emb, ONE, 8),
+                ("minilm_64", minilm + emb, gw + emb, ONE, 64),
+                ("sleep_1ms_8", sleeper + oip, gw + oip, SLEEPER_BODY, 8),
+                ("sleep_1ms_64", sleeper + oip, gw + oip, SLEEPER_BODY, 64),
+            ]
+            result: dict[str, Any] = {}
+            for name, direct, through, body, clients in cases:
+                if shutil.which("wrk"):
+                    result[name] = await asyncio.to_thread(
+                        wrk_case, direct, through, body, clients, seconds, rounds
+                    )
+                else:
+                    result[name] = await throughput_case(
+                        session, direct, through, body, clients, seconds, rounds
+                    )
             d_ttft, g_ttft = [], []
             for _ in range(10 * rounds):
                 d_ttft.append(await first_event(session, f"{smollm2}/v1/chat/completions"))

@@ -26,5 +26,10 @@ def http_server(
             access_log=False,
             log_level=log_level,
             timeout_graceful_shutdown=int(graceful_seconds),
+            # Loopback and in-cluster hops: no X-Forwarded-* rewriting, and no Server or
+            # Date header to format on every response.
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
         )
     )
