@@ -10,8 +10,9 @@ Three cases, each measured on both sides in the same run, interleaved in rounds
 
 The load generator (``wrk`` when installed, e.g. Debian's package; else one asyncio
 process with aiohttp, keep-alive), the gateway and the workers share this machine's
-cores, as they would on an edge box. The gateway routes
-to one replica per model (min-scale = max-scale = 1), so both sides hit one worker.
+cores, as they would on an edge box. The gateway runs one
+replica per model (min-scale = max-scale = 1), and the direct side sends to that same
+replica (its URL from ``/admin/models``), so the two sides differ by the gateway alone.
 Prints one JSON line. Run: ``python bench/gateway_overhead.py [--seconds 3] [--rounds 3]``.
 """
 
@@ -258,7 +259,7 @@ async def throughput_case(
 
 async def run(seconds: float, rounds: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-"))
-    sleeper_port, minilm_port, smollm2_port, gw_port = (free_port() for _ in range(4))
+    sleeper_port, gw_port = free_port(), free_port()
     warm = {"min-scale": 1, "max-scale": 1, "initial-scale": 1}
     config = {
         "models": [
@@ -285,47 +286,23 @@ async def run(seconds: float, rounds: int) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(config))
     procs = [
         spawn([SELF, "--sleeper", str(sleeper_port)]),
-        spawn(
-            [
-                "-m",
-                "gateway",
-                "worker",
-                "--config",
-                str(path),
-                "--model",
-                "minilm",
-                "--port",
-                str(minilm_port),
-            ]
-        ),
-        spawn(
-            [
-                "-m",
-                "gateway",
-                "worker",
-                "--config",
-                str(path),
-                "--model",
-                "smollm2",
-                "--port",
-                str(smollm2_port),
-            ]
-        ),
         spawn(["-m", "gateway", "serve", "--config", str(path), "--port", str(gw_port)]),
     ]
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             gw = f"http://127.0.0.1:{gw_port}"
-            minilm = f"http://127.0.0.1:{minilm_port}"
             sleeper = f"http://127.0.0.1:{sleeper_port}"
-            smollm2 = f"http://127.0.0.1:{smollm2_port}"
-            await wait_ok(session, f"{minilm}/v1/embeddings", ONE)
             await wait_ok(session, f"{gw}/v1/embeddings", ONE)
+            await wait_ok(session, f"{gw}/v1/chat/completions", CHAT)
             await wait_ok(session, f"{sleeper}/v2/models/sleeper/infer", SLEEPER_BODY)
             await wait_ok(session, f"{gw}/v2/models/sleeper/infer", SLEEPER_BODY)
-            await wait_ok(session, f"{smollm2}/v1/chat/completions", CHAT)
-            await wait_ok(session, f"{gw}/v1/chat/completions", CHAT)
+            # "Direct" is the very replica the gateway routes to: the two sides differ
+            # by the gateway alone, not by two worker processes.
+            async with session.get(f"{gw}/admin/models") as r:
+                admin = {m["model"]: m for m in (await r.json())["models"]}
+            minilm = admin["minilm"]["instances"][0]["url"]
+            smollm2 = admin["smollm2"]["instances"][0]["url"]
             emb = "/v1/embeddings"
             oip = "/v2/models/sleeper/infer"
             cases = [
@@ -345,9 +322,13 @@ async def run(seconds: float, rounds: int) -> dict[str, Any]:
                         session, direct, through, body, clients, seconds, rounds
                     )
             d_ttft, g_ttft = [], []
-            for _ in range(10 * rounds):
-                d_ttft.append(await first_event(session, f"{smollm2}/v1/chat/completions"))
-                g_ttft.append(await first_event(session, f"{gw}/v1/chat/completions"))
+            for i in range(20 * rounds):  # pairs, in alternating order
+                first, second = (smollm2, gw) if i % 2 == 0 else (gw, smollm2)
+                a = await first_event(session, f"{first}/v1/chat/completions")
+                b = await first_event(session, f"{second}/v1/chat/completions")
+                d, g = (a, b) if first == smollm2 else (b, a)
+                d_ttft.append(d)
+                g_ttft.append(g)
             result["sse_first_event"] = {
                 "direct_ms": round(statistics.median(d_ttft) * 1000, 3),
                 "gateway_ms": round(statistics.median(g_ttft) * 1000, 3),

@@ -283,6 +283,16 @@ class Gateway:
                         "desired": s.desired,
                     },
                     "autoscaler": {"panic": s.panic, "reason": s.reason},
+                    "instances": [
+                        {
+                            "url": r.url,
+                            "pid": r.process.pid,
+                            "state": r.state.value,
+                            "in_flight": r.in_flight,
+                            "served": r.served,
+                        }
+                        for r in self.supervisor.pool(spec.name).replicas
+                    ],
                     "in_flight": s.in_flight,
                     "queue_depth": s.queued,
                     "cold_starts": s.cold_starts,
