@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -33,6 +35,8 @@ from runtime.spec import ModelSpec
 __all__ = ["ForkServer", "ForkedProcess"]
 
 log = logging.getLogger("edgeinfer.forkserver")
+
+_PR_SET_PDEATHSIG = 1
 
 
 class ForkedProcess:
@@ -162,6 +166,7 @@ def _child(request: dict[str, Any]) -> int:
     from runtime.worker.server import run_worker
 
     os.setsid()  # signals to the fork server's group do not reach workers
+    _exit_with_parent()  # ...but a fork server that dies takes its workers along
     fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -186,6 +191,18 @@ def _child(request: dict[str, Any]) -> int:
     )
 
 
+def _exit_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this process when its parent dies, so no worker
+    outlives the gateway that started it (and holds a model's memory for nothing)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor's own shutdown still stops workers
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _reap(*_: Any) -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -202,6 +219,7 @@ def serve(socket_path: str) -> None:
     import runtime.worker.server  # noqa: F401
 
     signal.signal(signal.SIGCHLD, _reap)
+    _exit_with_parent()  # a gateway that dies, even by SIGKILL, takes us along
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = socket_path + ".tmp"
     with contextlib.suppress(FileNotFoundError):

@@ -364,3 +364,46 @@ def test_a_replica_that_answers_too_late_is_504(gateway_factory: Factory) -> Non
     assert r.status_code == 504 and "did not answer within" in r.json()["error"]["message"]
     gw.wait_for(lambda: gw.status("smollm2").in_flight == 0)
     assert httpx.post(f"{gw.url}/v1/completions", json=body, timeout=60).status_code == 200
+
+
+def test_workers_do_not_outlive_a_killed_gateway(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import ROOT, free_port
+
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": [with_scaling(MINILM)]}))
+    port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "EDGEINFER_HOME": str(tmp_path / "home")},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        r = httpx.post(f"{url}/v1/embeddings", json={"model": "minilm", "input": "x"}, timeout=60)
+        assert r.status_code == 200
+        models = {m["model"]: m for m in httpx.get(f"{url}/admin/models").json()["models"]}
+        pid = models["minilm"]["instances"][0]["pid"]
+        assert alive(pid)
+    finally:
+        gateway.kill()  # SIGKILL: no shutdown code runs in the gateway
+        gateway.wait()
+    deadline = time.monotonic() + 30
+    while alive(pid):
+        assert time.monotonic() < deadline, f"worker {pid} outlived its gateway"
+        time.sleep(0.1)
