@@ -118,10 +118,14 @@ class Gateway:
                     body = await self._body(scope, receive)
                     status = await self._proxy(scope, receive, send, model, body)
             else:
-                model = "-"
+                model, route = "-", _route_label(path)
                 status = await self._local(scope, send, path)
         except EdgeInferError as exc:
             status = exc.status
+            if isinstance(exc, ModelNotFound):
+                # Names and paths a client made up never become metric labels.
+                model = "-" if isinstance(exc, _NotFound) else "(unknown)"
+                route = _route_label(path)
             await error_response(path, exc)(scope, receive, send)
         except Exception as exc:  # a bug here must still answer in the API's shape
             log.exception("unhandled error on %s", path)
@@ -309,6 +313,22 @@ class Gateway:
 
 class _NotFound(ModelNotFound):
     code = "not_found"
+
+
+_LOCAL_ROUTES = frozenset(
+    {"/v2/health/live", "/v2/health/ready", "/v1/models", "/metrics", "/admin/models"}
+)
+
+
+def _route_label(path: str) -> str:
+    """The route as a metric label: a fixed name, never a path a client made up."""
+    if path in _OPENAI_PROXY or path in _LOCAL_ROUTES:
+        return path
+    if (m := _OIP_MODEL.match(path)) is not None:
+        return "/v2/models/{name}" + (m.group(2) or "")
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{name}"
+    return "(unmatched)"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -231,6 +231,11 @@ def test_unknown_model_and_routes(gateway_factory: Factory) -> None:
     assert r.status_code == 404 and "gpt-9" in r.json()["error"]
     assert httpx.post(f"{gw.url}/v1/embeddings", content=b"{oops").status_code == 400
     assert httpx.get(f"{gw.url}/v2/models/minilm/ready").json() == {"name": "minilm", "ready": True}
+    for junk in ("/no/such/route", "/v1/models/junk1", "/v2/models/junk2/infer"):
+        httpx.get(f"{gw.url}{junk}")
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert "junk" not in metrics and "gpt-9" not in metrics and "/no/such" not in metrics
+    assert 'route="(unmatched)"' in metrics
     ids = [m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]]
     assert ids == ["minilm"]
     assert gw.status("minilm").ready == 0  # none of that started a replica
