@@ -170,7 +170,7 @@ class Gateway:
         pool = self.supervisor.pool(model)
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
         deadline = self.clock() + timeout
-        replica = await pool.acquire(deadline)
+        replica = pool.try_acquire() or await pool.acquire(deadline)
         try:
             target = scope["path"]
             if scope.get("query_string"):

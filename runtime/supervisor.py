@@ -96,23 +96,36 @@ class ModelPool:
         return self.spec.scaling.container_concurrency or 1_000_000
 
     def _pick(self) -> Replica | None:
-        ready = [
-            r
-            for r in self.replicas
-            if r.state is ReplicaState.READY and r.alive and r.in_flight < self.capacity
-        ]
-        return min(ready, key=lambda r: r.in_flight) if ready else None
+        best: Replica | None = None
+        capacity = self.capacity
+        for r in self.replicas:
+            if (
+                r.state is ReplicaState.READY
+                and r.in_flight < capacity
+                and (best is None or r.in_flight < best.in_flight)
+                and r.alive
+            ):
+                best = r
+        return best
 
     def _observe(self) -> None:
         in_flight = sum(r.in_flight for r in self.replicas)
         self.window.record(self._clock(), in_flight + len(self._waiters))
 
-    async def acquire(self, deadline: float) -> Replica:
-        """A ready replica with a slot taken for the caller; ``release`` gives it back."""
+    def try_acquire(self) -> Replica | None:
+        """A slot on a ready replica now, or None (then ``acquire`` waits for one)."""
+        if self._waiters:
+            return None  # first come, first served
         replica = self._pick()
-        if replica is not None and not self._waiters:
+        if replica is not None:
             replica.begin()
             self._observe()
+        return replica
+
+    async def acquire(self, deadline: float) -> Replica:
+        """A ready replica with a slot taken for the caller; ``release`` gives it back."""
+        replica = self.try_acquire()
+        if replica is not None:
             return replica
         if len(self._waiters) >= self.max_queue:
             raise Overloaded(
