@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runtime.replica import free_port  # noqa: E402
 
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm2": (
@@ -61,13 +63,6 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def first_byte(port: int, path: str, body: dict[str, Any]) -> float:

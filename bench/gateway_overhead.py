@@ -23,7 +23,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,10 @@ import uvloop
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runtime.replica import free_port  # noqa: E402
+
 SELF = str(Path(__file__).resolve())
 ONE = {"model": "minilm", "input": "The gateway adds as little as it can."}
 SLEEPER_BODY = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
@@ -47,13 +50,6 @@ CHAT = {
     "temperature": 0,
     "stream": True,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- the ~1 ms endpoint ---------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.artifacts import resolve_artifact  # noqa: E402
 from runtime.minilm import ensure_bert_onnx  # noqa: E402
+from runtime.replica import free_port  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from runtime.spec import ArtifactFormat, load_config  # noqa: E402
 
@@ -51,9 +51,7 @@ SENTENCES = [
 
 
 def start_worker(model: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "worker", "--model", model, "--port", str(port)],
         cwd=ROOT,

@@ -80,11 +80,6 @@ class Runtime(ABC):
         with self._generated_lock:
             self._generated += n
 
-    @property
-    def context_length(self) -> int | None:
-        """Longest input in tokens, when the model has one."""
-        return None
-
     def inputs(self) -> list[TensorSpec]:
         """OIP v2 metadata: the tensors ``infer`` accepts."""
         return []

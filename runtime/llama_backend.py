@@ -55,7 +55,7 @@ class LlamaRuntime(Runtime):
         return bool(llama_cpp.llama_supports_gpu_offload())
 
     async def load(self) -> LoadReport:
-        if self.device == "cuda" and not llama_cpp.llama_supports_gpu_offload():
+        if self.device == "cuda" and not self.supports_cuda():
             raise RuntimeUnavailable(
                 "device cuda asked for, but this llama-cpp-python build has no GPU offload "
                 "(build it with CMAKE_ARGS=-DGGML_CUDA=on)"
@@ -117,14 +117,6 @@ class LlamaRuntime(Runtime):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-    @property
-    def context_length(self) -> int | None:
-        return self._n_ctx or None
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self._formatter is not None
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:  # type: ignore[override]
         if self._instances is None or self._pool is None:

@@ -131,7 +131,7 @@ class OnnxRuntime(Runtime):
 
     def _providers(self) -> list[str]:
         if self.device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+            if not self.supports_cuda():
                 raise RuntimeUnavailable(
                     "device cuda asked for, but this onnxruntime build has no "
                     "CUDAExecutionProvider (install onnxruntime-gpu)"
@@ -157,10 +157,6 @@ class OnnxRuntime(Runtime):
         if self._pool is None or self._session is None:
             raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
-
-    @property
-    def context_length(self) -> int | None:
-        return self._max_tokens if self._tokenizer is not None else None
 
     # -- embeddings ---------------------------------------------------------------
 
