@@ -28,6 +28,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.proxy import forward
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
+from runtime.api.body import json_object
 from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
 from runtime.replica import ColdStart
@@ -98,7 +99,7 @@ class Gateway:
         try:
             if path in _OPENAI_PROXY and scope["method"] == "POST":
                 body = await self._body(scope, receive)
-                request = _json_object(body)
+                request = json_object(body)
                 model = _model_field(request)
                 tap = UsageTap()
                 if request.get("stream") is True:
@@ -336,16 +337,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput("the request body must be a JSON object")
-    return data
 
 
 def _model_field(request: dict[str, Any]) -> str:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from runtime.errors import BadInput
 
-__all__ = ["describe_validation", "parse_json"]
+__all__ = ["describe_validation", "json_object", "parse_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_json(body: bytes, model: type[M]) -> M:
-    """Validate ``body`` as ``model``; malformed JSON or a bad field is :class:`BadInput`."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """``body`` as a JSON object; :class:`BadInput` saying what is wrong otherwise."""
     if not body:
         raise BadInput("the request body is empty; send a JSON object")
     try:
@@ -24,6 +24,12 @@ def parse_json(body: bytes, model: type[M]) -> M:
         raise BadInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise BadInput("the request body must be a JSON object")
+    return raw
+
+
+def parse_json(body: bytes, model: type[M]) -> M:
+    """Validate ``body`` as ``model``; malformed JSON or a bad field is :class:`BadInput`."""
+    raw = json_object(body)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
