@@ -14,10 +14,10 @@ class _QuietServer(uvicorn.Server):
     """uvicorn, minus its 10 Hz housekeeping tick.
 
     uvicorn wakes every 100 ms to refresh its Date header and look for a shutdown
-    request. Each wake-up preempts one of llama.cpp's threads, which spin-wait for each
-    other, and stalls a whole decode step: measured here, the gateway's tick alone added
-    1-2 ms to a stream's first token. With no Date header to refresh, once a second is
-    enough to notice SIGTERM.
+    request. A wake-up during a generation can preempt one of llama.cpp's threads,
+    which spin-wait for each other, and stall a decode step (a 50 ms timer in the
+    gateway measurably did). With no Date header to refresh, once a second is enough to
+    notice SIGTERM.
     """
 
     async def main_loop(self) -> None:
