@@ -118,6 +118,9 @@ class ForkServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                # Its own session: a Ctrl-C or a signal to the gateway's process group
+                # must not kill the workers before the supervisor has drained them.
+                start_new_session=True,
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ready_timeout

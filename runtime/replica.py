@@ -234,6 +234,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                start_new_session=True,  # drained by the supervisor, not by Ctrl-C
             )
 
 
