@@ -13,24 +13,45 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import ClassVar
 
 from runtime.artifacts import resolve_artifact
-from runtime.devices import cuda_available
+from runtime.devices import cuda_available, resident_memory_bytes
 from runtime.errors import RuntimeUnavailable, UnsupportedTask
 from runtime.settings import Settings
 from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
 from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, TensorSpec, TokenChunk
 
-__all__ = ["Runtime", "create_runtime", "resolve_device", "runtime_class"]
+__all__ = ["LoadPhases", "Runtime", "create_runtime", "resolve_device", "runtime_class"]
 
 _REGISTRY: dict[RuntimeName, str] = {
     RuntimeName.ONNX: "runtime.onnx_backend:OnnxRuntime",
     RuntimeName.LLAMA: "runtime.llama_backend:LlamaRuntime",
 }
+
+
+class LoadPhases:
+    """Times the phases of one model load, back to back, and the resident memory it
+    adds: ``end("resolve")``, ``end("load")``, ``end("warmup")``, then ``report()``."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._rss = resident_memory_bytes()
+        self._mark = time.perf_counter()
+        self._phases: dict[str, float] = {}
+
+    def end(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._phases[phase] = now - self._mark
+        self._mark = now
+
+    def report(self) -> LoadReport:
+        added = max(0, resident_memory_bytes() - self._rss)
+        return LoadReport(phases=self._phases, memory_bytes=added, device=self.device)
 
 
 class Runtime(ABC):

@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import threading
-import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
@@ -23,8 +22,7 @@ import llama_cpp
 from llama_cpp import Llama, StoppingCriteriaList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from runtime.backend import Runtime
-from runtime.devices import resident_memory_bytes
+from runtime.backend import LoadPhases, Runtime
 from runtime.errors import (
     BadInput,
     ContextOverflow,
@@ -73,10 +71,9 @@ class LlamaRuntime(Runtime):
 
     def _load_blocking(self) -> list[Llama]:
         opts = self.spec.options
-        rss_before = resident_memory_bytes()
-        t0 = time.perf_counter()
+        phases = LoadPhases(self.device)
         path = self.artifact(ArtifactFormat.GGUF)
-        t1 = time.perf_counter()
+        phases.end("resolve")
         threads = opts.threads or os.cpu_count() or 1
         instances = [
             Llama(
@@ -91,19 +88,15 @@ class LlamaRuntime(Runtime):
             )
             for _ in range(opts.parallel)
         ]
-        t2 = time.perf_counter()
+        phases.end("load")
         first = instances[0]
         self._n_ctx = first.n_ctx()
         self._formatter = _chat_formatter(first)
         for llm in instances:  # one token through each context: allocates its buffers
             llm.create_completion(" ", max_tokens=1, temperature=0.0)
             llm.reset()
-        t3 = time.perf_counter()
-        self.report = LoadReport(
-            phases={"resolve": t1 - t0, "load": t2 - t1, "warmup": t3 - t2},
-            memory_bytes=max(0, resident_memory_bytes() - rss_before),
-            device=self.device,
-        )
+        phases.end("warmup")
+        self.report = phases.report()
         return instances
 
     async def unload(self) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,8 @@ from tokenizers import Tokenizer
 
 from runtime import magika_features, minilm
 from runtime.artifacts import resolve_artifact
-from runtime.backend import Runtime
+from runtime.backend import LoadPhases, Runtime
 from runtime.datatypes import from_onnx_type, numpy_dtype
-from runtime.devices import resident_memory_bytes
 from runtime.errors import (
     BadInput,
     ConfigError,
@@ -69,8 +67,7 @@ class OnnxRuntime(Runtime):
         return await loop.run_in_executor(self._pool, self._load_blocking)
 
     def _load_blocking(self) -> LoadReport:
-        rss_before = resident_memory_bytes()
-        t0 = time.perf_counter()
+        phases = LoadPhases(self.device)
         model_path = self._model_file()
         if self.spec.tokenizer:
             tok_path = resolve_artifact(
@@ -82,18 +79,14 @@ class OnnxRuntime(Runtime):
             self._max_tokens = self.spec.options.max_input_tokens or 512
         if self.spec.options.preprocess == "magika":
             self._magika = magika_features.load_magika_config(self._preprocess_config())
-        t1 = time.perf_counter()
+        phases.end("resolve")
         self._session = ort.InferenceSession(
             str(model_path), sess_options=self._session_options(), providers=self._providers()
         )
-        t2 = time.perf_counter()
+        phases.end("load")
         self._warm_up()
-        t3 = time.perf_counter()
-        self.report = LoadReport(
-            phases={"resolve": t1 - t0, "load": t2 - t1, "warmup": t3 - t2},
-            memory_bytes=max(0, resident_memory_bytes() - rss_before),
-            device=self.device,
-        )
+        phases.end("warmup")
+        self.report = phases.report()
         return self.report
 
     def _model_file(self) -> Path:

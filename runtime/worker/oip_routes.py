@@ -2,43 +2,36 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from runtime.api import oip
+from runtime.api.render import json_response
 from runtime.errors import BadInput
-from runtime.worker.state import WorkerState
+from runtime.worker.state import worker_state
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
-
-
-def _state(request: Request) -> WorkerState:
-    state: WorkerState = request.app.state.worker
-    return state
-
-
 @router.get("/v2")
 async def server_metadata(request: Request) -> Response:
-    return _json({"name": "edgeinfer", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+    return json_response(
+        {"name": "edgeinfer", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    )
 
 
 @router.get("/v2/health/live")
 async def live() -> Response:
-    return _json({"live": True})
+    return json_response({"live": True})
 
 
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     body: dict[str, Any] = {"ready": state.ready}
     if state.ready:
         # What a supervisor reports as the load and warm-up phases of a cold start.
@@ -51,16 +44,16 @@ async def ready(request: Request) -> Response:
         }
     elif state.load_error is not None:
         body["error"] = state.load_error.message
-    return _json(body, 200 if state.ready else 503)
+    return json_response(body, 200 if state.ready else 503)
 
 
 @router.get("/v2/models/{name}")
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str | None = None) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     state.check_name(name)
     runtime = state.runtime
-    return _json(
+    return json_response(
         oip.metadata_response(
             name, f"edgeinfer_{runtime.name.value}", runtime.inputs(), runtime.outputs()
         )
@@ -70,15 +63,15 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     state.check_name(name)
-    return _json({"name": name, "ready": state.ready}, 200 if state.ready else 503)
+    return json_response({"name": name, "ready": state.ready}, 200 if state.ready else 503)
 
 
 @router.post("/v2/models/{name}/infer")
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     state.check_name(name)
     header = request.headers.get(oip.HEADER_LENGTH)
     try:

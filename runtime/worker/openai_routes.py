@@ -15,10 +15,11 @@ from starlette.responses import Response, StreamingResponse
 from runtime.api import openai
 from runtime.api.body import parse_json
 from runtime.api.openai import COMPLETION_TOKENS, PROMPT_TOKENS
+from runtime.api.render import json_response
 from runtime.errors import EdgeInferError, UnsupportedTask
 from runtime.spec import Task
 from runtime.types import GenerateRequest, TokenChunk
-from runtime.worker.state import WorkerState
+from runtime.worker.state import WorkerState, worker_state
 
 __all__ = ["router"]
 
@@ -27,42 +28,26 @@ router = APIRouter()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _json(
-    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
 def _usage_headers(last: TokenChunk) -> dict[str, str]:
     return {PROMPT_TOKENS: str(last.prompt_tokens), COMPLETION_TOKENS: str(last.completion_tokens)}
 
 
-def _state(request: Request) -> WorkerState:
-    state: WorkerState = request.app.state.worker
-    return state
-
-
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    state = _state(request)
-    return _json(openai.models_response([state.spec.name], state.created))
+    state = worker_state(request)
+    return json_response(openai.models_response([state.spec.name], state.created))
 
 
 @router.get("/v1/models/{name}")
 async def get_model(request: Request, name: str) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     state.check_name(name)
-    return _json(openai.models_response([name], state.created)["data"][0])
+    return json_response(openai.models_response([name], state.created)["data"][0])
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     body = parse_json(await request.body(), openai.ChatCompletionRequest)
     state.check_name(body.model)
     if state.spec.task is not Task.CHAT:
@@ -85,12 +70,14 @@ async def chat_completions(request: Request) -> Response:
 
         return await _stream(request, state, body.to_core(), event, usage, body.include_usage)
     text, last = await _collect(request, state, body.to_core())
-    return _json(openai.chat_response(rid, body.model, text, last), headers=_usage_headers(last))
+    return json_response(
+        openai.chat_response(rid, body.model, text, last), headers=_usage_headers(last)
+    )
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     body = parse_json(await request.body(), openai.CompletionRequest)
     state.check_name(body.model)
     if not state.spec.generative:
@@ -116,7 +103,7 @@ async def completions(request: Request) -> Response:
 
         return await _stream(request, state, core, event, usage, body.include_usage)
     text, last = await _collect(request, state, core)
-    return _json(
+    return json_response(
         openai.completion_response(rid, body.model, prefix + text, last),
         headers=_usage_headers(last),
     )
@@ -124,13 +111,13 @@ async def completions(request: Request) -> Response:
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
-    state = _state(request)
+    state = worker_state(request)
     body = parse_json(await request.body(), openai.EmbeddingRequest)
     state.check_name(body.model)
     runtime = await state.wait_ready()
     result = await runtime.embed(body.texts())
     state.metrics.count_tokens(result.prompt_tokens, 0)
-    return _json(
+    return json_response(
         openai.embedding_response(body.model, result, body.encoding_format, body.dimensions),
         headers={PROMPT_TOKENS: str(result.prompt_tokens), COMPLETION_TOKENS: "0"},
     )

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from starlette.requests import Request
+
 from runtime.backend import Runtime
 from runtime.errors import (
     DeadlineExceeded,
@@ -17,7 +19,7 @@ from runtime.errors import (
 from runtime.spec import ModelSpec
 from runtime.worker.metrics import WorkerMetrics
 
-__all__ = ["WorkerState"]
+__all__ = ["WorkerState", "worker_state"]
 
 log = logging.getLogger("edgeinfer.worker")
 
@@ -88,3 +90,9 @@ class WorkerState:
             raise ModelNotFound(
                 f"model {name!r} is not served here; this worker serves {self.spec.name!r}"
             )
+
+
+def worker_state(request: Request) -> WorkerState:
+    """The state of the worker app that received ``request``."""
+    state: WorkerState = request.app.state.worker
+    return state
