@@ -15,7 +15,6 @@ import contextlib
 import enum
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,7 +242,3 @@ async def spawn_worker(spawner: Spawner, spec: ModelSpec, clock: Callable[[], fl
     started = clock()
     process = await spawner(spec, port)
     return Replica(model=spec.name, port=port, process=process, started=started)
-
-
-def monotonic() -> float:
-    return time.monotonic()

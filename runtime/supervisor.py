@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import aiohttp
 
 from runtime.autoscaler import ConcurrencyWindow, Decision, ScalerState, decide, initial_replicas
 from runtime.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded
-from runtime.replica import ColdStart, Replica, ReplicaState, Spawner, monotonic, spawn_worker
+from runtime.replica import ColdStart, Replica, ReplicaState, Spawner, spawn_worker
 from runtime.spec import ModelConfig, ModelSpec
 
 __all__ = ["ModelPool", "PoolStatus", "Supervisor"]
@@ -341,7 +342,7 @@ class Supervisor:
         config: ModelConfig,
         *,
         spawner: Spawner,
-        clock: Callable[[], float] = monotonic,
+        clock: Callable[[], float] = time.monotonic,
         tick: float = 1.0,
         max_queue: int = 100,
         ready_timeout: float = 300.0,
