@@ -1,4 +1,5 @@
-"""``edgeinfer serve``: the gateway and its embedded supervisor under uvicorn."""
+"""``edgeinfer serve``: the gateway and its embedded supervisor, on the gateway's own
+HTTP/1.1 server (``gateway.http1``) and uvloop."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import uvloop
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
+from gateway.http1 import Http1Server
 from runtime.errors import ConfigError
 from runtime.forkserver import ForkServer
-from runtime.http_server import http_server
 from runtime.settings import Settings
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
@@ -57,7 +58,5 @@ def build_gateway(
 
 def run_gateway(config: ModelConfig, settings: Settings, *, host: str, port: int) -> None:
     app = build_gateway(config, settings)
-    server = http_server(
-        app, host=host, port=port, log_level=settings.log_level, graceful_seconds=30
-    )
+    server = Http1Server(app, host=host, port=port, graceful_seconds=30)
     uvloop.run(server.serve())
