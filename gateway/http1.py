@@ -512,17 +512,23 @@ class _Lifespan:
         self.outbox: asyncio.Queue[Message] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.supported = True
+        self.answered = False
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
         try:
-            await self.app(scope, self.inbox.get, self.outbox.put)
+            await self.app(scope, self.inbox.get, self._send)
         except Exception:
-            if self.outbox.empty():
-                # An app without lifespan support raises on the scope type: fine.
+            log.debug("the app does not run a lifespan", exc_info=True)
+        finally:
+            if not self.answered:
+                # An app without lifespan support returns or raises at once: fine.
                 self.supported = False
                 await self.outbox.put({"type": "lifespan.unsupported"})
-            raise
+
+    async def _send(self, message: Message) -> None:
+        self.answered = True
+        await self.outbox.put(message)
 
     async def startup(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._main())
