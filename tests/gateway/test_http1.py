@@ -29,6 +29,7 @@ class EchoApp:
     def __init__(self) -> None:
         self.events: list[str] = []
         self.disconnected = threading.Event()
+        self.slow_started = threading.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -53,6 +54,7 @@ class EchoApp:
             self.disconnected.set()
             return
         if path == "/slow":
+            self.slow_started.set()
             await asyncio.sleep(0.3)
         if path == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -231,7 +233,7 @@ def test_shutdown_finishes_requests_in_flight_and_runs_the_lifespan(served: Runn
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.1)  # the request is in the app now
+    assert served.app.slow_started.wait(5)  # the request is in the app now
     served.server.request_exit()
     t.join(10)
     served.thread.join(10)
