@@ -207,6 +207,11 @@ class UpstreamPool:
                 if reused and attempt == 0 and not conn.chunks:
                     continue
                 raise
+            except asyncio.CancelledError:
+                # The caller gave up (deadline, or its client hung up) before the answer
+                # began: hanging up is how the replica learns to stop the work.
+                conn.abandon()
+                raise
             return UpstreamResponse(status, conn.headers, conn)
         raise UpstreamError("unreachable")
 

@@ -106,3 +106,36 @@ def test_nothing_listening() -> None:
             await UpstreamPool().request("127.0.0.1", 9, "GET", "/", [], b"")
 
     asyncio.run(run())
+
+
+def test_giving_up_before_the_answer_hangs_up_on_the_server() -> None:
+    """A caller cancelled while the replica is still working closes the connection: the
+    replica sees the hang-up (and stops generating) instead of working on for nobody."""
+
+    async def run() -> bool:
+        hung_up = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()  # returns at EOF: the client hung up
+            hung_up.set()
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = UpstreamPool()
+        request = asyncio.ensure_future(pool.request("127.0.0.1", port, "POST", "/x", [], b""))
+        await asyncio.sleep(0.1)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        try:
+            await asyncio.wait_for(hung_up.wait(), 5)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            pool.close()
+            server.close()
+
+    assert asyncio.run(run())
