@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import UpstreamError, UpstreamPool
+from gateway.upstream import UpstreamError, UpstreamPool, request_bytes
 
 
 class Server:
@@ -139,3 +139,12 @@ def test_giving_up_before_the_answer_hangs_up_on_the_server() -> None:
             server.close()
 
     assert asyncio.run(run())
+
+
+def test_the_host_header_names_the_port_only_when_it_is_not_80() -> None:
+    knative = request_bytes("svc.ns.svc.cluster.local", 80, "GET", "/v2/health/ready", [], b"")
+    assert b"\r\nhost: svc.ns.svc.cluster.local\r\n" in knative
+    local = request_bytes("127.0.0.1", 8080, "POST", "/x", [(b"a", b"b")], b"hi")
+    assert local == (
+        b"POST /x HTTP/1.1\r\nhost: 127.0.0.1:8080\r\na: b\r\ncontent-length: 2\r\n\r\nhi"
+    )
