@@ -26,6 +26,7 @@ __all__ = [
     "GpuProfile",
     "ImageDelivery",
     "Images",
+    "KnativeProfile",
     "ModelDelivery",
     "PvcDelivery",
     "SpinKubeProfile",
@@ -125,6 +126,10 @@ class SpinKubeProfile(_Strict):
         description="the Spin app's OCI image; '{model}' is replaced by the model name",
     )
     replicas: int = Field(1, ge=0, le=1000, description="when autoscaling is off")
+    models: list[str] = Field(
+        default_factory=list,
+        description="models whose WASM guest is a Spin app: their WASM tier is a SpinApp",
+    )
 
 
 class WasmProfile(_Strict):
@@ -176,6 +181,40 @@ class ModelDelivery(_Strict):
         return "pvc" if self.pvc is not None else "image"
 
 
+class KnativeProfile(_Strict):
+    """What this cluster's Knative Serving is set up to allow: its ``config-autoscaler``,
+    ``config-defaults`` and ``config-features``, as far as rendering must know them."""
+
+    autoscaling_class: Literal["kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev"] = (
+        "kpa.autoscaling.knative.dev"
+    )
+    metric: Literal["concurrency", "rps", "cpu", "memory"] = "concurrency"
+    visibility: Literal["cluster-local", "external"] = Field(
+        "cluster-local",
+        description="cluster-local: only the gateway (inside the cluster) reaches the models",
+    )
+    allow_zero_initial_scale: bool = Field(
+        False, description="config-autoscaler allow-zero-initial-scale is 'true'"
+    )
+    max_scale_limit: int = Field(0, ge=0, description="config-autoscaler max-scale-limit")
+    max_revision_timeout_seconds: int = Field(
+        600, ge=1, description="config-defaults max-revision-timeout-seconds"
+    )
+    container_concurrency_max_limit: int = Field(
+        1000, ge=1, description="config-defaults container-concurrency-max-limit"
+    )
+    features: list[str] = Field(
+        default_factory=list,
+        description="config-features flags enabled here, e.g. 'kubernetes.podspec-tolerations'",
+    )
+    bridge_min_scale: int = Field(
+        1,
+        ge=0,
+        description="min-scale of bridge tiers: a pod cold start takes seconds, so a bridge "
+        "that should answer while the primary scales from zero must already run",
+    )
+
+
 class ClusterSpec(_Strict):
     """One Kubernetes cluster with Knative Serving (or an edge site running one)."""
 
@@ -191,6 +230,7 @@ class ClusterSpec(_Strict):
     images: Images = Images()
     wasm: WasmProfile = WasmProfile()
     delivery: ModelDelivery | None = None
+    knative: KnativeProfile = KnativeProfile()
     route_via: Literal["address", "url"] = Field(
         "address",
         description="which status URL the gateway uses: 'address' (cluster-local, for a "
