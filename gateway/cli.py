@@ -124,5 +124,10 @@ def models(
     Console().print(table)
 
 
+from knative.cli import app as knative_app  # noqa: E402  (a sub-app: edgeinfer knative ...)
+
+app.add_typer(knative_app, name="knative")
+
+
 def main() -> None:
     app()

@@ -175,9 +175,10 @@ def check_annotations(
     if initial == 0 and not profile.allow_zero_initial_scale:
         bad(
             "initial-scale",
-            "0 is accepted only where config-autoscaler has allow-zero-initial-scale: "
-            "'true' (knative-serving namespace); set knative.allow_zero_initial_scale in "
-            "the cluster profile once it does, or Knative will reject this revision",
+            "initial-scale 0 is accepted only where knative-serving/config-autoscaler has "
+            "allow-zero-initial-scale: 'true'; Knative rejects these revisions otherwise. "
+            "Set it on the cluster, then knative.allow_zero_initial_scale: true in the "
+            "cluster profile",
             "warning",
         )
     if cls == KPA:

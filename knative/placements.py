@@ -59,7 +59,7 @@ def check_placement(spec: ModelSpec, placement: Placement, cluster: ClusterSpec)
     when nothing is)."""
     problems = []
     for tier in placement.tiers:
-        if tier.cluster not in (None, cluster.name):
+        if tier.cluster != cluster.name:
             continue
         where = f"model {spec.name!r}: tier {tier.key!r} on cluster {cluster.name!r}"
         if tier.device is Device.CUDA and not cluster.has_gpu:

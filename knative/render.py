@@ -74,7 +74,7 @@ def render_model(
     out = Rendered()
     for problem in check_placement(spec, placement, cluster):
         out.findings.append(Finding(spec.name, "placement", problem))
-    tiers = [t for t in placement.tiers if t.cluster in (None, cluster.name)]
+    tiers = [t for t in placement.tiers if t.cluster == cluster.name]
     if not tiers:
         return out
     delivery = plan_delivery(spec, cluster, base_dir)
@@ -119,8 +119,8 @@ def render_model(
             out.findings.append(
                 Finding(
                     spec.name,
-                    f"{service['metadata']['name']}.spec.template.spec",
-                    f"cluster {cluster.name!r} must enable in knative-serving/config-features: "
+                    f"{service['metadata']['name']}: spec.template.spec",
+                    "needs these flags enabled in knative-serving/config-features: "
                     + ", ".join(missing)
                     + " (or list them under knative.features in the cluster profile)",
                     "warning",
