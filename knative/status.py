@@ -43,6 +43,12 @@ class ServiceStatus:
     replicas: str  # "actual/desired", or "-" where unknown
 
     @property
+    def actual(self) -> int | None:
+        """Replicas running now (None: the cluster did not say)."""
+        head = self.replicas.split("/")[0]
+        return int(head) if head.isdigit() else None
+
+    @property
     def is_ready(self) -> bool:
         return self.ready == "True"
 
