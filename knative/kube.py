@@ -125,7 +125,8 @@ def _translate(what: str, exc: Any) -> KubeError:
         for cause in causes:
             text = cause.get("message", "")
             manager = text.split('"')[1] if text.count('"') >= 2 else "another manager"
-            fields.append((cause.get("field", "?"), manager))
+            if (cause.get("field", "?"), manager) not in fields:
+                fields.append((cause.get("field", "?"), manager))
         lines = [f"  {path}: owned by field manager {mgr!r}" for path, mgr in fields]
         return ApplyConflict(
             f"{what}: conflict with another field manager:\n"
