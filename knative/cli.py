@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from knative.apply import Change
+from knative.placements import placements_from_plan
 from knative.render import Rendered
 from knative.targets import Overrides, render_config, select_clusters
 from runtime.clusters import ClusterSpec
@@ -36,6 +37,12 @@ _CLUSTER = typer.Option(
 _KUBECONFIG = typer.Option(None, "--kubeconfig", help="kubeconfig file (one cluster).")
 _CONTEXT = typer.Option(None, "--context", help="kubeconfig context (one cluster).")
 _NAMESPACE = typer.Option(None, "--namespace", "-n", help="Namespace instead of the profile's.")
+_PLAN = typer.Option(
+    None,
+    "--plan",
+    help="The manager's placements ('edgeinfer plan --json' output); default: each model "
+    "on every chosen cluster, GPU primary + CPU/WASM bridge where the cluster has GPUs.",
+)
 
 
 def _fail(exc: EdgeInferError) -> typer.Exit:
@@ -55,9 +62,12 @@ def _load(
     return cfg, select_clusters(cfg, overrides)
 
 
-def _rendered(cfg: ModelConfig, chosen: list[ClusterSpec], strict: bool) -> dict[str, Rendered]:
+def _rendered(
+    cfg: ModelConfig, chosen: list[ClusterSpec], strict: bool, plan: Path | None
+) -> dict[str, Rendered]:
     """Render, print every finding; exit 2 on errors (and on warnings when strict)."""
-    result = render_config(cfg, chosen)
+    placements = placements_from_plan(plan) if plan is not None else None
+    result = render_config(cfg, chosen, placements)
     errors = 0
     # One line per distinct problem, with every Service it applies to.
     grouped: dict[tuple[str, str, str], list[str]] = {}
@@ -91,11 +101,12 @@ def render(
         None, "--output", "-o", help="Write DIR/<cluster>/*.yaml (stdout when omitted)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
+    plan: Path | None = _PLAN,
 ) -> None:
     """Write the Knative Services (and ConfigMaps, SpinApps) for the config's models."""
     try:
         cfg, chosen = _load(config, cluster, kubeconfig, context, namespace)
-        result = _rendered(cfg, chosen, strict)
+        result = _rendered(cfg, chosen, strict, plan)
     except EdgeInferError as exc:
         raise _fail(exc) from None
     if output is None:
@@ -154,6 +165,7 @@ def apply(
     ),
     wait: bool = typer.Option(False, "--wait", help="Wait until every Service is Ready."),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds --wait waits."),
+    plan: Path | None = _PLAN,
 ) -> None:
     """Server-side apply (field manager 'edgeinfer'): create, update, or leave alone."""
     from knative.apply import apply_manifests
@@ -162,7 +174,7 @@ def apply(
 
     try:
         cfg, chosen = _load(config, cluster, kubeconfig, context, namespace)
-        result = _rendered(cfg, chosen, strict=False)
+        result = _rendered(cfg, chosen, False, plan)
         for spec in chosen:
             out.print(f"[bold]cluster {spec.name}[/bold] (namespace {spec.namespace})")
             conn = connect(spec)

@@ -9,11 +9,17 @@ be one the model lists.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 from runtime.clusters import ClusterSpec
+from runtime.errors import ConfigError
 from runtime.placement import Device, Placement, Tier, TierRole
 from runtime.spec import ModelSpec, RuntimeName
 
-__all__ = ["CUDA_RUNTIMES", "check_placement", "default_placement"]
+__all__ = ["CUDA_RUNTIMES", "check_placement", "default_placement", "placements_from_plan"]
 
 # Runtimes that can use a GPU (the WASM runtime is CPU only: DESIGN.md, "Runtimes").
 CUDA_RUNTIMES = (RuntimeName.LLAMA, RuntimeName.ONNX)
@@ -71,3 +77,34 @@ def check_placement(spec: ModelSpec, placement: Placement, cluster: ClusterSpec)
             listed = ", ".join(r.value for r in spec.runtimes)
             problems.append(f"{where}: the model does not list that runtime (it lists {listed})")
     return problems
+
+
+def placements_from_plan(path: Path) -> dict[str, Placement]:
+    """The manager's placements from ``edgeinfer plan --json`` output (its contract:
+    ``{"models": [{"model", "reason", "tiers": [{"tier": "<runtime>-<device>", "role",
+    "cluster", "min_scale"}]}]}``). Tiers with no cluster are for this machine and are
+    kept out of Knative by the renderer."""
+    try:
+        doc: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the manager's plan: {exc}") from None
+    out: dict[str, Placement] = {}
+    try:
+        for entry in doc["models"]:
+            tiers = []
+            for t in entry["tiers"]:
+                runtime, _, device = str(t["tier"]).partition("-")
+                tier = Tier(
+                    RuntimeName(runtime), Device(device), t.get("cluster"), TierRole(t["role"])
+                )
+                if t.get("min_scale") is not None:
+                    if "min_scale" not in {f.name for f in dataclasses.fields(Tier)}:
+                        raise ConfigError(f"{path}: this Tier has no min_scale to take")
+                    tier = dataclasses.replace(tier, min_scale=int(t["min_scale"]))  # type: ignore[call-arg]
+                tiers.append(tier)
+            out[entry["model"]] = Placement(entry["model"], tuple(tiers), entry.get("reason", ""))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: not the output of 'edgeinfer plan --json' ({type(exc).__name__}: {exc})"
+        ) from None
+    return out

@@ -139,10 +139,12 @@ def _service(
     config_hash: str,
 ) -> dict[str, Any]:
     rule = spec.scaling
-    bridge = tier.role is TierRole.BRIDGE
-    annotations = scaling_annotations(
-        rule, cluster.knative, min_scale=cluster.knative.bridge_min_scale if bridge else None
-    )
+    # The manager may keep replicas warm on a tier (Tier.min_scale); a bridge is kept
+    # warm anyway, or it could not answer while the primary scales from zero.
+    warm: int | None = getattr(tier, "min_scale", None)
+    if tier.role is TierRole.BRIDGE:
+        warm = max(warm or 0, cluster.knative.bridge_min_scale)
+    annotations = scaling_annotations(rule, cluster.knative, min_scale=warm)
     annotations[CONFIG_HASH] = config_hash
     pod: dict[str, Any] = {
         "containerConcurrency": rule.container_concurrency,

@@ -278,3 +278,90 @@ def test_cli_render_refuses_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["knative", "render", "--config", str(path)])
     assert result.exit_code == 2
     assert "needs 'delivery:'" in result.output and "nothing written" in result.output
+
+
+def test_manager_plan_file_decides(tmp_path: Path) -> None:
+    """The JSON that 'edgeinfer plan --json' prints is the contract with the manager."""
+    import json
+
+    config = write_config(
+        tmp_path,
+        {
+            "models": load_config().model_dump(mode="json", by_alias=True, exclude_defaults=True)[
+                "models"
+            ],
+            "clusters": [{"name": "core"}, {"name": "shop", "labels": ["edge"]}],
+        },
+    )
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "inventory": {},
+                "models": [
+                    {
+                        "model": "smollm2",
+                        "reason": "GPU meets the goal; CPU bridge covers the cold start",
+                        "tiers": [
+                            {"tier": "llama-cuda", "role": "primary", "cluster": "core"},
+                            {"tier": "llama-cpu", "role": "bridge", "cluster": "shop"},
+                        ],
+                    },
+                    {
+                        "model": "magika",
+                        "reason": "local",
+                        "tiers": [{"tier": "onnx-cpu", "role": "primary", "cluster": None}],
+                    },
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["knative", "render", "--config", str(config), "--plan", str(plan), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    core = sorted(p.name for p in (out / "core").iterdir())
+    shop = sorted(p.name for p in (out / "shop").iterdir())
+    assert core == ["00-configmap-edgeinfer-smollm2.yaml", "10-service-smollm2-llama-cuda.yaml"]
+    assert shop == ["00-configmap-edgeinfer-smollm2.yaml", "10-service-smollm2-llama-cpu.yaml"]
+    svc = yaml.safe_load((out / "core" / core[1]).read_text())
+    assert svc["metadata"]["annotations"]["edgeinfer.dev/placement"].startswith("GPU meets")
+
+    plan.write_text(json.dumps({"models": [{"model": "smollm2", "tiers": [{"tier": "x"}]}]}))
+    bad = CliRunner().invoke(
+        app, ["knative", "render", "--config", str(config), "--plan", str(plan)]
+    )
+    assert bad.exit_code == 2 and "not the output of 'edgeinfer plan --json'" in bad.output
+
+
+def test_manager_plan_gpu_on_edge_is_refused(tmp_path: Path) -> None:
+    import json
+
+    config = write_config(
+        tmp_path,
+        {
+            "models": load_config().model_dump(mode="json", by_alias=True, exclude_defaults=True)[
+                "models"
+            ],
+            "clusters": [{"name": "shop", "labels": ["edge"]}],
+        },
+    )
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "model": "smollm2",
+                        "tiers": [{"tier": "llama-cuda", "role": "primary", "cluster": "shop"}],
+                    }
+                ]
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["knative", "render", "--config", str(config), "--plan", str(plan)]
+    )
+    assert result.exit_code == 2
+    assert "an edge cluster never gets a GPU tier" in result.output
