@@ -40,7 +40,7 @@ def default_placement(spec: ModelSpec, cluster: ClusterSpec) -> Placement:
     gpu_runtime = next((r for r in spec.runtimes if r in CUDA_RUNTIMES), None)
     if cluster.has_gpu and gpu_runtime is not None:
         bridge_runtime = RuntimeName.WASM if RuntimeName.WASM in spec.runtimes else gpu_runtime
-        tiers = (
+        tiers: tuple[Tier, ...] = (
             Tier(gpu_runtime, Device.CUDA, name),
             Tier(bridge_runtime, Device.CPU, name, TierRole.BRIDGE),
         )

@@ -79,7 +79,7 @@ def namespace(kubeconfig: str) -> str:
 
     api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
     name = f"t-{uuid.uuid4().hex[:8]}"
-    api.create_namespace({"metadata": {"name": name}})
+    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     return name
 
 
