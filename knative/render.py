@@ -14,6 +14,7 @@ contacted, nothing is read but the arguments.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def _service(
     annotations[CONFIG_HASH] = config_hash
     pod: dict[str, Any] = {
         "containerConcurrency": rule.container_concurrency,
-        "timeoutSeconds": int(rule.timeout),
+        "timeoutSeconds": math.ceil(rule.timeout),
         "containers": [_container(spec, tier, cluster, mounts)],
         "volumes": volumes,
     }

@@ -224,7 +224,7 @@ def test_conflicting_field_manager_is_named(
     assert stored_target() == "8"
 
 
-def set_ready(cluster: Cluster, name: str, *, ready: bool = True) -> None:
+def set_ready(cluster: Cluster, name: str, *, ready: bool = True, url: str | None = None) -> None:
     """Write status the way Knative's controller does (via the status subresource)."""
     services = cluster.resource("serving.knative.dev/v1", "Service")
     ns = cluster.spec.namespace
@@ -241,8 +241,8 @@ def set_ready(cluster: Cluster, name: str, *, ready: bool = True) -> None:
             }
             for t in ("ConfigurationsReady", "Ready", "RoutesReady")
         ],
-        "url": f"http://{name}.{ns}.svc.cluster.local",
-        "address": {"url": f"http://{name}.{ns}.svc.cluster.local"},
+        "url": f"http://{name}.{ns}.example.com",
+        "address": {"url": url or f"http://{name}.{ns}.svc.cluster.local"},
         "latestCreatedRevisionName": f"{name}-00001",
         "latestReadyRevisionName": f"{name}-00001",
         "traffic": [{"revisionName": f"{name}-00001", "percent": 100, "latestRevision": True}],
@@ -268,7 +268,8 @@ def test_status_read_back_after_knative_marks_ready(
     rows = {r.name: r for r in read_status(cluster)}
     ok = rows["minilm-onnx-cuda"]
     assert ok.is_ready and ok.revision == "minilm-onnx-cuda-00001"
-    assert ok.url == f"http://minilm-onnx-cuda.{namespace}.svc.cluster.local"
+    assert ok.url == f"http://minilm-onnx-cuda.{namespace}.example.com"
+    assert ok.address == f"http://minilm-onnx-cuda.{namespace}.svc.cluster.local"
     assert (ok.model, ok.tier, ok.role) == ("minilm", "onnx-cuda", "primary")
     bad = rows["magika-onnx-cuda"]
     assert bad.ready == "False" and "image pull backoff" in bad.reason
@@ -387,3 +388,49 @@ def test_missing_namespace_and_bad_kubeconfig_are_clear(tmp_path: Path, kubeconf
     assert info.value.status == 404 and "no-such-ns" in info.value.message
     with pytest.raises(KubeError, match="cannot load kubeconfig"):
         connect(ClusterSpec(name="x", kubeconfig=str(tmp_path / "nope")))
+
+
+def test_gateway_in_cluster_mode_routes_by_knative_status(
+    tmp_path: Path, kubeconfig: str, namespace: str
+) -> None:
+    """``serve --cluster``: Service URLs come from the real API server's stored status;
+    the pods behind them are real workers on loopback (no kubelet runs here)."""
+    import httpx
+
+    from gateway.server import build_gateway
+    from runtime.settings import Settings
+    from tests.conftest import start_worker
+    from tests.gateway.conftest import FakeClock, GatewayServer
+
+    cfg, cluster = setup(tmp_path, kubeconfig, namespace, [MAGIKA])
+    apply_manifests(cluster, manifests(cfg))
+    gpu_pod = start_worker("magika", tmp_path)
+    cpu_pod = start_worker("magika", tmp_path)
+    set_ready(cluster, "magika-onnx-cuda", url=gpu_pod.url)
+    set_ready(cluster, "magika-onnx-cpu", url=cpu_pod.url)
+    clock = FakeClock()
+    app = build_gateway(cfg, Settings(state_dir=tmp_path / "state"), clock=clock, cluster="core")
+    server = GatewayServer(app, clock)
+    server.start()
+    body = {
+        "inputs": [{"name": "content", "shape": [1], "datatype": "BYTES", "data": ["#!/bin/sh\n"]}]
+    }
+    try:
+
+        def served() -> dict[str, int]:
+            info = server.admin()["magika"]
+            return {i["url"]: i["served"] for i in info["instances"]}
+
+        # No Revision replica counts here and no answer yet: the primary counts as at
+        # zero, so the warm bridge answers and the primary is woken.
+        r = httpx.post(f"{server.url}/v2/models/magika/infer", json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ["shell"]
+        assert served() == {gpu_pod.url: 0, cpu_pod.url: 1}
+        server.wait_for(lambda: server.admin()["magika"]["cold_starts"] == 1, timeout=30)
+        r = httpx.post(f"{server.url}/v2/models/magika/infer", json=body, timeout=30)
+        assert r.status_code == 200
+        assert served() == {gpu_pod.url: 1, cpu_pod.url: 1}
+    finally:
+        server.stop()
+        gpu_pod.stop_cleanly()
+        cpu_pod.stop_cleanly()
