@@ -210,10 +210,26 @@ def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (a ConfigMap's config.yaml) as ``|`` blocks, line by line."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def _yaml(obj: dict[str, Any]) -> str:
+    return yaml.dump(_comparable(obj), Dumper=_BlockDumper, sort_keys=True, width=1000)
+
+
 def _diff(current: dict[str, Any], preview: dict[str, Any]) -> str:
     """A unified diff of the stored object and the object after the apply."""
-    before = yaml.safe_dump(_comparable(current), sort_keys=True) if current else ""
-    after = yaml.safe_dump(_comparable(preview), sort_keys=True)
+    before = _yaml(current) if current else ""
+    after = _yaml(preview)
     if before == after:
         return ""
     lines = difflib.unified_diff(

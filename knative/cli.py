@@ -143,7 +143,7 @@ def _show(change: Change, diffs: bool) -> None:
     note = " (use --prune to delete it)" if change.action == "stale" else ""
     out.print(f"[{colour}]{verb:>16}[/{colour}] {change.ref}{note}", highlight=False)
     if diffs and change.diff and change.action in ("create", "update"):
-        out.print(change.diff.rstrip(), highlight=False, markup=False)
+        out.print(change.diff.rstrip(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -236,7 +236,13 @@ def status(
         for row in rows:
             typer.echo(json.dumps(row.__dict__))
         return
-    table = Table("cluster", "model", "tier", "role", "ready", "url", "revision", "replicas")
+    if not rows:
+        err.print("no Services owned by edgeinfer on the chosen cluster(s)")
+        return
+    table = Table("cluster", "model", "tier", "role", "ready")
+    table.add_column("url", overflow="fold")
+    table.add_column("revision", overflow="fold")
+    table.add_column("replicas")
     for row in rows:
         colour = {"True": "green", "False": "red"}.get(row.ready, "yellow")
         ready = f"[{colour}]{row.ready}[/{colour}]" + (f" {row.reason}" if not row.is_ready else "")
@@ -251,8 +257,6 @@ def status(
             row.replicas,
         )
     out.print(table)
-    if not rows:
-        err.print("no Services owned by edgeinfer on the chosen cluster(s)")
 
 
 @app.command()

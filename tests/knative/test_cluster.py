@@ -434,3 +434,73 @@ def test_gateway_in_cluster_mode_routes_by_knative_status(
         server.stop()
         gpu_pod.stop_cleanly()
         cpu_pod.stop_cleanly()
+
+
+def install_revision_crd(kubeconfig: str) -> None:
+    """A stand-in for Knative's Revision CRD (not in ../shared/schemas): only its name,
+    group and status subresource matter here; its schema keeps any field."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.ApiextensionsV1Api(config.new_client_from_config(config_file=kubeconfig))
+    body = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "revisions.serving.knative.dev"},
+        "spec": {
+            "group": "serving.knative.dev",
+            "names": {"kind": "Revision", "plural": "revisions", "singular": "revision"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    try:
+        api.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        crd = api.read_custom_resource_definition("revisions.serving.knative.dev")
+        if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the Revision CRD was not established")
+
+
+def test_replicas_read_from_the_latest_revision(
+    tmp_path: Path, kubeconfig: str, namespace: str
+) -> None:
+    install_revision_crd(kubeconfig)
+    cfg, cluster = setup(tmp_path, kubeconfig, namespace, [MAGIKA])
+    apply_manifests(cluster, manifests(cfg))
+    set_ready(cluster, "magika-onnx-cuda")
+    set_ready(cluster, "magika-onnx-cpu")
+    revisions = cluster.resource("serving.knative.dev/v1", "Revision")
+    for name, actual in (("magika-onnx-cuda", 0), ("magika-onnx-cpu", 2)):
+        rev = revisions.create(
+            body={
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Revision",
+                "metadata": {"name": f"{name}-00001", "namespace": namespace},
+            },
+            namespace=namespace,
+        ).to_dict()
+        rev["status"] = {"actualReplicas": actual, "desiredReplicas": actual}
+        cluster.client.replace(revisions.subresources["status"], body=rev, namespace=namespace)
+    rows = {r.name: r for r in read_status(cluster)}
+    assert rows["magika-onnx-cuda"].replicas == "0/0" and rows["magika-onnx-cuda"].actual == 0
+    assert rows["magika-onnx-cpu"].replicas == "2/2" and rows["magika-onnx-cpu"].actual == 2
