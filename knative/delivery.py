@@ -1,11 +1,13 @@
 """Model files in the pod without a download on every cold start.
 
 Artifacts given as ``pkg://`` / ``py://`` live in the worker image (the bundled models
-are installed there at build time), so they need nothing. Artifacts given as paths are
-read from a volume mounted read-only: a PersistentVolumeClaim filled once, or an OCI
-image holding the files (a Kubernetes ``image`` volume, pulled once per node and cached
-by the container runtime). The cluster profile's ``delivery`` chooses; the volume is
-laid out as the local folder ``delivery.root`` (relative to the config file), so
+are installed there at build time), and so do files of edgeinfer's own source tree (the
+WASM packages under ``wasm-modules/``, at ``images.source_root``): they need nothing.
+Other artifacts given as paths are read from a volume mounted read-only: a
+PersistentVolumeClaim filled once, or an OCI image holding the files (a Kubernetes
+``image`` volume, pulled once per node and cached by the container runtime). The
+cluster profile's ``delivery`` chooses; the volume is laid out as the local folder
+``delivery.root`` (relative to the config file), so
 ``models/foo.gguf`` is read at ``<mount_path>/models/foo.gguf`` in the pod.
 """
 
@@ -22,6 +24,8 @@ __all__ = ["VOLUME", "Delivery", "plan_delivery"]
 
 VOLUME = "models"
 _IN_IMAGE = ("pkg://", "py://")
+# edgeinfer's source tree, which the worker images hold at images.source_root.
+_SOURCE_TREE = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -40,8 +44,15 @@ def plan_delivery(spec: ModelSpec, cluster: ClusterSpec, base_dir: Path) -> Deli
     """The model's spec with its file paths rewritten to where the pod mounts them."""
     data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     data.pop("endpoint", None)
-    refs = _file_refs(spec)
     out = Delivery(spec=data)
+    refs = []
+    for name, ref in _file_refs(spec):
+        path = _absolute(ref, base_dir)
+        if path.is_relative_to(_SOURCE_TREE):
+            in_tree = path.relative_to(_SOURCE_TREE).as_posix()
+            _set(data, name, str(PurePosixPath(cluster.images.source_root) / in_tree))
+        else:
+            refs.append((name, ref))
     if not refs:
         return out
     source = cluster.delivery
@@ -57,8 +68,7 @@ def plan_delivery(spec: ModelSpec, cluster: ClusterSpec, base_dir: Path) -> Deli
         return out
     root = (base_dir / source.root).resolve()
     for name, ref in refs:
-        path = Path(ref).expanduser()
-        path = (path if path.is_absolute() else base_dir / path).resolve()
+        path = _absolute(ref, base_dir)
         try:
             rel = path.relative_to(root)
         except ValueError:
@@ -69,6 +79,11 @@ def plan_delivery(spec: ModelSpec, cluster: ClusterSpec, base_dir: Path) -> Deli
         _set(data, name, str(PurePosixPath(source.mount_path) / rel.as_posix()))
     out.volumes, out.mounts, out.feature = _volume(source, spec.name)
     return out
+
+
+def _absolute(ref: str, base_dir: Path) -> Path:
+    path = Path(ref).expanduser()
+    return (path if path.is_absolute() else base_dir / path).resolve()
 
 
 def _file_refs(spec: ModelSpec) -> list[tuple[str, str]]:

@@ -114,6 +114,12 @@ class Images(_Strict):
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets names")
+    source_root: str = Field(
+        "/opt/edgeinfer/src",
+        pattern=r"^/[^\s:]*$",
+        description="where the images hold edgeinfer's source tree: files of the tree "
+        "(e.g. WASM packages under wasm-modules/) are read from there, not a volume",
+    )
 
 
 class SpinKubeProfile(_Strict):

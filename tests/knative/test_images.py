@@ -28,8 +28,10 @@ def test_dockerfile_follows_the_project(dockerfile: Path) -> None:
     no_deps = re.compile(r'--no-deps ("[^"]+"(?: "[^"]+")*)')
     (setup_pins,) = no_deps.findall(SETUP)
     assert no_deps.findall(text) == [setup_pins]
-    # The project itself is installed, so its dependencies come from pyproject.toml.
-    assert re.search(r"pip install --no-cache-dir \.\s*$", text, re.M)
+    # The project itself is installed (editable, as .ci/setup does), so its
+    # dependencies come from pyproject.toml.
+    assert re.search(r"pip install --no-cache-dir -e \.\s*$", text, re.M)
+    assert "-e '.[test]'" in SETUP or "-e ." in SETUP
     assert "GGML_NATIVE=OFF" in text
     # A Python the project supports.
     floor = PYPROJECT["project"]["requires-python"].removeprefix(">=")

@@ -365,3 +365,24 @@ def test_manager_plan_gpu_on_edge_is_refused(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "an edge cluster never gets a GPU tier" in result.output
+
+
+def test_files_of_the_source_tree_are_read_from_the_image(tmp_path: Path) -> None:
+    """A WASM package shipped in wasm-modules/ is in the worker image: no volume."""
+    root = Path(__file__).resolve().parents[2]
+    config = root / "wasm-modules" / "packages" / "models.yaml"
+    spec = ModelSpec.model_validate(
+        {
+            "name": "shipped-wasm",
+            "task": "chat",
+            "artifacts": {"wasm": "smollm2-wasi-nn"},
+            "runtimes": ["wasm"],
+        }
+    )
+    out = render_model(spec, default_placement(spec, EDGE), EDGE, config.parent)
+    assert out.errors == []
+    cm = next(m for m in out.manifests if m["kind"] == "ConfigMap")
+    (model,) = yaml.safe_load(cm["data"]["config.yaml"])["models"]
+    assert model["artifacts"]["wasm"] == "/opt/edgeinfer/src/wasm-modules/packages/smollm2-wasi-nn"
+    pod = services(out.manifests)["shipped-wasm-wasm-cpu"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["edgeinfer-config"]
