@@ -66,7 +66,7 @@ def _rendered(
     cfg: ModelConfig, chosen: list[ClusterSpec], strict: bool, plan: Path | None
 ) -> dict[str, Rendered]:
     """Render, print every finding; exit 2 on errors (and on warnings when strict)."""
-    placements = placements_from_plan(plan) if plan is not None else None
+    placements = placements_from_plan(plan, tuple(chosen)) if plan is not None else None
     result = render_config(cfg, chosen, placements)
     errors = 0
     # One line per distinct problem, with every Service it applies to.

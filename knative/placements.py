@@ -79,11 +79,15 @@ def check_placement(spec: ModelSpec, placement: Placement, cluster: ClusterSpec)
     return problems
 
 
-def placements_from_plan(path: Path) -> dict[str, Placement]:
+def placements_from_plan(
+    path: Path, clusters: tuple[ClusterSpec, ...] = ()
+) -> dict[str, Placement]:
     """The manager's placements from ``edgeinfer plan --json`` output (its contract:
     ``{"models": [{"model", "reason", "tiers": [{"tier": "<runtime>-<device>", "role",
-    "cluster", "min_scale"}]}]}``). Tiers with no cluster are for this machine and are
-    kept out of Knative by the renderer."""
+    "cluster", "min_scale"}]}]}``). A tier's cluster is a cluster name of the config, or
+    the kubeconfig context of one (the manager names clusters it probed by context).
+    Tiers with no cluster are for this machine and are kept out of Knative."""
+    by_context = {c.context: c.name for c in clusters if c.context}
     try:
         doc: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -94,9 +98,10 @@ def placements_from_plan(path: Path) -> dict[str, Placement]:
             tiers = []
             for t in entry["tiers"]:
                 runtime, _, device = str(t["tier"]).partition("-")
-                tier = Tier(
-                    RuntimeName(runtime), Device(device), t.get("cluster"), TierRole(t["role"])
-                )
+                where = t.get("cluster")
+                if where is not None and where not in {c.name for c in clusters}:
+                    where = by_context.get(where, where)
+                tier = Tier(RuntimeName(runtime), Device(device), where, TierRole(t["role"]))
                 if t.get("min_scale") is not None:
                     if "min_scale" not in {f.name for f in dataclasses.fields(Tier)}:
                         raise ConfigError(f"{path}: this Tier has no min_scale to take")

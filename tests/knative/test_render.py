@@ -290,7 +290,10 @@ def test_manager_plan_file_decides(tmp_path: Path) -> None:
             "models": load_config().model_dump(mode="json", by_alias=True, exclude_defaults=True)[
                 "models"
             ],
-            "clusters": [{"name": "core"}, {"name": "shop", "labels": ["edge"]}],
+            "clusters": [
+                {"name": "core", "context": "prod-gpu"},
+                {"name": "shop", "labels": ["edge"]},
+            ],
         },
     )
     plan = tmp_path / "plan.json"
@@ -303,7 +306,8 @@ def test_manager_plan_file_decides(tmp_path: Path) -> None:
                         "model": "smollm2",
                         "reason": "GPU meets the goal; CPU bridge covers the cold start",
                         "tiers": [
-                            {"tier": "llama-cuda", "role": "primary", "cluster": "core"},
+                            # The manager names a probed cluster by its context.
+                            {"tier": "llama-cuda", "role": "primary", "cluster": "prod-gpu"},
                             {"tier": "llama-cpu", "role": "bridge", "cluster": "shop"},
                         ],
                     },
