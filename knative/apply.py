@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
 from knative.kube import KINDS, Cluster, kube_errors
 from knative.naming import CLUSTER_LABEL, FIELD_MANAGER, MODEL_LABEL, owned_selector
+from knative.yamldump import dump
 
 __all__ = ["Change", "apply_manifests", "delete_owned", "list_owned"]
 
@@ -210,20 +209,8 @@ def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (a ConfigMap's config.yaml) as ``|`` blocks, line by line."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_BlockDumper.add_representer(str, _str)
-
-
 def _yaml(obj: dict[str, Any]) -> str:
-    return yaml.dump(_comparable(obj), Dumper=_BlockDumper, sort_keys=True, width=1000)
+    return dump(_comparable(obj), sort_keys=True)
 
 
 def _diff(current: dict[str, Any], preview: dict[str, Any]) -> str:

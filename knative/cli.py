@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +15,7 @@ from knative.apply import Change
 from knative.placements import placements_from_plan
 from knative.render import Rendered
 from knative.targets import Overrides, render_config, select_clusters
+from knative.yamldump import dump, dump_all
 from runtime.clusters import ClusterSpec
 from runtime.errors import EdgeInferError
 from runtime.spec import ModelConfig, load_config
@@ -111,7 +111,7 @@ def render(
         raise _fail(exc) from None
     if output is None:
         docs = [m for r in result.values() for m in r.manifests]
-        typer.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
+        typer.echo(dump_all(docs), nl=False)
         return
     for name, rendered in result.items():
         folder = output / name
@@ -123,7 +123,7 @@ def render(
             file = (
                 folder / f"{order}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
             )
-            file.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
+            file.write_text(dump(manifest), encoding="utf-8")
         err.print(
             f"{len(rendered.manifests)} manifests for cluster {name!r} in {folder} "
             f"(kubectl apply -f {folder})",
