@@ -409,7 +409,7 @@ def test_gateway_in_cluster_mode_routes_by_knative_status(
     set_ready(cluster, "magika-onnx-cuda", url=gpu_pod.url)
     set_ready(cluster, "magika-onnx-cpu", url=cpu_pod.url)
     clock = FakeClock()
-    app = build_gateway(cfg, Settings(state_dir=tmp_path / "state"), clock=clock, cluster="core")
+    app = build_gateway(cfg, Settings(state_dir=tmp_path / "state"), clock=clock, clusters=["core"])
     server = GatewayServer(app, clock)
     server.start()
     body = {
