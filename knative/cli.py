@@ -116,8 +116,8 @@ def render(
     for name, rendered in result.items():
         folder = output / name
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.yaml"):
-            old.unlink()  # a model removed from the config leaves no stale file
+        for old in folder.glob("[01]0-*.yaml"):
+            old.unlink()  # what an earlier render wrote: a removed model leaves no file
         for manifest in rendered.manifests:
             order = "00" if manifest["kind"] == "ConfigMap" else "10"
             file = (

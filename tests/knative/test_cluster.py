@@ -204,6 +204,7 @@ def test_conflicting_field_manager_is_named(
         field_manager="kubectl",
         force_conflicts=True,
     )
+    before_conflict = versions(cluster)
     with pytest.raises(ApplyConflict) as info:
         apply_manifests(cluster, manifests(cfg))
     message = info.value.message
@@ -219,6 +220,7 @@ def test_conflicting_field_manager_is_named(
         return str(obj["spec"]["template"]["metadata"]["annotations"][target])
 
     assert stored_target() == "50"
+    assert versions(cluster) == before_conflict  # the refused apply wrote nothing
     forced = apply_manifests(cluster, manifests(cfg), force=True)
     assert [c.action for c in forced if c.name == "minilm-onnx-cuda"] == ["update"]
     assert stored_target() == "8"
@@ -366,6 +368,26 @@ def test_prune_only_with_prune_and_delete_only_what_edgeinfer_owns(
     assert list_owned(cluster) == []
     left = {o["metadata"]["name"] for o in services.get(namespace=namespace).to_dict()["items"]}
     assert left == {"hello", "elsewhere"}
+
+
+def test_an_object_edgeinfer_did_not_make_is_not_adopted(
+    tmp_path: Path, kubeconfig: str, namespace: str
+) -> None:
+    cfg, cluster = setup(tmp_path, kubeconfig, namespace, [MAGIKA])
+    services = cluster.resource("serving.knative.dev/v1", "Service")
+    theirs = {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "magika-onnx-cpu", "namespace": namespace},
+        "spec": {"template": {"spec": {"containers": [{"image": "someone/else"}]}}},
+    }
+    services.create(body=theirs, namespace=namespace)
+    with pytest.raises(KubeError, match="already exists and is not edgeinfer's"):
+        apply_manifests(cluster, manifests(cfg))
+    stored = services.get(name="magika-onnx-cpu", namespace=namespace).to_dict()
+    assert stored["spec"]["template"]["spec"]["containers"][0]["image"] == "someone/else"
+    # Refused before anything was written: not even the ConfigMap.
+    assert list_owned(cluster) == []
 
 
 def test_cli_apply_dry_run_then_apply(tmp_path: Path, kubeconfig: str, namespace: str) -> None:
