@@ -226,12 +226,12 @@ def check_pod_limits(
             Finding(model, "spec.template.spec.containerConcurrency", f"{cc} not in 0..{cap}")
         )
     t, tmax = timeout_seconds, p.max_revision_timeout_seconds
-    if t is not None and not 0 < t <= tmax:
+    if t is not None and not 0 <= t <= tmax:  # 0: the cluster's default
         found.append(
             Finding(
                 model,
                 "spec.template.spec.timeoutSeconds",
-                f"{t} not in 1..{tmax} (max-revision-timeout-seconds)",
+                f"{t} not in 0..{tmax} (max-revision-timeout-seconds)",
             )
         )
     return found

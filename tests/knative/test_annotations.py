@@ -156,7 +156,7 @@ def test_hpa_class_rules() -> None:
         (1001, 300, "spec.template.spec.containerConcurrency"),
         (-1, 300, "spec.template.spec.containerConcurrency"),
         (4, 601, "spec.template.spec.timeoutSeconds"),
-        (4, 0, "spec.template.spec.timeoutSeconds"),
+        (4, -1, "spec.template.spec.timeoutSeconds"),
     ],
 )
 def test_pod_limits(cc: int, timeout: int, field: str) -> None:
