@@ -23,7 +23,7 @@ from knative.kube import KINDS, Cluster, KubeError, kube_errors
 from knative.naming import CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY, MODEL_LABEL, owned_selector
 from knative.yamldump import dump
 
-__all__ = ["Change", "apply_manifests", "delete_owned", "list_owned"]
+__all__ = ["Change", "apply_manifests", "delete_owned", "ensure_namespace", "list_owned"]
 
 Action = Literal["create", "update", "unchanged", "prune", "stale", "delete"]
 
@@ -144,6 +144,26 @@ def _write(cluster: Cluster, manifest: dict[str, Any], *, force: bool) -> None:
             field_manager=FIELD_MANAGER,
             force_conflicts=force or None,
         )
+
+
+def ensure_namespace(cluster: Cluster, *, dry_run: bool = False) -> Change | None:
+    """Create the cluster's namespace if it is missing (``apply --create-namespace``).
+    It is labelled edgeinfer's but never deleted by edgeinfer: other things may live in
+    it by then."""
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    name = cluster.spec.namespace
+    resource = cluster.resource("v1", "Namespace")
+    with kube_errors(f"cluster {cluster.spec.name!r}: namespace {name}"):
+        try:
+            resource.get(name=name)
+            return None
+        except NotFoundError:
+            pass
+        if not dry_run:
+            meta = {"name": name, "labels": {MANAGED_BY: FIELD_MANAGER}}
+            resource.create(body={"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+    return Change("create", "Namespace", "-", name, done=not dry_run)
 
 
 def list_owned(cluster: Cluster, model: str | None = None) -> list[dict[str, Any]]:
