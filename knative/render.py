@@ -108,7 +108,7 @@ def render_model(
             )
             continue
         service = _service(spec, tier, cluster, tier_labels, volumes, mounts, config_hash)
-        if placement.reason and tier.role is TierRole.PRIMARY:
+        if placement.reason:  # why the manager (or the default rule) put it here
             service["metadata"]["annotations"] = {"edgeinfer.dev/placement": placement.reason}
         out.manifests.append(service)
         out.findings.extend(_check_service(spec.name, service, cluster))
