@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway import cli_manager
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
 from runtime.spec import RuntimeName, load_config
@@ -122,6 +123,10 @@ def models(
             f"{m.scaling.min_scale}..{m.scaling.max_scale or '∞'}",
         )
     Console().print(table)
+
+
+app.command("plan")(cli_manager.plan_command)
+app.command("profile")(cli_manager.profile_command)
 
 
 def main() -> None:

@@ -176,6 +176,9 @@ class ModelConfig(_Strict):
     gateway: dict[str, Any] = Field(
         default_factory=dict, description="the gateway's own settings, validated by gateway"
     )
+    manager: dict[str, Any] = Field(
+        default_factory=dict, description="the runtime manager's settings (runtime.policy)"
+    )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 
     @model_validator(mode="after")
