@@ -160,3 +160,43 @@ def test_watch_window() -> None:
     assert s.rps == pytest.approx(4.0)
     assert w.snapshot(100.0).requests == 0
     assert math.isclose(Watch(5).snapshot(0).rps, 0.0)
+
+
+class _NoPools:
+    """A supervisor with no pools: the manager's decisions are checked, not applied."""
+
+    pools: dict[str, object] = {}
+
+
+def test_manager_evicts_the_idle_model_for_a_new_one() -> None:
+    from runtime.inventory import GpuInfo
+    from runtime.manager import Manager
+    from runtime.spec import ModelConfig
+
+    gpu = GpuInfo(index=0, memory_total_mib=3000, memory_free_mib=3000)
+    inv = CPU_ONLY.model_copy(update={"gpus": (gpu,)})
+    specs = [chat(name=n, latency={"p95_ms": 300}) for n in ("first", "second")]
+    big = {
+        s.name: (
+            LLAMA_CPU.model_copy(update={"model": s.name}),
+            LLAMA_GPU.model_copy(update={"model": s.name, "gpu_memory_mib": 2000}),
+        )
+        for s in specs
+    }
+    now = [0.0]
+    m = Manager(
+        ModelConfig(models=specs),
+        _NoPools(),  # type: ignore[arg-type]
+        probe=lambda: inv,
+        profiles=big,
+        policy=PolicyConfig(gpu_reserve_mib=0),
+        clock=lambda: now[0],
+    )
+    m.plan()
+    assert m.decisions["second"].placement.primary.key == "llama-cuda"
+    assert m.decisions["first"].placement.primary.key == "llama-cpu"
+    assert any("evicted from GPU0 for second" in e for e in m.events["first"])
+    # Both stay put while nothing changes.
+    now[0] = 500.0
+    m.step()
+    assert m.decisions["second"].placement.primary.key == "llama-cuda"
