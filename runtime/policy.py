@@ -222,10 +222,14 @@ def _profile_for(
 
 
 def _tiers(spec: ModelSpec, inv: Inventory) -> list[Tier]:
-    tiers: list[Tier] = []
-    gpu_clusters = (None,) if inv.gpus else inv.gpu_clusters()
-    for runtime in spec.runtimes:
-        tiers.append(Tier(runtime, Device.CPU))
+    """This host's CPU and GPUs; or, for an inventory of cluster nodes (cluster mode),
+    every cluster's CPU and the GPUs of the clusters that have them."""
+    clusters: tuple[str | None, ...] = (None,)
+    gpu_clusters: tuple[str | None, ...] = (None,) if inv.gpus else ()
+    if inv.nodes:
+        clusters = tuple(dict.fromkeys(n.cluster for n in inv.nodes))
+        gpu_clusters = inv.gpu_clusters()
+    tiers = [Tier(r, Device.CPU, cluster=c) for c in clusters for r in spec.runtimes]
     for runtime in spec.runtimes:
         if runtime in CUDA_CAPABLE:
             tiers += [Tier(runtime, Device.CUDA, cluster=c) for c in gpu_clusters]
@@ -288,7 +292,8 @@ def _cost_per_hour(
             + cfg.cost.gib_second * mem_gib
         )
     else:
-        cores = spec.resources.cpu or spec.options.threads or inv.cpu.cores
+        fallback = inv.cpu.cores if tier.cluster is None else 1
+        cores = spec.resources.cpu or spec.options.threads or fallback
         per_s = replicas * (cfg.cost.cpu_second * cores + cfg.cost.gib_second * mem_gib)
     return per_s * 3600
 
@@ -343,6 +348,18 @@ def _evaluate(
                 )
             gpu_total = float(sized[0].gpu_memory_mib or 81920)
             max_replicas = min(max_replicas, sum(n.gpus for n in sized))
+    elif tier.cluster is not None:
+        need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
+        cores = spec.resources.cpu or spec.options.threads or 1
+        nodes = [n for n in inv.nodes if n.cluster == tier.cluster and n.memory_mib >= need]
+        slots = sum(int(n.cpu_cores // cores) for n in nodes)
+        if not slots:
+            return replace(
+                base,
+                reason=f"no node in {tier.cluster} has {cores:g} cores and {need:.0f} MiB",
+                fits=False,
+            )
+        max_replicas = min(max_replicas, slots)
     else:
         need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
         if need > inv.memory_free_mib:
@@ -490,9 +507,13 @@ def _cold_start_cover(
     fast = [c for c in others if (c.cold_start_ms or 0) + (c.solo_p95_ms or 0) <= goal]
     if fast:
         b = min(fast, key=lambda c: c.cold_start_ms or 0)
-        return b, 0, (
-            f"{b.key} bridges cold starts (starts in {b.cold_start_ms:.0f} ms, "
-            f"p95 {b.solo_p95_ms:.0f} ms alone)"
+        return (
+            b,
+            0,
+            (
+                f"{b.key} bridges cold starts (starts in {b.cold_start_ms:.0f} ms, "
+                f"p95 {b.solo_p95_ms:.0f} ms alone)"
+            ),
         )
     idle_primary = (best.cost_per_hour or 0) / max(1, best.replicas)
     if others:

@@ -363,8 +363,8 @@ class ModelPool:
             cold.total * 1000,
             ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cold.phases.items()),
         )
-        if self._primary(replica):
-            self._retire_others()
+        if self.count(ReplicaState.READY):
+            self._retire_others()  # a primary is ready: bridges and the old tier go
         self._dispatch()
 
     async def _watch(self, replica: Replica) -> None:
@@ -416,6 +416,8 @@ class ModelPool:
         if warm and warm > rule.min_scale:
             rule = rule.model_copy(update={"min_scale": warm})
         self._keep_warm(now)
+        if self.count(ReplicaState.READY):
+            self._retire_others()
         decision = decide(
             self.window.stats(now, rule),
             self.count(ReplicaState.READY),

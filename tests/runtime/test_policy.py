@@ -30,6 +30,21 @@ CLUSTER = CPU_ONLY.model_copy(
         )
     }
 )
+SITES = CPU_ONLY.model_copy(
+    update={
+        "nodes": (
+            NodeInfo(name="pi-1", cluster="edge", cpu_cores=8, memory_mib=8192),
+            NodeInfo(
+                name="gpu-1",
+                cluster="dc",
+                cpu_cores=32,
+                memory_mib=131072,
+                gpus=2,
+                gpu_memory_mib=81920,
+            ),
+        )
+    }
+)
 CFG = PolicyConfig()
 
 
@@ -163,6 +178,24 @@ CASES = [
         "llama-cuda@dc",
         True,
         {},
+    ),
+    (
+        "cluster nodes: a loose goal stays on the edge site's CPU",
+        chat(),
+        (LLAMA_CPU, LLAMA_GPU),
+        SITES,
+        "llama-cpu@edge",
+        True,
+        {"llama-cuda@dc": "costs more"},
+    ),
+    (
+        "cluster nodes: a tight goal goes to the GPU cluster",
+        chat(latency={"p95_ms": 300}),
+        (LLAMA_CPU, LLAMA_GPU),
+        SITES,
+        "llama-cuda@dc",
+        True,
+        {"llama-cpu@edge": "> goal 300 ms", "llama-cpu@dc": "> goal 300 ms"},
     ),
     (
         "more load than max-scale can carry",
