@@ -87,6 +87,9 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
+    cluster: str | None = typer.Option(
+        None, "--cluster", help="Route to the models' Knative Services on this cluster."
+    ),
 ) -> None:
     """The gateway: every model behind one endpoint, each scaled to and from zero."""
     from gateway.server import run_gateway  # imports uvicorn, aiohttp
@@ -94,7 +97,7 @@ def serve(
     settings = Settings.from_env()
     _setup_logging(settings)
     try:
-        run_gateway(load_config(config), settings, host=host, port=port)
+        run_gateway(load_config(config), settings, host=host, port=port, cluster=cluster)
     except EdgeInferError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
@@ -127,6 +130,10 @@ def models(
 
 app.command("plan")(cli_manager.plan_command)
 app.command("profile")(cli_manager.profile_command)
+
+from knative.cli import app as knative_app  # noqa: E402  (a sub-app: edgeinfer knative ...)
+
+app.add_typer(knative_app, name="knative")
 
 
 def main() -> None:

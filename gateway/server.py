@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
@@ -34,9 +35,11 @@ def build_gateway(
     clock: Callable[[], float] = time.monotonic,
     environ: Mapping[str, str] | None = None,
     probe: Callable[[], Inventory] = probe_local,
+    cluster: str | None = None,
 ) -> Gateway:
     """The app for a config: supervisor with worker processes, the runtime manager
-    placing models on the inventory ``probe`` reports, keys from the environment."""
+    placing models on the inventory ``probe`` reports, keys from the environment; with
+    ``cluster``, the models' Knative Services on that cluster instead of workers."""
     gw = gateway_config(config)
     try:
         authenticator = Authenticator.from_config(
@@ -44,6 +47,9 @@ def build_gateway(
         )
     except ValueError as exc:
         raise ConfigError(f"{config.source}: gateway.auth: {exc}") from None
+    if cluster is not None:
+        router = _cluster_router(config, cluster, gw.scale_to_zero_grace_seconds, clock)
+        return Gateway(config, gw, router, authenticator, clock=clock)
     assert config.source is not None
     spawner = ForkServer(
         config_path=Path(config.source),
@@ -74,8 +80,22 @@ def build_gateway(
     return Gateway(config, gw, supervisor, authenticator, clock=clock, manager=manager)
 
 
-def run_gateway(config: ModelConfig, settings: Settings, *, host: str, port: int) -> None:
-    app = build_gateway(config, settings)
+def _cluster_router(
+    config: ModelConfig, name: str, grace: float, clock: Callable[[], float]
+) -> Supervisor:
+    """Cluster mode (knative.router): the same surface as the supervisor."""
+    from knative.router import ClusterRouter
+    from knative.targets import Overrides, select_clusters
+
+    (spec,) = select_clusters(config, Overrides(clusters=(name,)))
+    router = ClusterRouter(config, spec, scale_to_zero_grace=grace, clock=clock)
+    return cast(Supervisor, router)
+
+
+def run_gateway(
+    config: ModelConfig, settings: Settings, *, host: str, port: int, cluster: str | None = None
+) -> None:
+    app = build_gateway(config, settings, cluster=cluster)
     server = http_server(
         app, host=host, port=port, log_level=settings.log_level, graceful_seconds=30
     )
