@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.backend import registered_runtimes
+from runtime.clusters import ClusterSpec
 from runtime.errors import EdgeInferError
 from runtime.inventory import Inventory, load_hardware, probe_cluster, probe_local
 from runtime.policy import Decision, plan, policy_config
@@ -93,13 +94,25 @@ def profile_command(
     Console(width=200).print(table)
 
 
-def inventory_for(hardware: Path | None, kubeconfig: str | None, context: list[str]) -> Inventory:
-    """This host, or the written inventory; plus the nodes of each cluster context."""
+def inventory_for(
+    hardware: Path | None,
+    kubeconfig: str | None,
+    context: list[str],
+    clusters: list[ClusterSpec] | None = None,
+) -> Inventory:
+    """This host, or the written inventory; plus the nodes of each cluster context and
+    of each cluster profile of the config (``clusters``). A profile that is an edge or
+    CPU-only site contributes its nodes' CPUs only: it never gets a GPU tier."""
     inv = load_hardware(hardware) if hardware else probe_local()
     nodes = list(inv.nodes)
     if kubeconfig or context:
         for ctx in context or [None]:  # type: ignore[list-item]
             nodes += probe_cluster(kubeconfig=kubeconfig, context=ctx)
+    for c in clusters or []:
+        found = probe_cluster(kubeconfig=c.kubeconfig, context=c.context, cluster=c.name)
+        if not c.has_gpu:
+            found = tuple(n.model_copy(update={"gpus": 0}) for n in found)
+        nodes += found
     return inv.model_copy(update={"nodes": tuple(nodes)})
 
 
@@ -117,6 +130,9 @@ def plan_command(
         None, "--hardware", help="Describe the inventory instead of probing this host."
     ),
     kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="Add a cluster's nodes."),
+    clusters: bool = typer.Option(
+        False, "--clusters", help="Plan onto the nodes of the config's clusters."
+    ),
     context: list[str] = typer.Option([], "--context", help="kubeconfig context (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of tables."),
 ) -> None:
@@ -125,7 +141,7 @@ def plan_command(
     settings = Settings.from_env()
     try:
         cfg = load_config(config)
-        inv = inventory_for(hardware, kubeconfig, context)
+        inv = inventory_for(hardware, kubeconfig, context, cfg.clusters if clusters else None)
         decisions = decide_all(cfg, inv, settings)
     except EdgeInferError as exc:
         raise _fail(exc) from None
