@@ -140,9 +140,12 @@ def replan_reason(
     breach = failing or (seen.p95_ms is not None and seen.p95_ms > goal)
     breach_since = (now if state.breach_since is None else state.breach_since) if breach else None
     planned = current.load_rps
-    off = seen.requests >= _MIN_SAMPLES and (
-        seen.rps > planned * cfg.load_change_factor or seen.rps < planned / cfg.load_change_factor
+    # Up: enough requests at a rate well over the plan, or requests kept waiting in the
+    # queue (a replica set that cannot keep up); down: a rate well under it.
+    up = (seen.requests >= _MIN_SAMPLES and seen.rps > planned * cfg.load_change_factor) or (
+        seen.queue_depth > 0
     )
+    off = up or seen.rps < planned / cfg.load_change_factor
     load_since = (now if state.load_since is None else state.load_since) if off else None
     state = ReplanState(breach_since, load_since, state.last_move)
     if now - state.last_move < cfg.replan_cooldown_s:
@@ -157,10 +160,13 @@ def replan_reason(
             observed_p95={primary.key: p95},
         )
     if load_since is not None and now - load_since >= cfg.replan_window_s:
+        queued = f", {seen.queue_depth} queued" if seen.queue_depth else ""
+        rate = max(seen.rps, planned * cfg.load_change_factor) if seen.queue_depth else seen.rps
         return Replan(
-            f"load {seen.rps:.2f} req/s vs {planned:.2f} planned for {now - load_since:.0f} s",
+            f"load {seen.rps:.2f} req/s{queued} vs {planned:.2f} planned "
+            f"for {now - load_since:.0f} s",
             state,
-            load_rps=max(seen.rps, 1e-3),
+            load_rps=max(rate, 1e-3),
         )
     return Replan(None, state)
 

@@ -18,6 +18,8 @@ ON_CPU = choose_runtime(LOOSE, (LLAMA_CPU, LLAMA_GPU), ONE_GPU, CFG, 0.0)
 QUIET = Observed()
 SLOW = Observed(requests=100, p95_ms=5000, rps=1.0)
 BUSY = Observed(requests=300, p95_ms=900, rps=10.0)
+QUEUED = Observed(requests=5, p95_ms=None, rps=0.9, queue_depth=6)
+IDLE = Observed(requests=1, rps=0.01)
 FAILING = Observed(requests=40, errors=30, rps=1.0)
 
 
@@ -92,6 +94,39 @@ CASES = [
         ReplanState(load_since=60),
         100,
         "load 10.00 req/s vs 1.00 planned",
+        False,
+    ),
+    (
+        "requests kept queued for a window",
+        LOOSE,
+        ON_CPU,
+        ONE_GPU,
+        QUEUED,
+        ReplanState(load_since=60),
+        100,
+        "6 queued vs 1.00 planned",
+        False,
+    ),
+    (
+        "load fell away for a window",
+        LOOSE,
+        ON_CPU,
+        ONE_GPU,
+        IDLE,
+        ReplanState(load_since=60),
+        100,
+        "load 0.01 req/s vs 1.00 planned",
+        False,
+    ),
+    (
+        "load fell away, not for a window yet",
+        LOOSE,
+        ON_CPU,
+        ONE_GPU,
+        IDLE,
+        ReplanState(load_since=90),
+        100,
+        None,
         False,
     ),
 ]
