@@ -198,6 +198,8 @@ async def measure(
         device=tier.device.value,
         artifact_hash=artifact_hash,
         host=f"{platform.node()}: {_cpu_label()}",
+        # A busy host measures slow: say how busy it was.
+        note=f"load average {os.getloadavg()[0]:.1f} at the end of the measurement",
         measured_at=time.time(),
         workload=work.description,
         cold_start={k: round(v, 4) for k, v in cold.phases.items()},
