@@ -13,7 +13,7 @@ import uvloop
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
-from runtime.backend import registered_runtimes
+from runtime.backend import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
 from runtime.forkserver import ForkServer
 from runtime.http_server import http_server
@@ -74,6 +74,7 @@ def build_gateway(
         profiles={m.name: store.for_model(m, config.base_dir) for m in config.models if m.runtimes},
         policy=policy,
         available=registered_runtimes(),
+        cuda_runtimes=cuda_runtimes(),
         clock=clock,
         tick=policy.tick_seconds,
     )

@@ -30,6 +30,7 @@ __all__ = [
     "LoadPhases",
     "Runtime",
     "create_runtime",
+    "cuda_runtimes",
     "registered_runtimes",
     "resolve_device",
     "runtime_class",
@@ -132,6 +133,21 @@ class Runtime(ABC):
 def registered_runtimes() -> frozenset[RuntimeName]:
     """The runtimes this build has an implementation of (importable or not)."""
     return frozenset(_REGISTRY)
+
+
+def cuda_runtimes() -> frozenset[RuntimeName]:
+    """The runtimes that can use this host's GPU with this build (none without a GPU;
+    imports a runtime only where a GPU is present)."""
+    if not cuda_available():
+        return frozenset()
+    found = set()
+    for name in _REGISTRY:
+        try:
+            if runtime_class(name).supports_cuda():
+                found.add(name)
+        except RuntimeUnavailable:
+            continue
+    return frozenset(found)
 
 
 def runtime_class(name: RuntimeName) -> type[Runtime]:

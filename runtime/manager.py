@@ -204,6 +204,7 @@ class Manager:
         profiles: dict[str, tuple[Profile, ...]],
         policy: PolicyConfig,
         available: frozenset[RuntimeName] | None = None,
+        cuda_runtimes: frozenset[RuntimeName] | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 5.0,
     ) -> None:
@@ -213,6 +214,7 @@ class Manager:
         self.profiles = profiles
         self.policy = policy
         self.available = available
+        self.cuda_runtimes = cuda_runtimes
         self.clock = clock
         self.tick = tick
         self.decisions: dict[str, Decision] = {}
@@ -257,6 +259,7 @@ class Manager:
             now,
             resident=self._resident(now, spec.name),
             available=self.available,
+            cuda_runtimes=self.cuda_runtimes,
             **kw,
         )
 

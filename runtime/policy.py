@@ -134,9 +134,12 @@ def _profile_for(
     )
 
 
-def _tiers(spec: ModelSpec, inv: Inventory) -> list[Tier]:
+def _tiers(
+    spec: ModelSpec, inv: Inventory, cuda_runtimes: frozenset[RuntimeName] | None
+) -> list[Tier]:
     """This host's CPU and GPUs; or, for an inventory of cluster nodes (cluster mode),
-    every cluster's CPU and the GPUs of the clusters that have them."""
+    every cluster's CPU and the GPUs of the clusters that have them. On this host,
+    ``cuda_runtimes`` (when given) are the runtimes whose build can use its GPU."""
     clusters: tuple[str | None, ...] = (None,)
     gpu_clusters: tuple[str | None, ...] = (None,) if inv.gpus else ()
     if inv.nodes:
@@ -145,7 +148,11 @@ def _tiers(spec: ModelSpec, inv: Inventory) -> list[Tier]:
     tiers = [Tier(r, Device.CPU, cluster=c) for c in clusters for r in spec.runtimes]
     for runtime in spec.runtimes:
         if runtime in CUDA_CAPABLE:
-            tiers += [Tier(runtime, Device.CUDA, cluster=c) for c in gpu_clusters]
+            tiers += [
+                Tier(runtime, Device.CUDA, cluster=c)
+                for c in gpu_clusters
+                if c is not None or cuda_runtimes is None or runtime in cuda_runtimes
+            ]
     return tiers
 
 
@@ -324,10 +331,13 @@ def choose_runtime(
     resident: tuple[Resident, ...] = (),
     available: frozenset[RuntimeName] | None = None,
     observed_p95: dict[str, float] | None = None,
+    cuda_runtimes: frozenset[RuntimeName] | None = None,
 ) -> Decision:
     """Where ``spec`` runs now, and why. ``resident`` is the GPU ledger (models already
     holding GPU memory); ``available`` the runtimes this build can run (None: all);
-    ``observed_p95`` replaces a tier's prediction where the gateway saw worse."""
+    ``observed_p95`` replaces a tier's prediction where the gateway saw worse;
+    ``cuda_runtimes`` the runtimes whose build here can use this host's GPU (None: all
+    that can in principle, as when planning for another site)."""
     load = (
         load_rps if load_rps is not None else config.expected_rps.get(spec.name, config.default_rps)
     )
@@ -335,7 +345,7 @@ def choose_runtime(
         _evaluate(
             spec, t, profiles, inventory, resident, load, config, available, observed_p95 or {}
         )
-        for t in _tiers(spec, inventory)
+        for t in _tiers(spec, inventory, cuda_runtimes)
     ]
     goal = spec.latency.p95_ms
     meeting = [c for c in cands if c.meets_goal]
@@ -363,10 +373,13 @@ def choose_runtime(
             )
         else:
             cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
-            best = cpu[0]
+            # As `--device auto` would: the GPU where there is one, else the CPU.
+            gpu = [c for c in cands if c.tier.device is Device.CUDA]
+            best = (gpu or cpu)[0]
             why = (
                 f"no profile to decide from; placed on {best.key}, the first runtime "
-                f"the model lists (run `edgeinfer profile --model {spec.name}`)"
+                f"the model lists, on the GPU where there is one "
+                f"(run `edgeinfer profile --model {spec.name}`)"
             )
         goal_met = False
     best = replace(best, verdict="chosen", reason=why)

@@ -359,9 +359,15 @@ def test_wasm_candidates_from_profiles_even_if_not_registered_here() -> None:
 
 
 def test_no_profile_at_all_falls_back_and_says_so() -> None:
+    # As `--device auto` would: the GPU where this build can use one, else the CPU.
     d = choose_runtime(chat(), (), ONE_GPU, CFG, 0.0)
-    assert d.placement.primary.key == "llama-cpu"
+    assert d.placement.primary.key == "llama-cuda"
     assert "edgeinfer profile" in d.reason and not d.goal_met
+    d = choose_runtime(chat(), (), ONE_GPU, CFG, 0.0, cuda_runtimes=frozenset())
+    assert d.placement.primary.key == "llama-cpu"
+    assert "llama-cuda" not in by_tier(d)
+    d = choose_runtime(chat(), (), CPU_ONLY, CFG, 0.0)
+    assert d.placement.primary.key == "llama-cpu"
 
 
 @pytest.mark.parametrize(
