@@ -319,6 +319,21 @@ def memory_gpu_hours(intervals: list[tuple[float, float, TierSim]]) -> float:
     return sum((min(e, DAY) - s) * t.mem_share for s, e, t in intervals if t.gpu and e > s) / 3600
 
 
+def peak_gpus(intervals: list[tuple[float, float, TierSim]]) -> int:
+    """The most GPUs in use at once when replicas are packed by memory."""
+    events = sorted(
+        ev
+        for s, e, t in intervals
+        if t.gpu and e > s
+        for ev in ((s, t.mem_share), (min(e, DAY), -t.mem_share))
+    )
+    held = peak = 0.0
+    for _, d in events:
+        held += d
+        peak = max(peak, held)
+    return math.ceil(peak - 1e-9)
+
+
 def whole_gpu_hours(intervals: list[tuple[float, float, TierSim]]) -> float:
     return sum(min(e, DAY) - s for s, e, t in intervals if t.gpu and e > s) / 3600
 
@@ -338,6 +353,7 @@ def run(
     )
     intervals: list[tuple[float, float, TierSim]] = []
     total = within = moves = 0
+    by_family: dict[str, list[int]] = {f: [0, 0] for f in FAMILIES}
     for m, times in zip(fleet, traffic, strict=True):
         spec = m.spec
         if policy == "always_gpu":
@@ -364,6 +380,8 @@ def run(
         n, ok = simulate(times, hours, spec.latency.p95_ms, rng, intervals)
         total += n
         within += ok
+        by_family[m.family][0] += n
+        by_family[m.family][1] += ok
     own = packed_gpu_hours(intervals) if policy == "manager" else whole_gpu_hours(intervals)
     cpu_core_h = sum((min(e, DAY) - s) * t.cores for s, e, t in intervals if not t.gpu) / 3600
     return {
@@ -373,6 +391,8 @@ def run(
         "gpu_memory_hours": round(memory_gpu_hours(intervals), 2),
         "cpu_core_hours": round(cpu_core_h, 1),
         "requests": total,
+        "slo_by_task": {f: round(ok / max(1, n), 4) for f, (n, ok) in by_family.items()},
+        "gpus_peak": peak_gpus(intervals),
         **({"moves": moves} if policy == "manager" else {}),
     }
 

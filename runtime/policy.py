@@ -75,6 +75,9 @@ class PolicyConfig(_Frozen):
     replan_cooldown_s: float = Field(60.0, ge=0, description="between two moves of a model")
     load_change_factor: float = Field(2.0, gt=1, description="observed/planned load to re-plan")
     min_gain: float = Field(0.2, ge=0, lt=1, description="cost saving needed to move")
+    cover_cold_starts: bool = Field(
+        True, description="a cold start that breaks the goal gets a bridge or a warm replica"
+    )
     tick_seconds: float = Field(5.0, gt=0, le=3600, description="how often the manager looks")
 
 
@@ -387,7 +390,13 @@ def choose_runtime(
     warm = 0
     if spec.scaling.min_scale == 0 and best.cold_start_ms is not None:
         first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
-        if first > goal:
+        if first > goal and not config.cover_cold_starts:
+            why += (
+                f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: left to "
+                "scale to zero as configured (manager.cover_cold_starts: false)"
+            )
+            best = replace(best, reason=why)
+        elif first > goal:
             bridge, warm, note = _cold_start_cover(spec, best, cands, config)
             if bridge is not None:
                 cands = [

@@ -395,3 +395,12 @@ def test_role_of_bridge_tier_is_bridge() -> None:
     )
     assert d.placement.bridges and d.placement.bridges[0].role is TierRole.BRIDGE
     assert by_tier(d)["wasm-cpu"].verdict == "bridge"
+
+
+def test_cold_start_cover_can_be_turned_off() -> None:
+    spec = chat(latency={"p95_ms": 3000}, scaling={"min-scale": 0})
+    cfg = PolicyConfig(cover_cold_starts=False)
+    d = choose_runtime(spec, (LLAMA_GPU, WASM_CPU), ONE_GPU, cfg, 0.0, load_rps=5.0)
+    assert [t.key for t in d.placement.tiers] == ["llama-cuda"]
+    assert d.placement.primary.min_scale is None
+    assert "breaks the goal: left to scale to zero" in d.reason
