@@ -302,9 +302,10 @@ class ModelPool:
             slot = next(
                 (i for i, b in enumerate(self.placement.bridges) if same_tier(r.tier, b)), None
             )
-            if slot is not None and keep[slot] > 0 and r.state is ReplicaState.READY:
+            if slot is not None and keep[slot] > 0:
                 keep[slot] -= 1
                 continue
+            r.state = ReplicaState.DRAINING  # at once: a second call must not drain it again
             self._spawn_task(self._drain(r))
 
     def _keep_warm(self, now: float) -> None:
