@@ -382,7 +382,8 @@ def run(
         within += ok
         by_family[m.family][0] += n
         by_family[m.family][1] += ok
-    own = packed_gpu_hours(intervals) if policy == "manager" else whole_gpu_hours(intervals)
+    managed = policy.startswith("manager")
+    own = packed_gpu_hours(intervals) if managed else whole_gpu_hours(intervals)
     cpu_core_h = sum((min(e, DAY) - s) * t.cores for s, e, t in intervals if not t.gpu) / 3600
     return {
         "slo_attainment": round(within / max(1, total), 5),
@@ -393,7 +394,7 @@ def run(
         "requests": total,
         "slo_by_task": {f: round(ok / max(1, n), 4) for f, (n, ok) in by_family.items()},
         "gpus_peak": peak_gpus(intervals),
-        **({"moves": moves} if policy == "manager" else {}),
+        **({"moves": moves} if managed else {}),
     }
 
 
@@ -420,8 +421,19 @@ def main() -> None:
         p: run(fleet, traffic, p, cfg, args.seed)
         for p in ("always_gpu", "static_format", "manager")
     }
+    # The manager told not to cover cold starts that break a goal (the rarely used
+    # models then scale to zero and their first requests miss): the other side of
+    # the trade-off, reported beside the default.
+    results["manager_no_cover"] = run(
+        fleet,
+        traffic,
+        "manager_no_cover",
+        cfg.model_copy(update={"cover_cold_starts": False}),
+        args.seed,
+    )
     base = results["always_gpu"]
     mgr = results["manager"]
+    bare = results["manager_no_cover"]
     print(
         json.dumps(
             {
@@ -443,8 +455,17 @@ def main() -> None:
                 "manager_gpu_memory_hours_saved": round(
                     1 - mgr["gpu_memory_hours"] / max(base["gpu_memory_hours"], 1e-9), 3
                 ),
-                "target_met": bool(
+                "manager_no_cover_gpu_memory_hours_saved": round(
+                    1 - bare["gpu_memory_hours"] / max(base["gpu_memory_hours"], 1e-9), 3
+                ),
+                # The target (>= 99 % within goal, >= 40 % fewer GPU-hours than
+                # always-on GPU), under each accounting: as deployed, and like for like.
+                "target_met_as_deployed": bool(
                     mgr["slo_attainment"] >= 0.99 and mgr["gpu_hours"] <= 0.6 * base["gpu_hours"]
+                ),
+                "target_met_like_for_like": bool(
+                    mgr["slo_attainment"] >= 0.99
+                    and mgr["gpu_memory_hours"] <= 0.6 * base["gpu_memory_hours"]
                 ),
                 "sim_seconds": round(time.perf_counter() - started, 1),
             }
