@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def profile_command(
                 f"{last.p95_ms:.1f} ms @{last.concurrency}" if len(p.points) > 1 else "-",
                 f"{p.tokens_per_s:.1f}" if p.tokens_per_s else "-",
                 f"{p.memory_mib:.0f} MiB (rss {p.rss_mib:.0f})",
-                o.reason,
+                o.reason or p.note,
             )
             err.print(f"{o.model} {o.tier}: {o.status}", highlight=False)
 
@@ -116,12 +117,34 @@ def inventory_for(
     return inv.model_copy(update={"nodes": tuple(nodes)})
 
 
-def decide_all(cfg: ModelConfig, inv: Inventory, settings: Settings) -> tuple[Decision, ...]:
+def decide_all(
+    cfg: ModelConfig, inv: Inventory, settings: Settings, rps: dict[str, float] | None = None
+) -> tuple[Decision, ...]:
     store = ProfileStore(settings.state_dir / "profiles")
     profiles = {m.name: store.for_model(m, cfg.base_dir) for m in cfg.models if m.runtimes}
-    return plan(
-        cfg, profiles, inv, policy_config(cfg), time.time(), available=registered_runtimes()
-    )
+    policy = policy_config(cfg)
+    if rps:
+        policy = policy.model_copy(update={"expected_rps": {**policy.expected_rps, **rps}})
+    return plan(cfg, profiles, inv, policy, time.time(), available=registered_runtimes())
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "overloaded" if math.isinf(value) else f"{value:.1f} ms"
+
+
+def _rates(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        name, _, rate = pair.partition("=")
+        try:
+            out[name] = float(rate)
+        except ValueError:
+            raise typer.BadParameter(f"--rps wants MODEL=REQUESTS_PER_S, got {pair!r}") from None
+        if out[name] <= 0:
+            raise typer.BadParameter(f"--rps {pair!r}: the rate must be > 0")
+    return out
 
 
 def plan_command(
@@ -135,6 +158,9 @@ def plan_command(
     ),
     context: list[str] = typer.Option([], "--context", help="kubeconfig context (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of tables."),
+    rps: list[str] = typer.Option(
+        [], "--rps", help="Expected load MODEL=REQ_PER_S (repeatable; overrides the config)."
+    ),
 ) -> None:
     """Where each model would run, every candidate's predicted p95, tokens/s and cost,
     and why each other candidate was rejected."""
@@ -142,7 +168,11 @@ def plan_command(
     try:
         cfg = load_config(config)
         inv = inventory_for(hardware, kubeconfig, context, cfg.clusters if clusters else None)
-        decisions = decide_all(cfg, inv, settings)
+        rates = _rates(rps)
+        unknown = sorted(set(rates) - {m.name for m in cfg.models})
+        if unknown:
+            raise typer.BadParameter(f"--rps: no model {unknown[0]!r} in the config")
+        decisions = decide_all(cfg, inv, settings, rates)
     except EdgeInferError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -174,7 +204,7 @@ def plan_command(
             table.add_row(
                 c.key,
                 c.source,
-                "-" if c.predicted_p95_ms is None else f"{c.predicted_p95_ms:.1f} ms",
+                _ms(c.predicted_p95_ms),
                 "-" if c.cold_start_ms is None else f"{c.cold_start_ms:.0f} ms",
                 "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.1f}",
                 str(c.replicas or "-"),

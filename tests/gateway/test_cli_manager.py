@@ -148,3 +148,31 @@ def test_profile_unknown_model(tmp_path: Path) -> None:
     config = write_config(tmp_path, MINILM)
     r = run(tmp_path / "home", "profile", "--config", str(config), "--model", "nope")
     assert r.exit_code == 2 and "no model 'nope' to profile" in r.output
+
+
+def test_plan_at_a_stated_load(tmp_path: Path) -> None:
+    config = write_config(tmp_path, MINILM)
+    write_profile(tmp_path / "home", config, p95=40)
+    hw = tmp_path / "edge.yaml"
+    hw.write_text("cpu: {cores: 2}\nmemory_total_mib: 4096\n")
+    home = tmp_path / "home"
+    low = run(
+        home, "plan", "--config", str(config), "--hardware", str(hw), "--json", "--rps", "minilm=1"
+    )
+    high = run(
+        home,
+        "plan",
+        "--config",
+        str(config),
+        "--hardware",
+        str(hw),
+        "--json",
+        "--rps",
+        "minilm=500",
+    )
+    assert json.loads(low.output)["models"][0]["goal_met"] is True
+    m = json.loads(high.output)["models"][0]
+    assert m["goal_met"] is False and m["load_rps"] == 500
+    assert "overloaded" in m["candidates"][0]["reason"]
+    bad = run(home, "plan", "--config", str(config), "--rps", "nope=1")
+    assert bad.exit_code == 2 and "no model 'nope'" in bad.output
