@@ -37,14 +37,18 @@ class Fit:
     reason: str = ""
 
 
-def free_mib(gpu: GpuInfo, resident: tuple[Resident, ...], reserve_mib: float) -> float:
+def free_mib(
+    gpu: GpuInfo, resident: tuple[Resident, ...], reserve_mib: float, mine_mib: float = 0.0
+) -> float:
     """Memory a new model may take on ``gpu``: what is neither used nor reserved.
     Used is the larger of what the driver reports and what our placements account for:
     the driver's figure includes our loaded models (counting both would double them),
     our ledger includes models placed but not loaded yet. Hazard: memory another
-    program takes on a GPU our models also fill is seen only once it exceeds ours."""
+    program takes on a GPU our models also fill is seen only once it exceeds ours.
+    ``mine_mib`` is what the model being placed already holds there (the driver counts
+    it as used; it is not in the way of itself)."""
     ours = sum(r.memory_mib for r in resident if r.gpu == gpu.index)
-    used = max(gpu.memory_total_mib - gpu.memory_free_mib, ours)
+    used = max(gpu.memory_total_mib - gpu.memory_free_mib - mine_mib, ours)
     return gpu.memory_total_mib - used - reserve_mib
 
 
@@ -78,7 +82,8 @@ def fit(
     others = tuple(r for r in resident if r.model != model)
     if not gpus:
         return Fit(None, reason="no GPU")
-    rooms = [(free_mib(g, others, reserve_mib), g) for g in gpus]
+    mine = {r.gpu: r.memory_mib for r in resident if r.model == model}
+    rooms = [(free_mib(g, others, reserve_mib, mine.get(g.index, 0.0)), g) for g in gpus]
     fitting = [(room, g) for room, g in rooms if room >= need_mib]
     if fitting:
         room, g = min(fitting, key=lambda x: x[0])

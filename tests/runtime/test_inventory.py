@@ -135,3 +135,11 @@ def test_fit(gpus, resident, need, gpu, evict) -> None:  # type: ignore[no-untyp
 def test_pick_victims_none_when_not_enough() -> None:
     assert pick_victims((Resident("a", 0, 100, 0),), 0, 500) is None
     assert pick_victims((Resident("a", 0, 100, 0),), 0, 50) == (Resident("a", 0, 100, 0),)
+
+
+def test_a_model_is_not_in_the_way_of_itself() -> None:
+    # The driver reports 9000 MiB used, 8000 of them by the model being re-placed.
+    gpu = GpuInfo(index=0, memory_total_mib=10000, memory_free_mib=1000)
+    resident = (Resident("me", 0, 8000, 0, busy=True),)
+    assert fit((gpu,), resident, 8000, model="me").gpu == 0
+    assert fit((gpu,), resident, 8000, model="other").gpu is None
