@@ -285,9 +285,14 @@ class Manager:
             if current is None:
                 continue
             pool = self.supervisor.pools.get(spec.name)
-            queued = pool.status().queued if pool else 0
-            seen = self.watches[spec.name].snapshot(now, queued)
-            fresh = self._choose(spec, inv, now, load_rps=current.load_rps)
+            status = pool.status() if pool else None
+            seen = self.watches[spec.name].snapshot(now, status.queued if status else 0)
+            # Host memory its own running replicas hold is not in the way of itself.
+            held = self._held_mib(
+                spec.name, current, status.ready + status.starting if status else 0
+            )
+            mine = inv.model_copy(update={"memory_free_mib": inv.memory_free_mib + held})
+            fresh = self._choose(spec, mine, now, load_rps=current.load_rps)
             r = replan_reason(spec, current, fresh, seen, self.states[spec.name], self.policy, now)
             self.states[spec.name] = r.state
             if r.reason is None:
@@ -311,6 +316,12 @@ class Manager:
                 self.events[spec.name].append(
                     f"{r.reason}: stays on {current.placement.primary.key}"
                 )
+
+    def _held_mib(self, model: str, current: Decision, replicas: int) -> int:
+        chosen = current.chosen
+        if chosen is None or chosen.tier.device is not Device.CPU or chosen.tier.cluster:
+            return 0
+        return int(chosen.memory_mib * replicas)
 
     def _apply(self, model: str, decision: Decision, event: str) -> None:
         log.info("%s: %s", model, event)
