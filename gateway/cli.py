@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway import cli_manager
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
 from runtime.spec import RuntimeName, load_config
@@ -126,6 +127,9 @@ def models(
         )
     Console().print(table)
 
+
+app.command("plan")(cli_manager.plan_command)
+app.command("profile")(cli_manager.profile_command)
 
 from knative.cli import app as knative_app  # noqa: E402  (a sub-app: edgeinfer knative ...)
 

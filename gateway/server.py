@@ -13,9 +13,14 @@ import uvloop
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
+from runtime.backend import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
 from runtime.forkserver import ForkServer
 from runtime.http_server import http_server
+from runtime.inventory import Inventory, probe_local
+from runtime.manager import Manager
+from runtime.policy import policy_config
+from runtime.profiles import ProfileStore
 from runtime.settings import Settings
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
@@ -29,10 +34,12 @@ def build_gateway(
     *,
     clock: Callable[[], float] = time.monotonic,
     environ: Mapping[str, str] | None = None,
+    probe: Callable[[], Inventory] = probe_local,
     clusters: Sequence[str] = (),
 ) -> Gateway:
-    """The app for a config: supervisor with worker processes, keys from the environment;
-    with ``clusters``, the models' Knative Services on them instead of workers."""
+    """The app for a config: supervisor with worker processes, the runtime manager
+    placing models on the inventory ``probe`` reports, keys from the environment; with
+    ``clusters``, the models' Knative Services on them instead of workers."""
     gw = gateway_config(config)
     try:
         authenticator = Authenticator.from_config(
@@ -58,7 +65,20 @@ def build_gateway(
         scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
         clock=clock,
     )
-    return Gateway(config, gw, supervisor, authenticator, clock=clock)
+    store = ProfileStore(settings.state_dir / "profiles")
+    policy = policy_config(config)
+    manager = Manager(
+        config,
+        supervisor,
+        probe=probe,
+        profiles={m.name: store.for_model(m, config.base_dir) for m in config.models if m.runtimes},
+        policy=policy,
+        available=registered_runtimes(),
+        cuda_runtimes=cuda_runtimes(),
+        clock=clock,
+        tick=policy.tick_seconds,
+    )
+    return Gateway(config, gw, supervisor, authenticator, clock=clock, manager=manager)
 
 
 def _cluster_router(

@@ -177,6 +177,9 @@ class ModelConfig(_Strict):
     gateway: dict[str, Any] = Field(
         default_factory=dict, description="the gateway's own settings, validated by gateway"
     )
+    manager: dict[str, Any] = Field(
+        default_factory=dict, description="the runtime manager's settings (runtime.policy)"
+    )
     clusters: list[ClusterSpec] = Field(
         default_factory=list, description="Kubernetes clusters with Knative (runtime.clusters)"
     )
