@@ -142,7 +142,7 @@ def _service(
     rule = spec.scaling
     # The manager may keep replicas warm on a tier (Tier.min_scale); a bridge is kept
     # warm anyway, or it could not answer while the primary scales from zero.
-    warm: int | None = getattr(tier, "min_scale", None)
+    warm = tier.min_scale
     if tier.role is TierRole.BRIDGE:
         warm = max(warm or 0, cluster.knative.bridge_min_scale)
     annotations = scaling_annotations(rule, cluster.knative, min_scale=warm)

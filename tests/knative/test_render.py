@@ -394,7 +394,6 @@ def test_files_of_the_source_tree_are_read_from_the_image(tmp_path: Path) -> Non
 
 def test_manager_warm_minimum_becomes_min_scale(tmp_path: Path) -> None:
     """The manager's Tier.min_scale (its answer to a cold start that breaks the goal)."""
-    import dataclasses
     import json
 
     from knative.placements import placements_from_plan
@@ -403,11 +402,6 @@ def test_manager_warm_minimum_becomes_min_scale(tmp_path: Path) -> None:
     tier = {"tier": "llama-cuda", "role": "primary", "cluster": "core", "min_scale": 2}
     plan.write_text(json.dumps({"models": [{"model": "smollm2", "tiers": [tier]}]}))
     core = ClusterSpec(name="core")
-    if "min_scale" not in {f.name for f in dataclasses.fields(Tier)}:
-        # Before the manager's Tier.min_scale exists, the plan is refused, not misread.
-        with pytest.raises(ConfigError, match="no min_scale"):
-            placements_from_plan(plan, (core,))
-        return
     placement = placements_from_plan(plan, (core,))["smollm2"]
     out = render_model(smollm2(), placement, core, Path.cwd())
     annotations = services(out.manifests)["smollm2-llama-cuda"]["spec"]["template"]["metadata"][
