@@ -526,3 +526,97 @@ def test_replicas_read_from_the_latest_revision(
     rows = {r.name: r for r in read_status(cluster)}
     assert rows["magika-onnx-cuda"].replicas == "0/0" and rows["magika-onnx-cuda"].actual == 0
     assert rows["magika-onnx-cpu"].replicas == "2/2" and rows["magika-onnx-cpu"].actual == 2
+
+
+def add_node(kubeconfig: str, name: str, gpus: int) -> None:
+    """A Node object as a kubelet would register it (no kubelet runs here)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    labels = {"kubernetes.io/arch": "amd64"}
+    alloc = {"cpu": "16", "memory": "64Gi", "pods": "110"}
+    if gpus:
+        labels |= {"nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.product": "NVIDIA-H100"}
+        alloc["nvidia.com/gpu"] = str(gpus)
+    try:
+        api.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    node = api.read_node_status(name)
+    node.status = client.V1NodeStatus(allocatable=alloc, capacity=alloc)
+    api.replace_node_status(name, node)
+
+
+def test_the_managers_plan_decides_cluster_and_tier(
+    tmp_path: Path, kubeconfig: str, namespace: str
+) -> None:
+    """``edgeinfer plan --clusters --json`` (the manager, reading the clusters' nodes)
+    feeds ``knative apply --plan``; the edge cluster gets no GPU tier even though the
+    API server it names has a GPU node."""
+    import json
+
+    (tmp_path / "edge").mkdir()
+    add_node(kubeconfig, "gpu-node-1", 1)
+    add_node(kubeconfig, "cpu-node-1", 0)
+    path = write_config(
+        tmp_path,
+        {
+            "models": [MINILM, MAGIKA],
+            "clusters": [
+                {"name": "core", "kubeconfig": kubeconfig, "namespace": namespace},
+                {
+                    "name": "shop",
+                    "kubeconfig": kubeconfig,
+                    "namespace": namespace,
+                    "labels": ["edge"],
+                },
+            ],
+        },
+    )
+    runner = CliRunner()
+    env = {"EDGEINFER_HOME": str(tmp_path / "home")}  # no stored profiles
+    planned = runner.invoke(app, ["plan", "--config", str(path), "--clusters", "--json"], env=env)
+    assert planned.exit_code == 0, planned.output
+    plan = tmp_path / "plan.json"
+    plan.write_text(planned.stdout)
+    doc = json.loads(planned.stdout)
+    tiers = [t for m in doc["models"] for t in m["tiers"]]
+    assert all(not (t["cluster"] == "shop" and t["tier"].endswith("-cuda")) for t in tiers)
+    applied = runner.invoke(
+        app, ["knative", "apply", "--config", str(path), "--plan", str(plan), "--no-diff"]
+    )
+    assert applied.exit_code == 0, applied.output
+    cluster = connect(load_config(path).clusters[0])
+    rows = {(r.name, r.cluster) for r in read_status(cluster)}
+    expected = {
+        (f"{m['model']}-{t['tier']}", t["cluster"])
+        for m in doc["models"]
+        for t in m["tiers"]
+        if t["cluster"] == "core"
+    }
+    assert rows == expected and rows
+    # With only the edge site to place on, every model gets a CPU tier there.
+    edge_only = write_config(
+        tmp_path / "edge",
+        {
+            "models": [MINILM, MAGIKA],
+            "clusters": [
+                {
+                    "name": "shop",
+                    "kubeconfig": kubeconfig,
+                    "namespace": namespace,
+                    "labels": ["edge"],
+                }
+            ],
+        },
+    )
+    planned = runner.invoke(
+        app, ["plan", "--config", str(edge_only), "--clusters", "--json"], env=env
+    )
+    assert planned.exit_code == 0, planned.output
+    edge_tiers = [t for m in json.loads(planned.stdout)["models"] for t in m["tiers"]]
+    assert edge_tiers and all(
+        t["cluster"] == "shop" and t["tier"].endswith("-cpu") for t in edge_tiers
+    ), edge_tiers
