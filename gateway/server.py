@@ -90,6 +90,7 @@ def _cluster_router(
 
     chosen = select_clusters(config, Overrides(clusters=tuple(names)))
     router = ClusterRouter(config, chosen, scale_to_zero_grace=grace, clock=clock)
+    router.connect()
     return cast(Supervisor, router)
 
 

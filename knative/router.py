@@ -255,13 +255,20 @@ class ClusterRouter:
             raise ModelNotFound(f"model {model!r} does not exist; models here: {names}")
         return pool
 
+    def connect(self) -> None:
+        """Connect to every cluster now (before serving), so a bad kubeconfig or an
+        unreachable API server is a clear error at start, not a failed lifespan."""
+        if self._fetch is not None:
+            return
+        from knative.kube import connect
+        from knative.status import read_status
+
+        conns = {c.name: connect(c) for c in self.clusters}
+        self._fetch = lambda c: read_status(conns[c.name])
+
     async def start(self) -> None:
         if self._fetch is None:
-            from knative.kube import connect
-            from knative.status import read_status
-
-            conns = {c.name: await asyncio.to_thread(connect, c) for c in self.clusters}
-            self._fetch = lambda c: read_status(conns[c.name])
+            await asyncio.to_thread(self.connect)
         self._session = aiohttp.ClientSession()
         await self.sync()
         self._loop = asyncio.create_task(self._run())
