@@ -109,7 +109,7 @@ def read_status(cluster: Cluster, model: str | None = None) -> list[ServiceStatu
 
 
 def _replicas(revisions: Any, cluster: Cluster, service: dict[str, Any]) -> str:
-    from kubernetes.dynamic.exceptions import NotFoundError
+    from kubernetes.dynamic.exceptions import ForbiddenError, NotFoundError
 
     name = (service.get("status") or {}).get("latestReadyRevisionName")
     if revisions is None or not name:
@@ -117,7 +117,7 @@ def _replicas(revisions: Any, cluster: Cluster, service: dict[str, Any]) -> str:
     with kube_errors(f"cluster {cluster.spec.name!r}: reading Revision {name}"):
         try:
             rev = revisions.get(name=name, namespace=cluster.spec.namespace).to_dict()
-        except NotFoundError:
+        except (NotFoundError, ForbiddenError):  # gone, or not ours to read: unknown
             return "-"
     status = rev.get("status") or {}
     actual, desired = status.get("actualReplicas"), status.get("desiredReplicas")
