@@ -119,3 +119,26 @@ def test_replicas_read_from_the_latest_revision(
     rows = {r.name: r for r in read_status(cluster)}
     assert rows["magika-onnx-cuda"].replicas == "0/0" and rows["magika-onnx-cuda"].actual == 0
     assert rows["magika-onnx-cpu"].replicas == "2/2" and rows["magika-onnx-cpu"].actual == 2
+
+
+def test_cli_apply_wait_reports_progress_and_timeouts(
+    tmp_path: Path, kubeconfig: str, namespace: str
+) -> None:
+    cfg, cluster = setup(tmp_path, kubeconfig, namespace, [MAGIKA])
+    runner = CliRunner()
+    base = ["knative", "apply", "--config", cfg.source or "", "--no-diff", "--wait"]
+    late = runner.invoke(app, [*base, "--timeout", "2"])
+    assert late.exit_code == 1
+    assert "not Ready after 2s: magika-onnx-cpu, magika-onnx-cuda" in late.output
+
+    def controller() -> None:
+        time.sleep(1.0)
+        for name in ("magika-onnx-cuda", "magika-onnx-cpu"):
+            set_ready(cluster, name)
+
+    worker = threading.Thread(target=controller)
+    worker.start()
+    done = runner.invoke(app, [*base, "--timeout", "30"])
+    worker.join()
+    assert done.exit_code == 0, done.output
+    assert "all 2 Service(s) Ready" in done.output
