@@ -34,7 +34,7 @@ from knative.naming import (
     service_name,
 )
 from knative.placements import check_placement
-from knative.pod import CONFIG_MOUNT, PORT, resources, worker_args
+from knative.pod import CONFIG_MOUNT, PORT, cores, resources, worker_args
 from knative.spinapp import is_spin_tier, render_spinapp
 from runtime.clusters import ClusterSpec
 from runtime.placement import Device, Placement, Tier, TierRole
@@ -81,6 +81,10 @@ def render_model(
     delivery = plan_delivery(spec, cluster, base_dir)
     for name, message in delivery.errors:
         out.findings.append(Finding(spec.name, name, message))
+    # In a pod, os.cpu_count() is the node's cores, not the replica's: unless the spec
+    # says otherwise, the runtime computes on as many threads as the pod requests cores.
+    options = delivery.spec.setdefault("options", {})
+    options.setdefault("threads", max(1, math.ceil(cores(spec))))
     config_text = yaml.safe_dump({"models": [delivery.spec]}, sort_keys=False)
     config_hash = hashlib.sha256(config_text.encode()).hexdigest()[:16]
     labels = {**OWNED, MODEL_LABEL: spec.name, CLUSTER_LABEL: cluster.name}
