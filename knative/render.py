@@ -7,8 +7,8 @@ device, with the scaling rule as ``autoscaling.knative.dev/*`` annotations, prob
 worker's OIP v2 health routes, ``containerConcurrency``, ``timeoutSeconds`` and resources.
 GPU tiers get the GPU limit, node selector and tolerations of the cluster profile; WASM
 tiers run the CPU image, optionally under a runtime class, or become a SpinKube
-``SpinApp`` for Spin guests (``knative.spinapp``). Rendering is pure: no cluster is
-contacted, nothing is read but the arguments.
+``SpinApp`` for Spin guests (``knative.spinapp``). Rendering contacts no cluster; the
+only files it reads are WASM package manifests (is the guest a Spin app?).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def render_model(
         tier_labels = {**labels, TIER_LABEL: tier.key, ROLE_LABEL: tier.role.value}
         volumes = [config_volume, *delivery.volumes]
         mounts = [config_mount, *delivery.mounts]
-        if is_spin_tier(spec, tier, cluster):
+        if is_spin_tier(spec, tier, cluster, base_dir):
             out.manifests.append(
                 render_spinapp(spec, tier, cluster, tier_labels, volumes, mounts, config_hash)
             )

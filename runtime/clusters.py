@@ -140,7 +140,8 @@ class SpinKubeProfile(_Strict):
     replicas: int = Field(1, ge=0, le=1000, description="when autoscaling is off")
     models: list[str] = Field(
         default_factory=list,
-        description="models whose WASM guest is a Spin app: their WASM tier is a SpinApp",
+        description="models whose WASM guest is a Spin app (besides those whose package "
+        "manifest says abi: spin-llm): their WASM tier is a SpinApp",
     )
 
 

@@ -414,3 +414,31 @@ def test_manager_warm_minimum_becomes_min_scale(tmp_path: Path) -> None:
     ]
     assert annotations["autoscaling.knative.dev/min-scale"] == "2"
     assert annotations["autoscaling.knative.dev/initial-scale"] == "2"
+
+
+@pytest.mark.parametrize(("abi", "kind"), [("spin-llm", "SpinApp"), ("wasi-nn", "Service")])
+def test_spin_guests_are_found_by_their_package_manifest(
+    tmp_path: Path, abi: str, kind: str
+) -> None:
+    package = tmp_path / "chat-spin"
+    package.mkdir()
+    (package / "edgeinfer-wasm.yaml").write_text(f"abi: {abi}\nguest: app.wasm\n")
+    spec = ModelSpec.model_validate(
+        {
+            "name": "chat-spin",
+            "task": "chat",
+            "artifacts": {"wasm": "chat-spin"},
+            "runtimes": ["wasm"],
+        }
+    )
+    cluster = ClusterSpec.model_validate(
+        {
+            "name": "spin",
+            "labels": ["edge"],
+            "wasm": {"spinkube": {"image": "registry.local/spin/{model}:1"}},
+            "delivery": {"pvc": {"claim": "models"}},
+        }
+    )
+    out = render_model(spec, default_placement(spec, cluster), cluster, tmp_path)
+    assert out.errors == []
+    assert [m["kind"] for m in out.manifests] == ["ConfigMap", kind]
