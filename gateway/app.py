@@ -31,6 +31,7 @@ from gateway.usage import UsageTap
 from runtime.api.body import json_object
 from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
+from runtime.manager import Manager
 from runtime.replica import ColdStart
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
@@ -58,8 +59,10 @@ class Gateway:
         supervisor: Supervisor,
         authenticator: Authenticator,
         clock: Callable[[], float] = time.monotonic,
+        manager: Manager | None = None,
     ) -> None:
         self.config = config
+        self.manager = manager  # places models and re-plans; fed every request's outcome
         self.settings = settings
         self.supervisor = supervisor
         self.auth = authenticator
@@ -84,10 +87,10 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.supervisor.start()
+                await (self.manager or self.supervisor).start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.supervisor.stop()
+                await (self.manager or self.supervisor).stop()
                 self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -135,7 +138,10 @@ class Gateway:
             await error_response(path, failure)(scope, receive, send)
         finally:
             if model:
-                self.metrics.observe_request(model, route, status, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                self.metrics.observe_request(model, route, status, seconds)
+                if self.manager is not None:
+                    self.manager.observe(model, status, seconds)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
@@ -271,16 +277,24 @@ class Gateway:
         for spec in self.config.models:
             s = self.supervisor.pool(spec.name).status()
             cold = s.last_cold_start
+            placed = self.manager.describe(spec.name) if self.manager else None
             out.append(
                 {
                     "model": spec.name,
                     "task": spec.task.value,
-                    "runtime": spec.runtimes[0].value if spec.runtimes else "external",
-                    "runtime_reason": (
+                    "runtime": placed["tiers"][0]["tier"]
+                    if placed
+                    else (spec.runtimes[0].value if spec.runtimes else "external"),
+                    "runtime_reason": placed["reason"]
+                    if placed
+                    else (
                         f"served by {spec.endpoint}"
                         if spec.endpoint
-                        else "the first runtime the model lists (no manager runs here yet)"
+                        else "the first runtime the model lists (no manager runs here)"
                     ),
+                    "placement": placed,
+                    "bridge_served": s.bridge_served,
+                    "moves": s.moves,
                     "replicas": {
                         "ready": s.ready,
                         "starting": s.starting,
@@ -295,6 +309,8 @@ class Gateway:
                             "state": r.state.value,
                             "in_flight": r.in_flight,
                             "served": r.served,
+                            "tier": r.tier.key if r.tier else None,
+                            "role": r.tier.role.value if r.tier else None,
                         }
                         for r in self.supervisor.pool(spec.name).replicas
                     ],

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway import cli_manager
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
 from runtime.spec import RuntimeName, load_config
@@ -86,6 +87,9 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
+    cluster: list[str] | None = typer.Option(
+        None, "--cluster", help="Route to the models' Knative Services there (repeatable)."
+    ),
 ) -> None:
     """The gateway: every model behind one endpoint, each scaled to and from zero."""
     from gateway.server import run_gateway  # imports uvicorn, aiohttp
@@ -93,7 +97,7 @@ def serve(
     settings = Settings.from_env()
     _setup_logging(settings)
     try:
-        run_gateway(load_config(config), settings, host=host, port=port)
+        run_gateway(load_config(config), settings, host=host, port=port, clusters=cluster or ())
     except EdgeInferError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
@@ -122,6 +126,14 @@ def models(
             f"{m.scaling.min_scale}..{m.scaling.max_scale or '∞'}",
         )
     Console().print(table)
+
+
+app.command("plan")(cli_manager.plan_command)
+app.command("profile")(cli_manager.profile_command)
+
+from knative.cli import app as knative_app  # noqa: E402  (a sub-app: edgeinfer knative ...)
+
+app.add_typer(knative_app, name="knative")
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
@@ -14,8 +15,13 @@ from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
 from gateway.http1 import Http1Server
+from runtime.backend import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
 from runtime.forkserver import ForkServer
+from runtime.inventory import Inventory, probe_local
+from runtime.manager import Manager
+from runtime.policy import policy_config
+from runtime.profiles import ProfileStore
 from runtime.settings import Settings
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
@@ -29,8 +35,12 @@ def build_gateway(
     *,
     clock: Callable[[], float] = time.monotonic,
     environ: Mapping[str, str] | None = None,
+    probe: Callable[[], Inventory] = probe_local,
+    clusters: Sequence[str] = (),
 ) -> Gateway:
-    """The app for a config: supervisor with worker processes, keys from the environment."""
+    """The app for a config: supervisor with worker processes, the runtime manager
+    placing models on the inventory ``probe`` reports, keys from the environment; with
+    ``clusters``, the models' Knative Services on them instead of workers."""
     gw = gateway_config(config)
     try:
         authenticator = Authenticator.from_config(
@@ -38,6 +48,9 @@ def build_gateway(
         )
     except ValueError as exc:
         raise ConfigError(f"{config.source}: gateway.auth: {exc}") from None
+    if clusters:
+        router = _cluster_router(config, clusters, gw.scale_to_zero_grace_seconds, clock)
+        return Gateway(config, gw, router, authenticator, clock=clock)
     assert config.source is not None
     spawner = ForkServer(
         config_path=Path(config.source),
@@ -53,10 +66,43 @@ def build_gateway(
         scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
         clock=clock,
     )
-    return Gateway(config, gw, supervisor, authenticator, clock=clock)
+    store = ProfileStore(settings.state_dir / "profiles")
+    policy = policy_config(config)
+    manager = Manager(
+        config,
+        supervisor,
+        probe=probe,
+        profiles={m.name: store.for_model(m, config.base_dir) for m in config.models if m.runtimes},
+        policy=policy,
+        available=registered_runtimes(),
+        cuda_runtimes=cuda_runtimes(),
+        clock=clock,
+        tick=policy.tick_seconds,
+    )
+    return Gateway(config, gw, supervisor, authenticator, clock=clock, manager=manager)
 
 
-def run_gateway(config: ModelConfig, settings: Settings, *, host: str, port: int) -> None:
-    app = build_gateway(config, settings)
+def _cluster_router(
+    config: ModelConfig, names: Sequence[str], grace: float, clock: Callable[[], float]
+) -> Supervisor:
+    """Cluster mode (knative.router): the same surface as the supervisor."""
+    from knative.router import ClusterRouter
+    from knative.targets import Overrides, select_clusters
+
+    chosen = select_clusters(config, Overrides(clusters=tuple(names)))
+    router = ClusterRouter(config, chosen, scale_to_zero_grace=grace, clock=clock)
+    router.connect()
+    return cast(Supervisor, router)
+
+
+def run_gateway(
+    config: ModelConfig,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    clusters: Sequence[str] = (),
+) -> None:
+    app = build_gateway(config, settings, clusters=clusters)
     server = Http1Server(app, host=host, port=port, graceful_seconds=30)
     uvloop.run(server.serve())

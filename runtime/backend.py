@@ -26,7 +26,15 @@ from runtime.settings import Settings
 from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
 from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, TensorSpec, TokenChunk
 
-__all__ = ["LoadPhases", "Runtime", "create_runtime", "resolve_device", "runtime_class"]
+__all__ = [
+    "LoadPhases",
+    "Runtime",
+    "create_runtime",
+    "cuda_runtimes",
+    "registered_runtimes",
+    "resolve_device",
+    "runtime_class",
+]
 
 _REGISTRY: dict[RuntimeName, str] = {
     RuntimeName.ONNX: "runtime.onnx_backend:OnnxRuntime",
@@ -120,6 +128,26 @@ class Runtime(ABC):
         raise UnsupportedTask(
             f"model {self.spec.name!r} ({self.spec.task}) does not take OIP v2 tensors"
         )
+
+
+def registered_runtimes() -> frozenset[RuntimeName]:
+    """The runtimes this build has an implementation of (importable or not)."""
+    return frozenset(_REGISTRY)
+
+
+def cuda_runtimes() -> frozenset[RuntimeName]:
+    """The runtimes that can use this host's GPU with this build (none without a GPU;
+    imports a runtime only where a GPU is present)."""
+    if not cuda_available():
+        return frozenset()
+    found = set()
+    for name in _REGISTRY:
+        try:
+            if runtime_class(name).supports_cuda():
+                found.add(name)
+        except RuntimeUnavailable:
+            continue
+    return frozenset(found)
 
 
 def runtime_class(name: RuntimeName) -> type[Runtime]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.placement import Tier
 from runtime.replica import ProcessHandle, WorkerProcess
 from runtime.spec import ModelSpec
 
@@ -129,18 +130,18 @@ class ForkServer:
                 raise RuntimeError(f"the fork server did not start; see {self.log_dir}")
             await asyncio.sleep(0.01)
 
-    async def __call__(self, spec: ModelSpec, port: int) -> ProcessHandle:
+    async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
         if self._fallback is not None:
-            return await self._fallback(spec, port)
+            return await self._fallback(spec, port, tier)
         reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         try:
             request = {
                 "config": str(self.config_path),
                 "model": spec.name,
                 "port": port,
-                "log": str(self.log_dir / f"{spec.name}.log"),
-                "runtime": self.runtime,
-                "device": self.device,
+                "log": str(self.log_dir / f"{spec.name}{'-' + tier.key if tier else ''}.log"),
+                "runtime": self.runtime if tier is None else tier.runtime.value,
+                "device": self.device if tier is None else tier.device.value,
             }
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()

@@ -35,6 +35,9 @@ class Tier:
     device: Device
     cluster: str | None = None
     role: TierRole = TierRole.PRIMARY
+    # Replicas kept warm on this tier whatever the traffic (the manager's answer to a
+    # cold start that breaks the latency goal); None: the model's own min-scale.
+    min_scale: int | None = None
 
     @property
     def key(self) -> str:

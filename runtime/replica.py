@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from runtime.errors import ModelNotReady
+from runtime.placement import Tier
 from runtime.spec import ModelSpec
 
 __all__ = ["ColdStart", "Replica", "ReplicaState", "Spawner", "WorkerProcess", "spawn_worker"]
@@ -61,12 +62,15 @@ class ProcessHandle(Protocol):
 
 
 class Spawner(Protocol):
-    """Starts worker processes: ``await spawner(spec, port)``; ``start`` and ``close``
-    bracket its life (the supervisor calls them)."""
+    """Starts worker processes: ``await spawner(spec, port, tier)``; ``start`` and
+    ``close`` bracket its life (the supervisor calls them). ``tier`` says which runtime
+    and device the worker loads the model on; None lets the worker choose (``auto``)."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    def __call__(self, spec: ModelSpec, port: int) -> Awaitable[ProcessHandle]: ...
+    def __call__(
+        self, spec: ModelSpec, port: int, tier: Tier | None = None
+    ) -> Awaitable[ProcessHandle]: ...
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Replica:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     base_url: str | None = None
+    tier: Tier | None = None  # None: the runtime the worker chose itself
 
     @property
     def url(self) -> str:
@@ -215,8 +220,9 @@ class WorkerProcess:
     async def close(self) -> None:
         return None
 
-    async def __call__(self, spec: ModelSpec, port: int) -> ProcessHandle:
+    async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        placed = () if tier is None else ("--runtime", tier.runtime, "--device", tier.device)
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             return await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -229,6 +235,7 @@ class WorkerProcess:
                 str(self.config_path),
                 "--port",
                 str(port),
+                *placed,
                 *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -237,8 +244,10 @@ class WorkerProcess:
             )
 
 
-async def spawn_worker(spawner: Spawner, spec: ModelSpec, clock: Callable[[], float]) -> Replica:
+async def spawn_worker(
+    spawner: Spawner, spec: ModelSpec, clock: Callable[[], float], tier: Tier | None = None
+) -> Replica:
     port = free_port()
     started = clock()
-    process = await spawner(spec, port)
-    return Replica(model=spec.name, port=port, process=process, started=started)
+    process = await spawner(spec, port, tier)
+    return Replica(model=spec.name, port=port, process=process, started=started, tier=tier)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
 from runtime.scaling import ScalingRule
 
@@ -176,6 +177,12 @@ class ModelConfig(_Strict):
     gateway: dict[str, Any] = Field(
         default_factory=dict, description="the gateway's own settings, validated by gateway"
     )
+    manager: dict[str, Any] = Field(
+        default_factory=dict, description="the runtime manager's settings (runtime.policy)"
+    )
+    clusters: list[ClusterSpec] = Field(
+        default_factory=list, description="Kubernetes clusters with Knative (runtime.clusters)"
+    )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 
     @model_validator(mode="after")
@@ -185,10 +192,16 @@ class ModelConfig(_Strict):
             if spec.name in seen:
                 raise ValueError(f"model name {spec.name!r} is used twice")
             seen.add(spec.name)
+        clusters = [c.name for c in self.clusters]
+        if len(set(clusters)) != len(clusters):
+            raise ValueError("each cluster name may be used once")
         return self
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def cluster(self, name: str) -> ClusterSpec | None:
+        return next((c for c in self.clusters if c.name == name), None)
 
     @property
     def base_dir(self) -> Path:
@@ -222,21 +235,25 @@ def load_config(path: str | Path | None = None) -> ModelConfig:
         raise ConfigError(_describe(file, raw, exc)) from None
 
 
+# Top-level lists whose entries have a name that error messages cite.
+_LISTS = {"models": "model", "clusters": "cluster"}
+
+
 def _describe(file: Path, raw: dict[str, Any], exc: ValidationError) -> str:
-    """One line per problem: file, model, dotted field path, what is allowed."""
-    found = raw.get("models")
-    models: list[Any] = found if isinstance(found, list) else []
+    """One line per problem: file, model or cluster, dotted field path, what is allowed."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = list(err["loc"])
-        where = "config"
-        if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
-            index = loc[1]
-            entry = models[index] if index < len(models) else None
+        where, kind = "config", "model"
+        if len(loc) >= 2 and loc[0] in _LISTS and isinstance(loc[1], int):
+            kind, index = _LISTS[str(loc[0])], loc[1]
+            found = raw.get(str(loc[0]))
+            entries: list[Any] = found if isinstance(found, list) else []
+            entry = entries[index] if index < len(entries) else None
             name = entry.get("name") if isinstance(entry, dict) else None
-            where = f"model {name!r}" if name else f"model #{index + 1}"
+            where = f"{kind} {name!r}" if name else f"{kind} #{index + 1}"
             loc = loc[2:]
-        field = ".".join(str(part) for part in loc) or "(the model itself)"
+        field = ".".join(str(part) for part in loc) or f"(the {kind} itself)"
         message = err["msg"].removeprefix("Value error, ")
         lines.append(f"{file}: {where}: field {field!r}: {message}")
     return "\n".join(lines)

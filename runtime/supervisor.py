@@ -12,6 +12,13 @@ surplus ones are drained first (they take no new request, the ones in flight fin
 and only then stopped, so no request is lost to a scale-down. A replica whose process
 dies is dropped at once; its requests in flight fail at the proxy, and the next request
 starts a replacement.
+
+Where the manager has placed a model (a :class:`Placement`), replicas start on its
+primary tier and requests prefer them. A placement with a bridge tier starts a bridge
+replica too when a request finds no primary ready (a cold start), serves from whichever
+is ready first, and drains the bridge once a primary replica is ready. A new placement
+(a move) starts the new primary replicas first and keeps the old ones serving until as
+many new ones are ready, then drains the old ones: no request fails because of a move.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from runtime.autoscaler import ConcurrencyWindow, Decision, ScalerState, decide, initial_replicas
 from runtime.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded
+from runtime.placement import Placement, Tier, TierRole
 from runtime.replica import ColdStart, Replica, ReplicaState, Spawner, spawn_worker
 from runtime.spec import ModelConfig, ModelSpec
 
@@ -51,6 +60,15 @@ class PoolStatus:
     reason: str
     cold_starts: int
     last_cold_start: ColdStart | None
+    bridge_served: int = 0
+    moves: int = 0
+
+
+def same_tier(a: Tier | None, b: Tier | None) -> bool:
+    """The same replica set: runtime, device and cluster (role and warm minimum aside)."""
+    if a is None or b is None:
+        return a is b
+    return (a.runtime, a.device, a.cluster) == (b.runtime, b.device, b.cluster)
 
 
 class ModelPool:
@@ -85,7 +103,12 @@ class ModelPool:
         self.last_cold_start: ColdStart | None = None
         self.start_error: str | None = None
         self._spawning = 0
+        self._bridging = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.placement: Placement | None = None
+        self.bridge_served = 0
+        self.moves = 0
+        self._replace = 0  # new primary replicas to be ready before the old ones go
         if spec.endpoint is not None:
             self.replicas.append(Replica.external(spec.name, spec.endpoint, clock()))
 
@@ -96,18 +119,23 @@ class ModelPool:
         """Requests one replica takes at once (container-concurrency; 0 = unlimited)."""
         return self.spec.scaling.container_concurrency or 1_000_000
 
+    def _primary(self, r: Replica) -> bool:
+        return self.placement is None or same_tier(r.tier, self.placement.primary)
+
     def _pick(self) -> Replica | None:
+        """The least busy ready primary replica with room; else the least busy other
+        one (a bridge, or the old tier during a move)."""
         best: Replica | None = None
+        other: Replica | None = None
         capacity = self.capacity
         for r in self.replicas:
-            if (
-                r.state is ReplicaState.READY
-                and r.in_flight < capacity
-                and (best is None or r.in_flight < best.in_flight)
-                and r.alive
-            ):
-                best = r
-        return best
+            if r.state is ReplicaState.READY and r.in_flight < capacity and r.alive:
+                if self._primary(r):
+                    if best is None or r.in_flight < best.in_flight:
+                        best = r
+                elif other is None or r.in_flight < other.in_flight:
+                    other = r
+        return best or other
 
     def _observe(self) -> None:
         in_flight = sum(r.in_flight for r in self.replicas)
@@ -138,6 +166,7 @@ class ModelPool:
         self._waiters.append(waiter)
         self._observe()
         self._scale_for_waiters()
+        self._bridge_cold_start()
         try:
             done, _ = await asyncio.wait({waiter}, timeout=max(0.0, deadline - self._clock()))
         except BaseException:
@@ -161,6 +190,8 @@ class ModelPool:
         self._observe()
 
     def release(self, replica: Replica) -> None:
+        if replica.tier is not None and replica.tier.role is TierRole.BRIDGE:
+            self.bridge_served += 1
         replica.end()
         self._dispatch()
         self._observe()
@@ -185,9 +216,21 @@ class ModelPool:
     # -- replicas -------------------------------------------------------------------
 
     def count(self, *states: ReplicaState) -> int:
-        """Replicas in these states; processes being spawned count as STARTING."""
+        """Primary-tier replicas in these states (the ones the autoscaler scales);
+        processes being spawned count as STARTING."""
         pending = self._spawning if ReplicaState.STARTING in states else 0
-        return pending + sum(1 for r in self.replicas if r.state in states)
+        return pending + sum(1 for r in self.replicas if r.state in states and self._primary(r))
+
+    def _others(self, tier: Tier | None = None) -> list[Replica]:
+        """Starting or ready replicas off the primary tier (of ``tier`` if given)."""
+        live = (ReplicaState.STARTING, ReplicaState.READY)
+        return [
+            r
+            for r in self.replicas
+            if r.state in live
+            and not self._primary(r)
+            and (tier is None or same_tier(r.tier, tier))
+        ]
 
     def _scale_for_waiters(self) -> None:
         """A request that cannot be placed starts a replica now (the activator's poke)
@@ -203,24 +246,94 @@ class ModelPool:
     def external(self) -> bool:
         return self.spec.endpoint is not None
 
-    def scale_up(self, n: int) -> None:
+    def scale_up(self, n: int, tier: Tier | None = None) -> None:
+        """Start ``n`` replicas of the primary tier (or of ``tier``, a bridge)."""
         if self.external:
             return
-        self._spawning += n  # counted at once, so the next request does not start more
+        if tier is None:
+            self._spawning += n  # counted at once, so the next request does not start more
+            tier = self.placement.primary if self.placement else None
+        else:
+            self._bridging += n
         for _ in range(n):
-            task = asyncio.create_task(self._start_one())
+            task = asyncio.create_task(self._start_one(tier))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _start_one(self) -> None:
+    def _bridge_cold_start(self) -> None:
+        """A request waits and no primary replica is ready: start a bridge replica
+        too (if the placement has one and none is up), to serve until a primary is."""
+        if self.placement is None or not self.placement.bridges or self.count(ReplicaState.READY):
+            return
+        bridge = self.placement.bridges[0]
+        if not self._others(bridge) and not self._bridging:
+            self.scale_up(1, bridge)
+
+    def set_placement(self, placement: Placement) -> None:
+        """Move to a new placement: start the new primary replicas first (as many as
+        serve now), keep the old ones serving until they are ready, then drain them."""
+        old = self.placement
+        self.placement = placement
+        if old is not None and same_tier(old.primary, placement.primary):
+            self._retire_others()
+            self._keep_warm(self._clock())
+            return
+        self.moves += 1
+        serving = [r for r in self._others() if r.tier is None or r.tier.role is TierRole.PRIMARY]
+        self._replace = len(serving)
+        if serving:
+            self.scale_up(len(serving))
+        else:
+            self._retire_others()
+        self._keep_warm(self._clock())
+
+    def _retire_others(self) -> None:
+        """Drain off-primary replicas once enough primary ones are ready; a warm bridge
+        keeps its minimum."""
+        if self.count(ReplicaState.READY) < max(1, self._replace) and self._replace:
+            return
+        self._replace = 0
+        if self.placement is None:
+            return
+        keep: dict[int, int] = {}
+        for i, b in enumerate(self.placement.bridges):
+            keep[i] = b.min_scale or 0
+        for r in sorted(self._others(), key=lambda r: r.in_flight):
+            slot = next(
+                (i for i, b in enumerate(self.placement.bridges) if same_tier(r.tier, b)), None
+            )
+            if slot is not None and keep[slot] > 0:
+                keep[slot] -= 1
+                continue
+            r.state = ReplicaState.DRAINING  # at once: a second call must not drain it again
+            self._spawn_task(self._drain(r))
+
+    def _keep_warm(self, now: float) -> None:
+        """Warm bridges: start those below their minimum."""
+        if self.placement is None or self.external:
+            return
+        for bridge in self.placement.bridges:
+            missing = (bridge.min_scale or 0) - len(self._others(bridge)) - self._bridging
+            if missing > 0:
+                self.scale_up(missing, bridge)
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self, tier: Tier | None = None) -> None:
+        primary = tier is None or tier.role is TierRole.PRIMARY
         try:
-            replica = await spawn_worker(self._spawner, self.spec, self._clock)
+            replica = await spawn_worker(self._spawner, self.spec, self._clock, tier)
         except Exception as exc:  # the spawner itself failed (no python, no port...)
-            self._spawning -= 1
+            self._spawning -= primary
+            self._bridging -= not primary
             self.start_error = f"cannot start a replica: {exc}"
             self._fail_waiters(ModelNotReady(f"model {self.spec.name!r}: {self.start_error}"))
             return
-        self._spawning -= 1
+        self._spawning -= primary
+        self._bridging -= not primary
         self.replicas.append(replica)
         watcher = asyncio.create_task(self._watch(replica))
         self._tasks.add(watcher)
@@ -232,7 +345,7 @@ class ModelPool:
             log.error("%s", exc.message)
             await replica.stop(grace=5)
             self._forget(replica)
-            if not self.count(ReplicaState.STARTING, ReplicaState.READY):
+            if not self.count(ReplicaState.STARTING, ReplicaState.READY) and not self._others():
                 self._fail_waiters(exc)
             return
         if replica.state is not ReplicaState.STARTING:
@@ -251,6 +364,8 @@ class ModelPool:
             cold.total * 1000,
             ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cold.phases.items()),
         )
+        if self.count(ReplicaState.READY):
+            self._retire_others()  # a primary is ready: bridges and the old tier go
         self._dispatch()
 
     async def _watch(self, replica: Replica) -> None:
@@ -271,13 +386,15 @@ class ModelPool:
         if self.external:
             return
         candidates = sorted(
-            (r for r in self.replicas if r.state in (ReplicaState.STARTING, ReplicaState.READY)),
+            (
+                r
+                for r in self.replicas
+                if r.state in (ReplicaState.STARTING, ReplicaState.READY) and self._primary(r)
+            ),
             key=lambda r: (r.state is ReplicaState.READY, r.in_flight),
         )
         for replica in candidates[:n]:
-            task = asyncio.create_task(self._drain(replica))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn_task(self._drain(replica))
 
     async def _drain(self, replica: Replica) -> None:
         replica.state = ReplicaState.DRAINING
@@ -295,11 +412,18 @@ class ModelPool:
         active = self.count(ReplicaState.STARTING, ReplicaState.READY)
         self.window.tick(now)
         # Knative decides on the replicas that serve; starting ones count when acting.
+        rule = self.spec.scaling
+        warm = self.placement.primary.min_scale if self.placement else None
+        if warm and warm > rule.min_scale:
+            rule = rule.model_copy(update={"min_scale": warm})
+        self._keep_warm(now)
+        if self.count(ReplicaState.READY):
+            self._retire_others()
         decision = decide(
-            self.window.stats(now, self.spec.scaling),
+            self.window.stats(now, rule),
             self.count(ReplicaState.READY),
             self.scaler,
-            self.spec.scaling,
+            rule,
             now,
             scale_to_zero_grace=self.scale_to_zero_grace,
         )
@@ -324,6 +448,8 @@ class ModelPool:
             reason=d.reason if d else "no decision yet",
             cold_starts=self.cold_starts,
             last_cold_start=self.last_cold_start,
+            bridge_served=self.bridge_served,
+            moves=self.moves,
         )
 
     async def close(self) -> None:
@@ -357,6 +483,7 @@ class Supervisor:
         self.max_queue = max_queue
         self.ready_timeout = ready_timeout
         self.pools: dict[str, ModelPool] = {}
+        self.placements: dict[str, Placement] = {}  # the manager's, set before start()
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -375,6 +502,7 @@ class Supervisor:
                 on_cold_start=self.on_cold_start,
             )
             self.pools[spec.name] = pool
+            pool.placement = self.placements.get(spec.name)
             if spec.endpoint is None:
                 pool.scale_up(initial_replicas(spec.scaling))
         self._loop_task = asyncio.create_task(self._run())
