@@ -31,6 +31,7 @@ __all__ = ["LoadPhases", "Runtime", "create_runtime", "resolve_device", "runtime
 _REGISTRY: dict[RuntimeName, str] = {
     RuntimeName.ONNX: "runtime.onnx_backend:OnnxRuntime",
     RuntimeName.LLAMA: "runtime.llama_backend:LlamaRuntime",
+    RuntimeName.WASM: "runtime.wasm.backend:WasmRuntime",
 }
 
 
