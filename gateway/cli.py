@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway.cli_wasm import wasm_app
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
 from runtime.spec import RuntimeName, load_config
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+app.add_typer(wasm_app)
 
 
 # "auto" plus every runtime name the model spec knows.

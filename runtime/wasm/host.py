@@ -61,7 +61,8 @@ class Sandbox:
 
     args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    mounts: Sequence[tuple[Path, str]] = ()
+    mounts: Sequence[tuple[Path, str]] = ()  # read-only
+    writable_mounts: Sequence[tuple[Path, str]] = ()  # the CLI's --dir without :readonly
     timeout_s: float = 60.0
     max_memory_bytes: int = 1 << 30
     stdin: bytes | None = None
@@ -78,6 +79,7 @@ class CallState:
     def __init__(self, deadline: float = math.inf) -> None:
         self.deadline = deadline
         self.error: BaseException | None = None
+        self.cancel = threading.Event()  # set when the caller went away
 
     def fail(self, error: BaseException) -> None:
         """Record why the call must end; the host function then traps."""
@@ -85,8 +87,11 @@ class CallState:
             self.error = error
 
     def check_deadline(self) -> None:
+        """Host functions that run long (a generation) call this between steps."""
         if time.monotonic() >= self.deadline:
             raise DeadlineExceeded("the guest call ran past its deadline")
+        if self.cancel.is_set():
+            raise DeadlineExceeded("the guest call was cancelled: its caller went away")
 
 
 def current_call() -> CallState:
@@ -148,7 +153,10 @@ class Template:
         state = state or CallState()
         state.deadline = min(state.deadline, time.monotonic() + sandbox.timeout_s)
         store = wasmtime.Store(self.host.engine)
-        ticks = math.ceil(sandbox.timeout_s / self.host.tick_s) + 1
+        if math.isfinite(sandbox.timeout_s):
+            ticks = math.ceil(sandbox.timeout_s / self.host.tick_s) + 1
+        else:
+            ticks = 1 << 62
         store.set_epoch_deadline(ticks)
         stdin_file = None
         try:
@@ -192,6 +200,8 @@ def _wasi_config(sandbox: Sandbox) -> wasmtime.WasiConfig:
     wasi.env = list(sandbox.env.items())
     for host_dir, guest_dir in sandbox.mounts:
         wasi.preopen_dir(str(host_dir), guest_dir, fs_mutable=False)
+    for host_dir, guest_dir in sandbox.writable_mounts:
+        wasi.preopen_dir(str(host_dir), guest_dir, fs_mutable=True)
     if sandbox.inherit_stdio:
         wasi.inherit_stdout()
         wasi.inherit_stderr()

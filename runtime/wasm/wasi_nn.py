@@ -128,6 +128,7 @@ class NnCall(CallState):
         self.graphs: dict[int, Any] = {}
         self.contexts: dict[int, Any] = {}
         self._next = 0
+        self.last_error = 0  # the latest non-zero code returned to the guest
         self.last_metadata: dict[str, Any] = {}
 
     def _handle(self) -> int:
@@ -149,7 +150,9 @@ class NnCall(CallState):
     def remember(self, ctx: Any) -> None:
         """Keep the GGML metadata of the call's latest generation (token counts)."""
         metadata = getattr(ctx, "metadata", None)
-        if metadata is not None and getattr(ctx, "stop_reason", ""):
+        if metadata is not None and (
+            getattr(ctx, "stop_reason", "") or getattr(ctx, "n_output", 0)
+        ):
             self.last_metadata = json.loads(metadata())
 
     def close(self) -> None:
@@ -338,9 +341,12 @@ def _host_function(name: str, impl: Callable[..., Any]) -> Callable[..., int]:
             raise wasmtime.WasmtimeError("no wasi-nn state")
         try:
             code = impl(state, caller, *args)
+            if code:
+                state.last_error = int(code)
             return SUCCESS if code is None else int(code)
         except NnError as exc:
             log.debug("wasi-nn %s: error %d: %s", name, exc.code, exc.message)
+            state.last_error = exc.code
             return exc.code
         except EdgeInferError as exc:  # the deadline, raised from inside a long compute
             state.fail(exc)

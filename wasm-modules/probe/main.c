@@ -7,6 +7,8 @@
  *   probe read PATH        print the file's first line
  *   probe write PATH       try to create PATH and write to it
  *   probe ls PATH          list a directory
+ *   probe stdin            read "MODE [ARG]" from stdin and do that (for packages
+ *                          served by the worker, whose request arrives on stdin)
  */
 #include <dirent.h>
 #include <errno.h>
@@ -94,6 +96,21 @@ static int list_dir(const char *path) {
     return 0;
 }
 
+int main(int argc, char **argv);
+
+static int from_stdin(void) {
+    static char line[1024];
+    size_t n = fread(line, 1, sizeof line - 1, stdin);
+    line[n] = 0;
+    char *words[4] = {"probe", NULL, NULL, NULL};
+    int count = 1;
+    for (char *w = strtok(line, " \t\r\n"); w && count < 3; w = strtok(NULL, " \t\r\n"))
+        words[count++] = w;
+    if (count == 1) return 2;
+    if (!strcmp(words[1], "stdin")) return 2;
+    return main(count, words);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "echo";
     if (!strcmp(mode, "echo")) return echo(argc, argv);
@@ -103,6 +120,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "read") && argc > 2) return read_file(argv[2]);
     if (!strcmp(mode, "write") && argc > 2) return write_file(argv[2]);
     if (!strcmp(mode, "ls") && argc > 2) return list_dir(argv[2]);
+    if (!strcmp(mode, "stdin")) return from_stdin();
     fprintf(stderr, "probe: unknown mode %s\n", mode);
     return 2;
 }
