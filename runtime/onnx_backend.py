@@ -37,13 +37,17 @@ from runtime.errors import (
     RuntimeUnavailable,
 )
 from runtime.spec import ArtifactFormat, RuntimeName, Task
+from runtime.tensor_inputs import (
+    CONTENT_INPUT,
+    TEXT_INPUT,
+    only_input,
+    tensor_bytes,
+    tensor_text,
+)
 from runtime.text_batch import encode_texts
 from runtime.types import Embeddings, LoadReport, Tensor, TensorSpec
 
 __all__ = ["OnnxRuntime"]
-
-_TEXT_INPUT = "text"
-_CONTENT_INPUT = "content"
 
 
 class OnnxRuntime(Runtime):
@@ -196,9 +200,9 @@ class OnnxRuntime(Runtime):
 
     def inputs(self) -> list[TensorSpec]:
         if self.spec.task is Task.EMBEDDING:
-            return [TensorSpec(_TEXT_INPUT, "BYTES", (-1,))]
+            return [TensorSpec(TEXT_INPUT, "BYTES", (-1,))]
         if self._magika is not None:
-            return [TensorSpec(_CONTENT_INPUT, "BYTES", (-1,)), *self._graph_specs(inputs=True)]
+            return [TensorSpec(CONTENT_INPUT, "BYTES", (-1,)), *self._graph_specs(inputs=True)]
         return self._graph_specs(inputs=True)
 
     def outputs(self) -> list[TensorSpec]:
@@ -219,12 +223,12 @@ class OnnxRuntime(Runtime):
 
     async def infer(self, inputs: list[Tensor]) -> list[Tensor]:
         if self.spec.task is Task.EMBEDDING:
-            text = _only(inputs, _TEXT_INPUT, "BYTES", self.spec.name)
-            emb = await self.embed([_to_str(v) for v in text.data.reshape(-1)])
+            text = only_input(inputs, TEXT_INPUT, "BYTES", self.spec.name)
+            emb = await self.embed([tensor_text(v) for v in text.data.reshape(-1)])
             return [Tensor("embedding", "FP32", emb.vectors)]
-        if self._magika is not None and any(t.name == _CONTENT_INPUT for t in inputs):
-            content = _only(inputs, _CONTENT_INPUT, "BYTES", self.spec.name)
-            items = [_to_bytes(v) for v in content.data.reshape(-1)]
+        if self._magika is not None and any(t.name == CONTENT_INPUT for t in inputs):
+            content = only_input(inputs, CONTENT_INPUT, "BYTES", self.spec.name)
+            items = [tensor_bytes(v) for v in content.data.reshape(-1)]
             if len(items) > self.spec.options.max_batch:
                 raise BadInput(f"{len(items)} items; at most {self.spec.options.max_batch}")
             result: list[Tensor] = await self._run(self._classify_blocking, items)
@@ -293,24 +297,3 @@ class OnnxRuntime(Runtime):
 
 def _dim(d: Any) -> int:
     return d if isinstance(d, int) else -1
-
-
-def _only(inputs: list[Tensor], name: str, datatype: str, model: str) -> Tensor:
-    if len(inputs) != 1 or inputs[0].name != name:
-        raise BadInput(f"model {model!r} takes one {datatype} input named {name!r}")
-    if inputs[0].datatype != datatype:
-        raise BadInput(f"input {name!r} must be {datatype}, got {inputs[0].datatype}")
-    return inputs[0]
-
-
-def _to_bytes(value: Any) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _to_str(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadInput("text inputs must be UTF-8") from None
-    return str(value)

@@ -26,6 +26,7 @@ __all__ = ["GuestAbi", "abi_class"]
 _ABIS: dict[Abi, str] = {
     Abi.WASI_NN: "runtime.wasm.wasi_nn_guest:WasiNnGuest",
     Abi.SPIN_LLM: "runtime.wasm.spin:SpinGuest",
+    Abi.COMPUTE: "runtime.wasm.compute_guest:ComputeGuest",
 }
 
 
