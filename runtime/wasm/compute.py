@@ -147,8 +147,10 @@ class EngineInstance:
             self.host.ticker.exit()
 
     def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
-        """Write ``payload`` (int32) to the input buffer, run, return the output rows."""
-        data = np.ascontiguousarray(payload, dtype=np.int32).tobytes()
+        """Write ``payload`` to the input buffer, run, return the output rows. The payload
+        is int32, or float32 for a graph whose input is float (passed as float32 here)."""
+        dtype = np.float32 if payload.dtype == np.float32 else np.int32
+        data = np.ascontiguousarray(payload, dtype=dtype).tobytes()
         if len(data) > self._input_bytes:
             raise BadInput(f"a batch of {len(data)} bytes exceeds the engine's planned input")
         self.memory.write(self.store, data, self._input)

@@ -93,13 +93,15 @@ class _OneHot:
 
 
 class _Converter:
-    def __init__(self, model: onnx.ModelProto, sample: np.ndarray) -> None:
+    def __init__(self, model: onnx.ModelProto, sample: np.ndarray, input_float: bool) -> None:
         self.model = model
         self.consts: dict[str, np.ndarray] = {
             i.name: numpy_helper.to_array(i) for i in model.graph.initializer
         }
         self.env: dict[str, Any] = {}
-        self.prog = Program(input_shape=tuple(sample.shape), output_vid=-1, output_shape=())
+        self.prog = Program(
+            input_shape=tuple(sample.shape), input_float=input_float, output_vid=-1, output_shape=()
+        )
         self._const_names: dict[int, str] = {}
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17
@@ -451,7 +453,8 @@ def _eval_const(
 
 def convert_onnx(onnx_path: Path, *, check_rows: np.ndarray | None = None) -> Program:
     """Convert the ONNX model at ``onnx_path`` (one input whose first dimension is the
-    batch). ``check_rows`` (``[n, features]``, default random bytes) are run through
+    batch; float32, or integers the engine reads as int32). ``check_rows`` (``[n, ...]``,
+    default random bytes or normal floats) are run through
     the program in numpy and through onnxruntime; a mismatch raises."""
     model = onnx.load(str(onnx_path))
     (inp,) = [
@@ -462,14 +465,23 @@ def convert_onnx(onnx_path: Path, *, check_rows: np.ndarray | None = None) -> Pr
         raise GraphConversionError(
             f"{onnx_path}: input {inp.name!r} needs fixed non-batch dimensions"
         )
+    elem = inp.type.tensor_type.elem_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    is_float = elem == onnx.TensorProto.FLOAT
+    if not is_float and elem not in (onnx.TensorProto.INT32, onnx.TensorProto.INT64):
+        raise GraphConversionError(f"{onnx_path}: input {inp.name!r} must be float32 or int")
     rng = np.random.default_rng(0)
-    sample = rng.integers(0, 257, size=(1, *dims)).astype(np.float32)
-    prog = _Converter(model, sample).convert()
+
+    def sample_rows(n: int) -> np.ndarray:
+        if is_float:
+            return rng.standard_normal((n, *dims)).astype(np.float32)
+        return rng.integers(0, 257, size=(n, *dims)).astype(np.float32)
+
+    prog = _Converter(model, sample_rows(1), is_float).convert()
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    rows = check_rows if check_rows is not None else rng.integers(0, 257, size=(4, *dims))
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+    rows = check_rows if check_rows is not None else sample_rows(4)
     (want,) = session.run(None, {inp.name: np.asarray(rows).astype(dtype)})
     for row, expected in zip(rows, want, strict=True):
         got = run_program(prog, row)

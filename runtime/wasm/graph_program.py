@@ -35,6 +35,7 @@ class Program:
     the input, as float), ``consts`` referenced by name, buffers planned."""
 
     input_shape: tuple[int, ...]
+    input_float: bool
     output_vid: int
     output_shape: tuple[int, ...]
     value_sizes: list[int] = field(default_factory=list)
@@ -47,7 +48,11 @@ class Program:
         return {
             "format": FORMAT,
             "version": 1,
-            "input": {"shape": list(self.input_shape), "width": int(np.prod(self.input_shape))},
+            "input": {
+                "shape": list(self.input_shape),
+                "width": int(np.prod(self.input_shape)),
+                "dtype": "float32" if self.input_float else "int32",
+            },
             "output": {
                 "value": self.output_vid,
                 "shape": list(self.output_shape),

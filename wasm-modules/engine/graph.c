@@ -45,7 +45,7 @@ static struct {
     int n_ops, n_values, n_buffers;
     float **buffers;
     int *value_buffer;
-    int input_width, output_width, output_value;
+    int input_width, output_width, output_value, input_float;
     float *scratch, *scratch2;  /* conv im2col / transposed output, padded matmul rows */
     st_file st;
     float **consts;
@@ -195,6 +195,7 @@ int graph_load(const char *config, const char *weights, int max_batch) {
         if (!G.consts[i] || st_read_f32(&G.st, &G.st.tensors[i], G.consts[i])) return -1;
     }
     G.input_width = (int)json_num(json_get(G.doc, "input"), "width", 0);
+    G.input_float = strcmp(json_str(json_get(G.doc, "input"), "dtype", "int32"), "float32") == 0;
     G.output_width = (int)json_num(json_get(G.doc, "output"), "width", 0);
     G.output_value = (int)json_num(json_get(G.doc, "output"), "value", -1);
     json_node *ops = json_get(G.doc, "ops"), *bufs = json_get(G.doc, "buffers"), *vals = json_get(G.doc, "values");
@@ -441,7 +442,8 @@ int graph_run(const int *input, int batch, float *out) {
     float *in = G.buffers[G.value_buffer[0]];
     for (int b = 0; b < batch; b++) {
         const int *row = input + (size_t)b * G.input_width;
-        for (int i = 0; i < G.input_width; i++) in[i] = (float)row[i];
+        if (G.input_float) memcpy(in, row, (size_t)G.input_width * sizeof(float));
+        else for (int i = 0; i < G.input_width; i++) in[i] = (float)row[i];
         for (int i = 0; i < G.n_ops; i++) {
             const op_t *op = &G.ops[i];
             double t0 = ei_now_ms();

@@ -6,7 +6,8 @@
 int graph_load(const char *config, const char *weights, int max_batch);
 int graph_input_width(void);
 int graph_output_width(void);
-/* input: int32 [batch][input_width]; out: float [batch][output_width]. 0 or -1. */
+/* input: [batch][input_width] int32, or float32 when graph.json's input dtype says so;
+ * out: float [batch][output_width]. 0 or -1. */
 int graph_run(const int *input, int batch, float *out);
 
 #endif
