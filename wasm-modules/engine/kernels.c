@@ -6,29 +6,30 @@
 
 #include "common.h"
 
-/* Fused multiply-add where relaxed SIMD is available (one vfmadd on x86 with FMA, fmla on
- * arm64); otherwise a multiply and an add. Either is accurate enough for fp32 inference. */
-#ifdef __wasm_relaxed_simd__
-#define MADD(a, b, c) wasm_f32x4_relaxed_madd((a), (b), (c))
-#else
+/* a * b + c as a multiply and an add (plain SIMD128; see the matrix multiply's notes). */
 #define MADD(a, b, c) wasm_f32x4_add(wasm_f32x4_mul((a), (b)), (c))
-#endif
 
-/* The matrix multiply is a dot-product kernel: C[i][j] = sum_k A[i][k] B[k][j] with
- * A read in place (rows, k contiguous) and B packed so that EI_NR columns advance together
- * through k in chunks of 4. Each micro-tile keeps EI_MR x EI_NR vector accumulators of
- * partial sums (one per output), multiplies whole vectors of A and B and reduces the four
- * lanes once at the end. No broadcasts: on wasmtime/x86 a broadcast from memory costs a
- * scalar load, a move and a shuffle, while a vector load folds into the multiply-add.
- * EI_MR x EI_NR accumulators + EI_MR rows of A + one B vector must fit the 16 vector
- * registers Cranelift allocates on x86-64, or the tile spills. */
+/* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j], A read in place (rows,
+ * k contiguous), B packed once into panels of EI_NR columns (k-major: each k holds the
+ * panel's EI_NR values in two vectors). A micro-tile keeps EI_MR x 2 vector accumulators
+ * (EI_MR rows x 8 columns): per step of 4 k it loads one vector of each A row and
+ * broadcasts its lanes with shuffles, loads the panel's 8 values per k, and multiplies.
+ *
+ * Why this shape, measured with wasmtime/Cranelift on x86-64 (16 vector registers):
+ * - 6 x 8 = 12 accumulators + 2 B vectors + 1 broadcast fit the register file;
+ * - a broadcast by shuffle of a loaded vector (vpshufd) is one instruction, where
+ *   v128.load32_splat becomes a scalar load, a move and a broadcast;
+ * - 192 multiply-adds per loop iteration keep the per-iteration costs (the epoch check
+ *   wasmtime inserts at every loop back-edge, address arithmetic) small;
+ * - separate multiply and add: the same throughput as relaxed FMA on CPUs with separate
+ *   add pipes, no relaxed-SIMD dependence, bit-identical results everywhere. */
 #ifndef EI_MR
-#define EI_MR 1
+#define EI_MR 6
 #endif
 /* Rows of A per cache block: MC x k floats of A stay in L2 while every panel of B passes
- * (a panel, k x EI_NR floats, stays in L1). */
+ * (a panel, k x EI_NR floats, stays in L1 for k up to ~1000, L2 beyond). */
 #ifndef MC
-#define MC 64
+#define MC 96
 #endif
 
 static inline int kpad(int k) { return (k + 3) & ~3; }
@@ -37,14 +38,13 @@ size_t ei_packed_floats(int n, int k) {
     return (size_t)((n + EI_NR - 1) / EI_NR) * EI_NR * (size_t)kpad(k);
 }
 
-/* dst[p][kb][c][e] = B(k = 4 kb + e, column = p EI_NR + c), zero outside n x k. */
+/* dst[p][k][c] = B(k, column p EI_NR + c), zero outside n x k (k padded to 4). */
 static void pack(const float *src, size_t col_stride, size_t k_stride, int n, int k, float *dst) {
     int k4 = kpad(k);
     for (int p = 0; p < n; p += EI_NR)
-        for (int kb = 0; kb < k4; kb += 4)
+        for (int kk = 0; kk < k4; kk++)
             for (int c = 0; c < EI_NR; c++)
-                for (int e = 0; e < 4; e++)
-                    *dst++ = (p + c < n && kb + e < k) ? src[(size_t)(p + c) * col_stride + (size_t)(kb + e) * k_stride] : 0.0f;
+                *dst++ = (p + c < n && kk < k) ? src[(size_t)(p + c) * col_stride + (size_t)kk * k_stride] : 0.0f;
 }
 
 void ei_pack_nk(const float *w, int ldw, int n, int k, float *dst) { pack(w, (size_t)ldw, 1, n, k, dst); }
@@ -76,61 +76,47 @@ int ei_packed_matmul(ei_packed *p, const float *b, const float *bias, int k, int
     return 0;
 }
 
-/* [sum(v0), sum(v1), sum(v2), sum(v3)] */
-static inline v128_t hsum4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
-    v128_t s01 = wasm_f32x4_add(wasm_i32x4_shuffle(v0, v1, 0, 4, 1, 5), wasm_i32x4_shuffle(v0, v1, 2, 6, 3, 7));
-    v128_t s23 = wasm_f32x4_add(wasm_i32x4_shuffle(v2, v3, 0, 4, 1, 5), wasm_i32x4_shuffle(v2, v3, 2, 6, 3, 7));
-    return wasm_f32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5), wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7));
-}
+#define LANE(v, l) wasm_i32x4_shuffle((v), (v), (l), (l), (l), (l))
 
-/* One mr x EI_NR tile of C over k (a multiple of 4: callers pad A's rows with zeros,
- * B's packing pads with zeros). `nc` columns are stored (< EI_NR at the right edge). mr
- * is a constant in every instance, so the accumulators live in registers; each instance
- * is its own small function, which keeps Cranelift's register allocator from spilling
- * the accumulators inside the loop. */
+/* One mr x 8 tile of C over k (a multiple of 4). `nc` columns are stored (< 8 at the
+ * right edge). mr is a constant in every instance, so the accumulators live in
+ * registers; each instance is its own small function, which keeps Cranelift's register
+ * allocator from spilling them. */
 static inline __attribute__((always_inline)) void micro(const int mr, int k, const float *a, int lda,
                                                         const float *b, const float *bias, float *c,
                                                         int ldc, int nc) {
-    v128_t acc[EI_MR][EI_NR];
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < EI_NR; j++) acc[r][j] = wasm_f32x4_splat(0.0f);
-    int kb = 0;
-    /* Two chunks of k per iteration, summed before they meet the accumulator: a vector add
-     * takes 3 cycles, so this halves the dependency chain through each accumulator (and
-     * the loop overhead; Cranelift does not unroll). */
-    for (; kb + 8 <= k; kb += 8, b += 8 * EI_NR) {
-        v128_t av[EI_MR], av2[EI_MR];
-        for (int r = 0; r < mr; r++) {
-            av[r] = wasm_v128_load(a + (size_t)r * lda + kb);
-            av2[r] = wasm_v128_load(a + (size_t)r * lda + kb + 4);
-        }
-        for (int j = 0; j < EI_NR; j++) {
-            v128_t bv = wasm_v128_load(b + 4 * j), bv2 = wasm_v128_load(b + 4 * EI_NR + 4 * j);
-            for (int r = 0; r < mr; r++)
-                acc[r][j] = wasm_f32x4_add(acc[r][j], MADD(av2[r], bv2, wasm_f32x4_mul(av[r], bv)));
-        }
-    }
-    for (; kb < k; kb += 4, b += 4 * EI_NR) {
-        v128_t av[EI_MR];
-        for (int r = 0; r < mr; r++) av[r] = wasm_v128_load(a + (size_t)r * lda + kb);
-        for (int j = 0; j < EI_NR; j++) {
-            v128_t bv = wasm_v128_load(b + 4 * j);
-            for (int r = 0; r < mr; r++) acc[r][j] = MADD(av[r], bv, acc[r][j]);
-        }
-    }
-    v128_t bvec = bias ? wasm_v128_load(bias) : wasm_f32x4_splat(0.0f);
+    v128_t acc0[EI_MR], acc1[EI_MR];
+    v128_t bias0 = bias ? wasm_v128_load(bias) : wasm_f32x4_splat(0.0f);
+    v128_t bias1 = bias ? wasm_v128_load(bias + 4) : wasm_f32x4_splat(0.0f);
     for (int r = 0; r < mr; r++) {
-#if EI_NR == 4
-        v128_t out = wasm_f32x4_add(hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), bvec);
-#else
-        v128_t out = wasm_f32x4_add(hsum4(acc[r][0], acc[r][1], acc[r][0], acc[r][1]), bvec);
-#endif
-        if (nc == 4) {
-            wasm_v128_store(c + (size_t)r * ldc, out);
+        acc0[r] = bias0;
+        acc1[r] = bias1;
+    }
+    for (int kk = 0; kk < k; kk += 4, b += 4 * EI_NR) {
+        v128_t av[EI_MR];
+        for (int r = 0; r < mr; r++) av[r] = wasm_v128_load(a + (size_t)r * lda + kk);
+#define STEP(l)                                                                        \
+    {                                                                                  \
+        v128_t b0 = wasm_v128_load(b + (l) * EI_NR), b1 = wasm_v128_load(b + (l) * EI_NR + 4); \
+        for (int r = 0; r < mr; r++) {                                                 \
+            v128_t s = LANE(av[r], l);                                                 \
+            acc0[r] = MADD(s, b0, acc0[r]);                                            \
+            acc1[r] = MADD(s, b1, acc1[r]);                                            \
+        }                                                                              \
+    }
+        STEP(0) STEP(1) STEP(2) STEP(3)
+#undef STEP
+    }
+    for (int r = 0; r < mr; r++) {
+        float *row = c + (size_t)r * ldc;
+        if (nc == EI_NR) {
+            wasm_v128_store(row, acc0[r]);
+            wasm_v128_store(row + 4, acc1[r]);
         } else {
-            float tmp[4] __attribute__((aligned(16)));
-            wasm_v128_store(tmp, out);
-            memcpy(c + (size_t)r * ldc, tmp, (size_t)nc * sizeof(float));
+            float tmp[EI_NR] __attribute__((aligned(16)));
+            wasm_v128_store(tmp, acc0[r]);
+            wasm_v128_store(tmp + 4, acc1[r]);
+            memcpy(row, tmp, (size_t)nc * sizeof(float));
         }
     }
 }
@@ -141,28 +127,20 @@ static inline __attribute__((always_inline)) void micro(const int mr, int k, con
         micro(R, k, a, lda, b, bias, c, ldc, nc);                                               \
     }
 MICRO(1)
-#if EI_MR >= 2
 MICRO(2)
-#endif
-#if EI_MR >= 3
 MICRO(3)
-#endif
-#if EI_MR >= 4
 MICRO(4)
-#endif
+MICRO(5)
+MICRO(6)
 
 static void micro_rows(int mr, int k, const float *a, int lda, const float *b, const float *bias,
                        float *c, int ldc, int nc) {
     switch (mr) {
-#if EI_MR >= 4
+        case 6: micro_6(k, a, lda, b, bias, c, ldc, nc); break;
+        case 5: micro_5(k, a, lda, b, bias, c, ldc, nc); break;
         case 4: micro_4(k, a, lda, b, bias, c, ldc, nc); break;
-#endif
-#if EI_MR >= 3
         case 3: micro_3(k, a, lda, b, bias, c, ldc, nc); break;
-#endif
-#if EI_MR >= 2
         case 2: micro_2(k, a, lda, b, bias, c, ldc, nc); break;
-#endif
         default: micro_1(k, a, lda, b, bias, c, ldc, nc); break;
     }
 }
@@ -170,18 +148,17 @@ static void micro_rows(int mr, int k, const float *a, int lda, const float *b, c
 void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, const float *bias,
              float *c, int ldc) {
     k = kpad(k);
-    size_t panel_floats = (size_t)EI_NR * kpad(k);
+    size_t panel_floats = (size_t)EI_NR * k;
     for (int i0 = 0; i0 < m; i0 += MC) {
         int i1 = i0 + MC < m ? i0 + MC : m;
         for (int p = 0; p < n; p += EI_NR) {
             const float *panel = bp + (size_t)(p / EI_NR) * panel_floats;
             const float *pbias = bias ? bias + p : NULL;
             int nc = n - p < EI_NR ? n - p : EI_NR;
-            int i = i0;
-            for (; i + EI_MR <= i1; i += EI_MR)
-                micro_rows(EI_MR, k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
-            if (i < i1)
-                micro_rows(i1 - i, k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
+            for (int i = i0; i < i1; i += EI_MR) {
+                int rows = i1 - i < EI_MR ? i1 - i : EI_MR;
+                micro_rows(rows, k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
+            }
         }
     }
 }

@@ -5,13 +5,11 @@
 
 #include <stddef.h>
 
-/* Columns per packed panel of B (the micro-kernel reduces exactly 4). */
-#ifndef EI_NR
-#define EI_NR 4
-#endif
+/* Columns per packed panel of B: two v128 vectors. */
+#define EI_NR 8
 
-/* B packed for ei_gemm: ceil(n/EI_NR) panels; in each, k (rounded up to 4) in chunks of 4,
- * each chunk EI_NR columns x 4 values of k; zero padded. bias (may be NULL) padded to EI_NR. */
+/* B packed for ei_gemm: ceil(n/EI_NR) panels, each k (rounded up to 4) rows of EI_NR
+ * columns; zero padded. bias (may be NULL) padded to a multiple of EI_NR. */
 typedef struct {
     float *w;
     float *bias;
