@@ -88,7 +88,7 @@ class EngineInstance:
         self.store.set_wasi(_wasi_config(sandbox))
         # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
         self.store.set_limits(memory_size=sandbox.max_memory_bytes)
-        self.instance = None
+        self.instance: wasmtime.Instance | None = None
         self._call(lambda: self._instantiate(template))
         rc = self._call(lambda: self._fn("ei_init")(self.store, max_tokens, max_seq))
         if rc != 0:
@@ -106,8 +106,9 @@ class EngineInstance:
         self.healthy = True
 
     def _instantiate(self, template: Template) -> None:
-        self.instance = template.pre.instantiate(self.store)
-        exports = self.instance.exports(self.store)
+        instance = template.pre.instantiate(self.store)
+        self.instance = instance
+        exports = instance.exports(self.store)
         self._exports = exports
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)

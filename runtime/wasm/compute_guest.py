@@ -58,7 +58,8 @@ def split_rows(lengths: list[int], parts: int, max_tokens: int) -> list[tuple[in
     counts, each cut further so that rows x (longest row in it) <= ``max_tokens``."""
     total = sum(lengths) or 1
     parts = max(1, min(parts, len(lengths)))
-    groups, start, acc = [], 0, 0
+    groups: list[tuple[int, int]] = []
+    start = acc = 0
     for i, n in enumerate(lengths):
         acc += n
         if (
@@ -69,7 +70,7 @@ def split_rows(lengths: list[int], parts: int, max_tokens: int) -> list[tuple[in
             groups.append((start, i + 1))
             start = i + 1
     groups.append((start, len(lengths)))
-    out = []
+    out: list[tuple[int, int]] = []
     for lo, hi in groups:
         begin, longest = lo, 0
         for i in range(lo, hi):

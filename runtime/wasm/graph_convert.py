@@ -328,8 +328,12 @@ class _Converter:
         outer = int(np.prod(x.shape[: axes[0]]))
         n = int(np.prod([x.shape[a] for a in axes]))
         inner = int(np.prod(x.shape[axes[-1] + 1 :]))
-        np_fn = {"sum": np.sum, "max": np.max, "mean": np.mean}[fn]
-        sample = np_fn(x.sample, axis=tuple(axes), keepdims=bool(keep))
+        if fn == "max":
+            sample = x.sample.max(axis=tuple(axes), keepdims=bool(keep))
+        elif fn == "mean":
+            sample = x.sample.mean(axis=tuple(axes), keepdims=bool(keep))
+        else:
+            sample = x.sample.sum(axis=tuple(axes), keepdims=bool(keep))
         op = {"op": "reduce", "fn": fn, "in": x.vid, "outer": outer, "n": n, "inner": inner}
         return self._emit(op, tuple(sample.shape), sample)
 
@@ -415,7 +419,7 @@ def _alias_shape(op_type: str, x: _Dyn, ins: list[Any], attrs: dict[str, Any]) -
         sq = np.squeeze(x.sample, axis=None if axes is None else tuple(int(a) for a in axes))
         return tuple(sq.shape)
     if op_type == "Unsqueeze":
-        axes = ins[1] if len(ins) > 1 and ins[1] is not None else attrs.get("axes")
+        axes = ins[1] if len(ins) > 1 and ins[1] is not None else attrs.get("axes", [])
         return tuple(np.expand_dims(x.sample, tuple(int(a) for a in axes)).shape)
     if op_type == "Flatten":
         axis = attrs.get("axis", 1) % (len(x.shape) or 1)

@@ -9,6 +9,8 @@ op (the guest's C must match it); :func:`run_program` runs a whole program in nu
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +66,7 @@ class Program:
         }
 
 
-BINARY_NP = {
+BINARY_NP: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
@@ -72,13 +74,13 @@ BINARY_NP = {
     "max": np.maximum,
     "min": np.minimum,
 }
-UNARY_NP = {
+UNARY_NP: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": np.tanh,
     "exp": np.exp,
     "sqrt": np.sqrt,
     "reciprocal": lambda x: 1.0 / x,
     "relu": lambda x: np.maximum(x, 0),
-    "erf": lambda x: np.vectorize(__import__("math").erf)(x).astype(np.float32),
+    "erf": lambda x: np.vectorize(math.erf)(x).astype(np.float32),
     "neg": np.negative,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
     "abs": np.abs,
@@ -103,22 +105,24 @@ def run_op(
         with np.errstate(all="ignore"):
             return UNARY_NP[op["fn"]](x).astype(np.float32)
     if kind == "reduce":
-        r = x.reshape(op["outer"], op["n"], op["inner"])
-        return {"sum": np.sum, "max": np.max, "mean": np.mean}[op["fn"]](r, axis=1)
+        r3 = x.reshape(op["outer"], op["n"], op["inner"])
+        if op["fn"] == "max":
+            return r3.max(axis=1)
+        return r3.mean(axis=1) if op["fn"] == "mean" else r3.sum(axis=1)
     if kind == "transpose":
         return np.transpose(x.reshape(op["in_shape"]), op["perm"]).copy()
     if kind == "slice":
         r = x.reshape(op["in_shape"])
-        idx = tuple(
+        where = tuple(
             slice(b, b + st * n, st)
             if st > 0
             else slice(b, (b + st * n) if b + st * n >= 0 else None, st)
             for b, st, n in zip(op["begin"], op["step"], op["shape"], strict=True)
         )
-        return r[idx].copy()
+        return r[where].copy()
     if kind == "softmax":
-        r = x.reshape(op["outer"], op["n"])
-        e = np.exp(r - r.max(axis=1, keepdims=True))
+        r2 = x.reshape(op["outer"], op["n"])
+        e = np.exp(r2 - r2.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
     if kind == "gather":
         idx = x.reshape(-1)
