@@ -11,6 +11,7 @@ Adding an ABI: add a value to :class:`runtime.wasm.package.Abi`, write a subclas
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncGenerator
 
@@ -35,8 +36,12 @@ class GuestAbi:
 
     ``load`` runs once in a worker thread (compile or deserialize the guest, link it,
     load what the host preloads), timing its phases on ``phases``; the task methods are
-    async and run guest calls in ``runtime.wasm.pool``'s threads.
+    async and run guest calls in ``runtime.wasm.pool``'s threads. ``loop`` is the
+    worker's event loop (set before ``load``), for host functions that must call async
+    runtimes from a guest thread.
     """
+
+    loop: asyncio.AbstractEventLoop
 
     def __init__(self, spec: ModelSpec, package: Package, host: WasmHost) -> None:
         self.spec = spec

@@ -24,10 +24,10 @@ class WasmRuntime(Runtime):
     _guest: GuestAbi | None = None
 
     async def load(self) -> LoadReport:
-        self._guest = await asyncio.to_thread(self._load_blocking)
+        self._guest = await asyncio.to_thread(self._load_blocking, asyncio.get_running_loop())
         return self.report
 
-    def _load_blocking(self) -> GuestAbi:
+    def _load_blocking(self, loop: asyncio.AbstractEventLoop) -> GuestAbi:
         phases = LoadPhases(self.device)
         package = load_package(
             self.artifact(ArtifactFormat.WASM), settings=self.settings, model=self.spec.name
@@ -35,6 +35,7 @@ class WasmRuntime(Runtime):
         host = wasm_host(self.settings)
         phases.end("resolve")
         guest = abi_class(package.manifest.abi)(self.spec, package, host)
+        guest.loop = loop
         guest.load(phases)
         self.report = phases.report()
         return guest

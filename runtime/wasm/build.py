@@ -8,8 +8,10 @@ Each guest is a folder ``wasm-modules/<guest>/`` with a ``guest.toml``::
     ldflags = []
 
     kind = "componentize-py"         # a Python component (Spin guests)
-    world = "spin-llm-app"           # WIT world, in the folder's wit/ (and spin-sdk's)
+    world = "pkg:name/world@1.0.0"   # WIT world, in the folder's wit/
     module = "app"                   # the Python module that implements the world
+    module_worlds = ["spin_sdk=fermyon:spin/platform@2.0.0"]   # SDK modules' worlds
+    intersect_world = "pkg:name/host-world@1.0.0"  # keep only these imports
 
 C guests compile with ``zig cc --target=wasm32-wasi -O3 -msimd128`` plus the guest's own
 flags; ``wasm-modules/include/`` is on the include path. The output is cached in the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -60,6 +63,8 @@ class GuestSource:
     ldflags: tuple[str, ...] = ()
     world: str | None = None
     module: str | None = None
+    module_worlds: tuple[str, ...] = ()
+    intersect_world: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -88,6 +93,8 @@ class GuestSource:
             ldflags=tuple(raw.pop("ldflags", ())),
             world=raw.pop("world", None),
             module=raw.pop("module", None),
+            module_worlds=tuple(raw.pop("module_worlds", ())),
+            intersect_world=raw.pop("intersect_world", None),
             extra=raw,
         )
 
@@ -132,6 +139,7 @@ def _key(guest: GuestSource) -> str:
     for flag in (*COMMON_CFLAGS, *COMMON_LDFLAGS, *guest.cflags, *guest.ldflags):
         h.update(flag.encode() + b"\0")
     h.update(f"{guest.world}\0{guest.module}\0{guest.sources}\0".encode())
+    h.update(f"{guest.module_worlds}\0{guest.intersect_world}\0".encode())
     root = guest.folder.parent
     for path in guest.inputs():
         h.update(str(path.relative_to(root)).encode() + b"\0")
@@ -161,7 +169,7 @@ def build_guest(name: str, settings: Settings, *, root: Path | None = None) -> P
             if guest.kind == "c":
                 _build_c(guest, tmp)
             else:
-                _build_componentize_py(guest, tmp, settings)
+                _build_componentize_py(guest, tmp)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -186,15 +194,26 @@ def _build_c(guest: GuestSource, out: Path) -> None:
     _run(cmd, guest, guest.folder)
 
 
-def _build_componentize_py(guest: GuestSource, out: Path, settings: Settings) -> None:
+def _build_componentize_py(guest: GuestSource, out: Path) -> None:
     if not guest.world or not guest.module:
         raise ConfigError(f"guest {guest.name!r}: a componentize-py guest needs world and module")
-    wit = guest.folder / "wit"
-    cmd = [
-        sys.executable, "-m", "componentize_py",
-        "-d", str(wit), "-w", guest.world,
-        "componentize", guest.module, "-p", str(guest.folder), "-o", str(out),
-    ]  # fmt: skip
+    # The console script of the componentize-py installed beside this interpreter; its
+    # SDK packages (spin_sdk) are found through the site-packages passed with -p.
+    tool = Path(sys.executable).parent / "componentize-py"
+    if not tool.is_file():
+        raise RuntimeFailure(f"componentize-py is not installed beside {sys.executable}")
+    cmd = [str(tool), "-d", str(guest.folder / "wit"), "-w", guest.world, "componentize"]
+    cmd += [guest.module, "-p", str(guest.folder)]
+    for entry in guest.module_worlds:
+        package = entry.partition("=")[0]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeFailure(f"guest {guest.name!r} needs the {package!r} package")
+        cmd += ["-p", str(Path(next(iter(spec.submodule_search_locations))).parent)]
+        cmd += ["-m", entry]
+    if guest.intersect_world:
+        cmd += ["-i", guest.intersect_world]
+    cmd += ["-o", str(out)]
     _run(cmd, guest, guest.folder)
 
 

@@ -23,7 +23,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -48,6 +49,8 @@ __all__ = [
     "Template",
     "WasmHost",
     "current_call",
+    "sandboxed_store",
+    "translate",
     "wasm_host",
 ]
 
@@ -151,26 +154,7 @@ class Template:
         :class:`DeadlineExceeded`, :class:`GuestOutOfMemory` or :class:`GuestTrap`, or
         the error a host function recorded on ``state``."""
         state = state or CallState()
-        state.deadline = min(state.deadline, time.monotonic() + sandbox.timeout_s)
-        store = wasmtime.Store(self.host.engine)
-        if math.isfinite(sandbox.timeout_s):
-            ticks = math.ceil(sandbox.timeout_s / self.host.tick_s) + 1
-        else:
-            ticks = 1 << 62
-        store.set_epoch_deadline(ticks)
-        stdin_file = None
-        try:
-            wasi = _wasi_config(sandbox)
-            if sandbox.stdin is not None:
-                stdin_file = tempfile.NamedTemporaryFile(prefix="edgeinfer-stdin-", delete=False)
-                stdin_file.write(sandbox.stdin)
-                stdin_file.close()
-                wasi.stdin_file = stdin_file.name
-            store.set_wasi(wasi)
-            # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
-            store.set_limits(memory_size=sandbox.max_memory_bytes)
-            _local.state = state
-            self.host.ticker.enter()
+        with sandboxed_store(self.host, sandbox, state) as store:
             instance = None
             try:
                 instance = self.pre.instantiate(store)
@@ -181,17 +165,46 @@ class Template:
             except wasmtime.ExitTrap as exc:
                 code = exc.code
             except BaseException as exc:
-                raise _translate(exc, state, _memory_bytes(store, instance), sandbox) from None
+                raise translate(exc, state, _memory_bytes(store, instance), sandbox) from None
             finally:
-                self.host.ticker.exit()
                 _local.state = None
             if state.error is not None:  # a host function failed but the guest went on
-                raise _translate(state.error, state, 0, sandbox)
+                raise translate(state.error, state, 0, sandbox)
             return CallResult(code, _memory_bytes(store, instance))
+
+
+@contextmanager
+def sandboxed_store(host: WasmHost, sandbox: Sandbox, state: CallState) -> Iterator[wasmtime.Store]:
+    """A fresh store for one call: WASI context, memory limit, epoch deadline; ``state``
+    is the current call of this thread until the block ends."""
+    state.deadline = min(state.deadline, time.monotonic() + sandbox.timeout_s)
+    store = wasmtime.Store(host.engine)
+    if math.isfinite(sandbox.timeout_s):
+        store.set_epoch_deadline(math.ceil(sandbox.timeout_s / host.tick_s) + 1)
+    else:
+        store.set_epoch_deadline(1 << 62)
+    stdin_file = None
+    try:
+        wasi = _wasi_config(sandbox)
+        if sandbox.stdin is not None:
+            stdin_file = tempfile.NamedTemporaryFile(prefix="edgeinfer-stdin-", delete=False)
+            stdin_file.write(sandbox.stdin)
+            stdin_file.close()
+            wasi.stdin_file = stdin_file.name
+        store.set_wasi(wasi)
+        # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
+        store.set_limits(memory_size=sandbox.max_memory_bytes)
+        _local.state = state
+        host.ticker.enter()
+        try:
+            yield store
         finally:
-            if stdin_file is not None:
-                os.unlink(stdin_file.name)
-            store.close()
+            host.ticker.exit()
+            _local.state = None
+    finally:
+        if stdin_file is not None:
+            os.unlink(stdin_file.name)
+        store.close()
 
 
 def _wasi_config(sandbox: Sandbox) -> wasmtime.WasiConfig:
@@ -229,9 +242,7 @@ def _memory_bytes(store: wasmtime.Store, instance: wasmtime.Instance | None) -> 
     return memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
 
 
-def _translate(
-    exc: BaseException, state: CallState, memory: int, sandbox: Sandbox
-) -> BaseException:
+def translate(exc: BaseException, state: CallState, memory: int, sandbox: Sandbox) -> BaseException:
     """A failure of a guest call, in the one error tree."""
     if state.error is not None:
         exc = state.error
@@ -254,6 +265,18 @@ def _translate(
         return GuestTrap(f"guest {sandbox.program!r} trapped: {message}")
     if isinstance(exc, wasmtime.WasmtimeError):
         text = str(exc)
+        if "Caused by:" in text and "wasm trap: interrupt" in text:
+            return DeadlineExceeded(
+                f"guest {sandbox.program!r} ran past its deadline of {sandbox.timeout_s:g} s"
+            )
+        if "wasm trap:" in text:  # a component's trap arrives as an error with a backtrace
+            cause = text.rsplit("Caused by:", 1)[-1].strip().splitlines()[0]
+            if "allocat" in text and "memory" in text:
+                return GuestOutOfMemory(
+                    f"guest {sandbox.program!r} ran out of memory (limit {limit_mib:g} MiB): "
+                    f"{cause}"
+                )
+            return GuestTrap(f"guest {sandbox.program!r} trapped: {cause}")
         if "memory" in text and ("limit" in text or "grow" in text or "minimum" in text):
             return GuestOutOfMemory(
                 f"guest {sandbox.program!r} needs more than its memory limit of "

@@ -199,6 +199,7 @@ class WasiNnGuest(GuestAbi):
         sent = 0
         state: NnCall | None = None
         cancel = threading.Event()
+        stopped = False  # by one of the request's stop sequences
 
         def run(emit: Callable[[bytes], None], cancel: threading.Event) -> NnCall:
             return self._run(prompt, args, emit, cancel)
@@ -209,7 +210,7 @@ class WasiNnGuest(GuestAbi):
                 if isinstance(item, NnCall):
                     state = item
                     break
-                if cancel.is_set():  # after a stop sequence: wait for the guest to end
+                if stopped:  # after a stop sequence: wait for the guest to end
                     continue
                 text += decoder.decode(item)
                 cut = _stop_at(text, stops)
@@ -217,6 +218,7 @@ class WasiNnGuest(GuestAbi):
                     if cut > sent:
                         yield TokenChunk(text[sent:cut])
                     sent = cut
+                    stopped = True
                     cancel.set()
                     continue
                 # Hold back a tail that could be the start of a stop sequence.
@@ -227,7 +229,7 @@ class WasiNnGuest(GuestAbi):
         finally:
             await stream.aclose()
         assert state is not None
-        if cancel.is_set():  # cut at a stop sequence
+        if stopped:
             finish = "stop"
         else:
             text += decoder.decode(b"", final=True)
