@@ -30,14 +30,15 @@ import numpy as np
 import wasmtime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.errors import BadInput, ConfigError
-from runtime.wasm.host import CallState, Sandbox, Template, WasmHost, _translate, _wasi_config
+from runtime.errors import BadInput, ConfigError, DeadlineExceeded
+from runtime.wasm.host import CallState, Sandbox, Template, WasmHost, _wasi_config, translate
 
 __all__ = ["INFO_MAX_SEQ", "INFO_OUTPUT_WIDTH", "ComputeOptions", "EngineInstance", "EnginePool"]
 
 INFO_KIND, INFO_OUTPUT_WIDTH, INFO_MAX_TOKENS, INFO_MAX_SEQ, INFO_INPUT_WIDTH, INFO_ABI = range(6)
 KIND_BERT, KIND_GRAPH = 1, 2
 ABI_VERSION = 1
+LOAD_TIMEOUT_S = 300.0  # instantiating and loading the weights
 PROFILE_SLOTS = ("gemm", "attention", "gelu", "layernorm", "embed", "other")
 
 
@@ -89,8 +90,10 @@ class EngineInstance:
         # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
         self.store.set_limits(memory_size=sandbox.max_memory_bytes)
         self.instance: wasmtime.Instance | None = None
-        self._call(lambda: self._instantiate(template))
-        rc = self._call(lambda: self._fn("ei_init")(self.store, max_tokens, max_seq))
+        # Loading reads and packs every weight: it gets a load-sized deadline of its own.
+        init_s = max(sandbox.timeout_s, LOAD_TIMEOUT_S)
+        self._call(lambda: self._instantiate(template), init_s)
+        rc = self._call(lambda: self._fn("ei_init")(self.store, max_tokens, max_seq), init_s)
         if rc != 0:
             raise ConfigError(f"the engine could not load the model: {self.error()}")
         if self._fn("ei_info")(self.store, INFO_ABI) != ABI_VERSION:
@@ -132,9 +135,10 @@ class EngineInstance:
         raw = bytes(self.memory.read(self.store, ptr, ptr + 512))
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    def _call(self, fn):  # type: ignore[no-untyped-def]
-        """Run ``fn`` (guest calls) under the sandbox's deadline; translate failures."""
-        timeout = self.sandbox.timeout_s
+    def _call(self, fn, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        """Run ``fn`` (guest calls) under the sandbox's deadline (or ``timeout``);
+        translate failures, and mark the instance unusable after one."""
+        timeout = self.sandbox.timeout_s if timeout is None else timeout
         ticks = math.ceil(timeout / self.host.tick_s) + 1 if math.isfinite(timeout) else 1 << 62
         self.store.set_epoch_deadline(ticks)
         self.host.ticker.enter()
@@ -143,7 +147,7 @@ class EngineInstance:
         except BaseException as exc:
             self.healthy = False
             memory = self.memory.data_len(self.store) if self.instance is not None else 0
-            raise _translate(exc, CallState(), memory, self.sandbox) from None
+            raise translate(exc, CallState(), memory, self.sandbox) from None
         finally:
             self.host.ticker.exit()
 
@@ -217,20 +221,30 @@ class EnginePool:
         return inst
 
     def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
-        inst = self._free.get()
+        try:
+            inst = self._free.get(timeout=self.sandbox.timeout_s)
+        except queue.Empty:
+            raise DeadlineExceeded(
+                f"no engine instance became free within {self.sandbox.timeout_s:g} s"
+                + ("" if self.size else " (every instance failed and none could be made)")
+            ) from None
         try:
             return inst.run(payload, batch, seq)
         finally:
             if inst.healthy:
                 self._free.put(inst)
-            else:
+            else:  # replaced in the background: the failed call returns at once
                 with self._lock:
                     self._all.remove(inst)
                 inst.close()
-                try:
-                    self._free.put(self._make())
-                except Exception:  # the next call waits for another instance instead
-                    self.size -= 1
+                threading.Thread(target=self._replace, name="engine-replace", daemon=True).start()
+
+    def _replace(self) -> None:
+        try:
+            self._free.put(self._make())
+        except Exception:  # calls wait for the other instances (or time out if none)
+            with self._lock:
+                self.size -= 1
 
     def profile(self, reset: bool = False) -> dict[str, float]:
         """Summed over idle instances (call when no request is in flight)."""

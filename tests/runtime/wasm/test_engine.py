@@ -192,3 +192,30 @@ def test_split_rows(
     assert ranges == expected
     for lo, hi in ranges:
         assert (hi - lo) * max(lengths[lo:hi]) <= max_tokens or hi - lo == 1
+
+
+def test_a_call_past_its_deadline_is_stopped_and_the_pool_recovers(settings: Settings) -> None:
+    from runtime.errors import DeadlineExceeded
+    from runtime.wasm.build import build_guest
+    from runtime.wasm.compute import EnginePool
+    from runtime.wasm.host import Sandbox, wasm_host
+
+    host = wasm_host(settings)
+    template = host.template(host.module(build_guest("engine", settings)))
+    sandbox = Sandbox(
+        env={"EI_CONFIG": "/model/config.json", "EI_WEIGHTS": "/model/model.safetensors"},
+        mounts=[(MINILM_DIR, "/model")],
+        timeout_s=0.2,
+        max_memory_bytes=512 << 20,
+    )
+    pool = EnginePool(host, template, sandbox, size=1, max_tokens=4096, max_seq=256)
+    try:
+        big = np.ones((3, 16, 256), np.int32)  # seconds of work: past 0.2 s
+        big[0] *= 1000  # ids; types 1 (valid), mask 1
+        with pytest.raises(DeadlineExceeded, match="deadline"):
+            pool.run(big, 16, 256)
+        small = np.stack([np.array([[101, 7592, 102]]), np.zeros((1, 3)), np.ones((1, 3))])
+        out = pool.run(small.astype(np.int32), 1, 3)  # a fresh instance (made in background)
+        assert out.shape == (1, 384) and abs(float(np.linalg.norm(out)) - 1.0) < 1e-4
+    finally:
+        pool.close()
