@@ -246,6 +246,10 @@ class EnginePool:
             with self._lock:
                 self.size -= 1
 
+    def available(self) -> int:
+        """Instances free right now."""
+        return self._free.qsize()
+
     def profile(self, reset: bool = False) -> dict[str, float]:
         """Summed over idle instances (call when no request is in flight)."""
         total: dict[str, float] = {}
