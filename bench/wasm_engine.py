@@ -94,6 +94,8 @@ def main() -> int:
     settings = Settings.from_env()
     onnx_path = ensure_bert_onnx(MODEL_DIR, settings.artifact_cache, name="minilm")
     tok = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    tok.no_padding()  # this tokenizer.json pads every input to 128 tokens by default
+    tok.no_truncation()
     ort1, ort2 = session(onnx_path, 1), session(onnx_path, 2)
     pool1, pool2 = engine_pool(settings, 1), engine_pool(settings, 2)
     singles = [padded(tok, [s]) for s in SENTENCES]
