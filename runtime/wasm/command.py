@@ -101,7 +101,8 @@ def _run(opts: RunOptions, settings: Settings) -> int:
         p.name: resolve_artifact(p.path, Path.cwd(), model=p.name, field="--nn-preload")
         for p in preloads
     }
-    mounts, writable = [], []
+    mounts: list[tuple[Path, str]] = []
+    writable: list[tuple[Path, str]] = []
     for spec in opts.dirs:
         host_dir, guest_dir, readonly = parse_dir(spec)
         (mounts if readonly else writable).append((host_dir, guest_dir))

@@ -13,7 +13,7 @@ from wasmtime import component as wc
 from runtime.errors import GuestLinkError
 from runtime.wasm.host import CallState, Sandbox, WasmHost, sandboxed_store, translate
 
-__all__ = ["ComponentTemplate"]
+__all__ = ["ComponentTemplate", "HostInterfaces"]
 
 # interface name -> {function name -> host function(store, *args)}
 HostInterfaces = dict[str, dict[str, Callable[..., Any]]]

@@ -44,7 +44,7 @@ from runtime.errors import (
 from runtime.spec import ArtifactFormat, ModelSpec, RuntimeOptions, Task
 from runtime.types import Embeddings, GenerateRequest, SamplingParams, TokenChunk
 from runtime.wasm.abi import GuestAbi
-from runtime.wasm.component import ComponentTemplate
+from runtime.wasm.component import ComponentTemplate, HostInterfaces
 from runtime.wasm.host import CallState, Sandbox, current_call
 from runtime.wasm.pool import GuestPool
 
@@ -118,7 +118,7 @@ class SpinGuest(GuestAbi):
         self.embedders = {n: self._runtime(n, m) for n, m in opts.embedding_models.items()}
         component = self.host.component(self.package.guest_path)
         phases.end("compile")
-        interfaces = {
+        interfaces: HostInterfaces = {
             LLM_INTERFACE: {"infer": self._infer, "generate-embeddings": self._embeddings}
         }
         self.template = ComponentTemplate(self.host, component, interfaces)
@@ -254,7 +254,7 @@ class SpinGuest(GuestAbi):
                 raise BadInput(f"the Spin guest rejected the request: {message}")
             raise GuestTrap(f"the Spin guest failed: {message}")
         try:
-            response: dict[str, Any] = json.loads(result.payload)
+            response: dict[str, Any] = json.loads(str(result.payload))
         except json.JSONDecodeError as exc:
             raise GuestTrap(f"the Spin guest's response is not JSON: {exc}") from None
         return response

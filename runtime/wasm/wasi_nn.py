@@ -150,9 +150,8 @@ class NnCall(CallState):
     def remember(self, ctx: Any) -> None:
         """Keep the GGML metadata of the call's latest generation (token counts)."""
         metadata = getattr(ctx, "metadata", None)
-        if metadata is not None and (
-            getattr(ctx, "stop_reason", "") or getattr(ctx, "n_output", 0)
-        ):
+        generated = bool(getattr(ctx, "stop_reason", "")) or bool(getattr(ctx, "n_output", 0))
+        if metadata is not None and generated:
             self.last_metadata = json.loads(metadata())
 
     def close(self) -> None:

@@ -9,10 +9,9 @@ Request (JSON): ``{"task": "chat" | "completion" | "embedding", "model": NAME,
 
 import json
 
+import wit_world
 from componentize_py_types import Err
 from spin_sdk import llm
-
-import wit_world
 
 END_OF_TURN = "<|im_end|>"
 
@@ -64,6 +63,6 @@ class WitWorld(wit_world.WitWorld):
                 }
             )
         except Err as e:
-            raise Err("the host's llm failed: " + repr(e.value))
+            raise Err("the host's llm failed: " + repr(e.value)) from None
         except (KeyError, TypeError, ValueError) as e:
-            raise Err("bad request: " + repr(e))
+            raise Err("bad request: " + repr(e)) from None

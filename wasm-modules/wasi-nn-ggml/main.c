@@ -2,10 +2,12 @@
  *
  *   wasi-nn-ggml [--model NAME] [--n-predict N] [--ctx-size N] [--temp T] [--top-p P]
  *                [--repeat-penalty R] [--seed S] [--reverse-prompt S] [--stream]
- *                [--metadata] [--prompt TEXT]
+ *                [--stream-stdout] [--metadata] [--prompt TEXT]
  *
  * The prompt is --prompt, else all of stdin. Without --stream it calls compute once
  * and prints output 0; with --stream it prints each token as compute_single yields it.
+ * --stream-stdout leaves printing to the backend (WasmEdge's stream-stdout option: each
+ * token goes to stdout as it is generated) and does not print output 0 itself.
  * --metadata prints output 1 (token counts, JSON) to stderr after the answer.
  * Exit codes: 0 done (end of sequence, n-predict reached or context full), 3 prompt too
  * long, 4 model not found, 5 any other wasi-nn error.
@@ -61,11 +63,12 @@ int main(int argc, char **argv) {
     const char *model = "default", *prompt = NULL, *reverse = NULL, *mode = "";
     const char *n_predict = NULL, *ctx_size = NULL, *temp = NULL, *top_p = NULL;
     const char *repeat = NULL, *seed = NULL;
-    int stream = 0, metadata = 0;
+    int stream = 0, metadata = 0, stream_stdout = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--stream")) stream = 1;
         else if (!strcmp(a, "--metadata")) metadata = 1;
+        else if (!strcmp(a, "--stream-stdout")) stream_stdout = 1;
         else if (!v) { fprintf(stderr, "wasi-nn-ggml: %s needs a value\n", a); return 2; }
         else if (!strcmp(a, "--model")) model = argv[++i];
         else if (!strcmp(a, "--prompt")) prompt = argv[++i];
@@ -85,7 +88,7 @@ int main(int argc, char **argv) {
 
     /* The options, as the JSON config of WasmEdge's GGML plugin. */
     char config[1024];
-    size_t at = snprintf(config, sizeof config, "{\"stream-stdout\":false");
+    size_t at = snprintf(config, sizeof config, "{\"stream-stdout\":%s", stream_stdout ? "true" : "false");
     const char *keys[] = {"n-predict", "ctx-size", "temp", "top-p", "repeat-penalty", "seed"};
     const char *vals[] = {n_predict, ctx_size, temp, top_p, repeat, seed};
     for (int k = 0; k < 6; k++)
@@ -128,7 +131,7 @@ int main(int argc, char **argv) {
         if (err == WASI_NN_CONTEXT_FULL) fprintf(stderr, "wasi-nn-ggml: context full\n");
         else if (err) return fail("compute", err);
         if ((err = wasi_nn_get_output(ctx, 0, out, sizeof out - 1, &written))) return fail("get_output", err);
-        fwrite(out, 1, written, stdout);
+        if (!stream_stdout) fwrite(out, 1, written, stdout);
         fflush(stdout);
     }
     if (metadata) {

@@ -90,6 +90,25 @@ def test_ggml_n_predict_limits_the_answer(ggml: tuple[Template, NnHost]) -> None
 
 
 @pytest.mark.slow
+def test_ggml_stream_stdout_prints_from_the_backend(ggml: tuple[Template, NnHost]) -> None:
+    args = ("--n-predict", "12", "--temp", "0")
+    printed = _call(*ggml, *args, "--stream-stdout", stdin=CHAT)[1]
+    assert printed and printed == _call(*ggml, *args, stdin=CHAT)[1]
+
+
+@pytest.mark.slow
+def test_ggml_reverse_prompt_stops_the_generation(ggml: tuple[Template, NnHost]) -> None:
+    prompt = b"1, 2, 3, 4, 5, 6,"
+    whole = _call(*ggml, "--n-predict", "12", "--temp", "0", stdin=prompt)[1]
+    assert "9," in whole
+    code, out, _, state = _call(
+        *ggml, "--n-predict", "12", "--temp", "0", "--reverse-prompt", "9,", stdin=prompt
+    )
+    assert code == 0 and out == whole[: whole.index("9,")]
+    assert state.last_metadata["stop_reason"] == "reverse_prompt"
+
+
+@pytest.mark.slow
 def test_ggml_model_not_found(ggml: tuple[Template, NnHost]) -> None:
     code, _, err, state = _call(*ggml, "--model", "missing", stdin=b"hi")
     assert code == 4 and f"error {MODEL_NOT_FOUND}" in err
