@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from gateway import cli_manager
+from gateway.cli_wasm import wasm_app
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
 from runtime.spec import RuntimeName, load_config
@@ -26,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+app.add_typer(wasm_app)
 
 
 # "auto" plus every runtime name the model spec knows.

@@ -39,6 +39,7 @@ __all__ = [
 _REGISTRY: dict[RuntimeName, str] = {
     RuntimeName.ONNX: "runtime.onnx_backend:OnnxRuntime",
     RuntimeName.LLAMA: "runtime.llama_backend:LlamaRuntime",
+    RuntimeName.WASM: "runtime.wasm.backend:WasmRuntime",
 }
 
 

@@ -15,6 +15,9 @@ __all__ = [
     "ContextOverflow",
     "DeadlineExceeded",
     "EdgeInferError",
+    "GuestLinkError",
+    "GuestOutOfMemory",
+    "GuestTrap",
     "ModelNotFound",
     "ModelNotReady",
     "Overloaded",
@@ -148,3 +151,23 @@ class ConfigError(EdgeInferError):
 
     status = 500
     code = "config_error"
+
+
+class GuestTrap(RuntimeFailure):
+    """A WebAssembly guest trapped (unreachable, out-of-bounds access, stack overflow...)
+    or exited with a failure; the message carries the trap's own text (500)."""
+
+    code = "guest_trap"
+
+
+class GuestOutOfMemory(GuestTrap):
+    """A guest ran into its memory limit (store limits) and failed (500)."""
+
+    code = "guest_out_of_memory"
+
+
+class GuestLinkError(RuntimeFailure):
+    """A guest cannot be instantiated: it imports something the host does not provide,
+    or is not valid WebAssembly. Reported at load, before any call (500)."""
+
+    code = "guest_link_error"

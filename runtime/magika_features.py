@@ -19,24 +19,37 @@ feature extraction v2, ``PredictionMode.HIGH_CONFIDENCE``) does around the model
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
+from runtime.types import Tensor, TensorSpec
+
 __all__ = [
+    "OUTPUT_SPECS",
     "ContentTypeInfo",
     "MagikaConfig",
     "MagikaLabel",
+    "classify",
     "classify_without_model",
     "extract_features",
     "label_from_scores",
+    "label_tensors",
     "load_magika_config",
 ]
 
 UNDEFINED = "undefined"
+
+#: The OIP v2 outputs of a classification, one entry per input (:func:`label_tensors`).
+OUTPUT_SPECS = (
+    TensorSpec("label", "BYTES", (-1,)),
+    TensorSpec("score", "FP32", (-1,)),
+    TensorSpec("dl_label", "BYTES", (-1,)),
+    TensorSpec("mime_type", "BYTES", (-1,)),
+)
 """``dl_label`` reported when the model was not run."""
 
 
@@ -236,3 +249,33 @@ def label_from_scores(scores: np.ndarray, config: MagikaConfig) -> MagikaLabel:
     if score < config.thresholds.get(dl_label, config.medium_confidence_threshold):
         label = "txt" if config.content_types[label].is_text else "unknown"
     return _make_label(label, dl_label, score, config)
+
+
+def classify(
+    items: list[bytes], config: MagikaConfig, scores: Callable[[np.ndarray], np.ndarray]
+) -> list[MagikaLabel]:
+    """Magika's answer for each item: :func:`classify_without_model` where it answers,
+    else ``scores`` (int32 features ``[n, beg+end]`` -> scores ``[n, labels]``, the model,
+    run once for all such items) and :func:`label_from_scores`."""
+    labels: list[MagikaLabel | None] = [classify_without_model(item, config) for item in items]
+    todo = [i for i, label in enumerate(labels) if label is None]
+    if todo:
+        features = np.stack([extract_features(items[i], config) for i in todo]).astype(np.int32)
+        rows = scores(features)
+        for row, i in enumerate(todo):
+            labels[i] = label_from_scores(rows[row], config)
+    return [label for label in labels if label is not None]
+
+
+def label_tensors(labels: list[MagikaLabel]) -> list[Tensor]:
+    """The OIP v2 output tensors of :data:`OUTPUT_SPECS` for ``labels``."""
+
+    def text(values: list[str]) -> np.ndarray:
+        return np.array([v.encode() for v in values], dtype=object)
+
+    return [
+        Tensor("label", "BYTES", text([x.label for x in labels])),
+        Tensor("score", "FP32", np.array([x.score for x in labels], dtype=np.float32)),
+        Tensor("dl_label", "BYTES", text([x.dl_label for x in labels])),
+        Tensor("mime_type", "BYTES", text([x.mime_type for x in labels])),
+    ]

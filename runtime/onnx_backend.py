@@ -32,18 +32,22 @@ from runtime.datatypes import from_onnx_type, numpy_dtype
 from runtime.errors import (
     BadInput,
     ConfigError,
-    ContextOverflow,
     ModelNotReady,
     RuntimeFailure,
     RuntimeUnavailable,
 )
 from runtime.spec import ArtifactFormat, RuntimeName, Task
+from runtime.tensor_inputs import (
+    CONTENT_INPUT,
+    TEXT_INPUT,
+    only_input,
+    tensor_bytes,
+    tensor_text,
+)
+from runtime.text_batch import encode_texts
 from runtime.types import Embeddings, LoadReport, Tensor, TensorSpec
 
 __all__ = ["OnnxRuntime"]
-
-_TEXT_INPUT = "text"
-_CONTENT_INPUT = "content"
 
 
 class OnnxRuntime(Runtime):
@@ -166,29 +170,14 @@ class OnnxRuntime(Runtime):
 
     def _embed_blocking(self, texts: list[str]) -> Embeddings:
         assert self._tokenizer is not None and self._session is not None
-        encodings = self._tokenizer.encode_batch(texts)
-        limit = self._max_tokens
-        lengths = [len(e.ids) for e in encodings]
-        if not self.spec.options.truncate:
-            for i, n in enumerate(lengths):
-                if n > limit:
-                    raise ContextOverflow(
-                        f"input {i} is {n} tokens; model {self.spec.name!r} takes at most "
-                        f"{limit} tokens per input (shorten it, or set options.truncate)"
-                    )
-        seq = min(max(lengths), limit)
-        ids = np.zeros((len(texts), seq), dtype=np.int64)
-        mask = np.zeros((len(texts), seq), dtype=np.int64)
-        types = np.zeros((len(texts), seq), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            n = min(len(enc.ids), seq)
-            if n < len(enc.ids):  # truncation keeps the final [SEP]
-                ids[row, : n - 1] = enc.ids[: n - 1]
-                ids[row, n - 1] = enc.ids[-1]
-            else:
-                ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids[:n]
+        batch = encode_texts(
+            self._tokenizer,
+            texts,
+            limit=self._max_tokens,
+            truncate=self.spec.options.truncate,
+            model=self.spec.name,
+        )
+        ids, mask, types = batch.ids, batch.mask, batch.types
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         names = {i.name for i in self._session.get_inputs()}
         feeds = {k: v for k, v in feeds.items() if k in names}
@@ -211,22 +200,16 @@ class OnnxRuntime(Runtime):
 
     def inputs(self) -> list[TensorSpec]:
         if self.spec.task is Task.EMBEDDING:
-            return [TensorSpec(_TEXT_INPUT, "BYTES", (-1,))]
+            return [TensorSpec(TEXT_INPUT, "BYTES", (-1,))]
         if self._magika is not None:
-            return [TensorSpec(_CONTENT_INPUT, "BYTES", (-1,)), *self._graph_specs(inputs=True)]
+            return [TensorSpec(CONTENT_INPUT, "BYTES", (-1,)), *self._graph_specs(inputs=True)]
         return self._graph_specs(inputs=True)
 
     def outputs(self) -> list[TensorSpec]:
         if self.spec.task is Task.EMBEDDING:
             return [TensorSpec("embedding", "FP32", (-1, -1))]
         if self._magika is not None:
-            return [
-                TensorSpec("label", "BYTES", (-1,)),
-                TensorSpec("score", "FP32", (-1,)),
-                TensorSpec("dl_label", "BYTES", (-1,)),
-                TensorSpec("mime_type", "BYTES", (-1,)),
-                *self._graph_specs(inputs=False),
-            ]
+            return [*magika_features.OUTPUT_SPECS, *self._graph_specs(inputs=False)]
         return self._graph_specs(inputs=False)
 
     def _graph_specs(self, *, inputs: bool) -> list[TensorSpec]:
@@ -240,12 +223,12 @@ class OnnxRuntime(Runtime):
 
     async def infer(self, inputs: list[Tensor]) -> list[Tensor]:
         if self.spec.task is Task.EMBEDDING:
-            text = _only(inputs, _TEXT_INPUT, "BYTES", self.spec.name)
-            emb = await self.embed([_to_str(v) for v in text.data.reshape(-1)])
+            text = only_input(inputs, TEXT_INPUT, "BYTES", self.spec.name)
+            emb = await self.embed([tensor_text(v) for v in text.data.reshape(-1)])
             return [Tensor("embedding", "FP32", emb.vectors)]
-        if self._magika is not None and any(t.name == _CONTENT_INPUT for t in inputs):
-            content = _only(inputs, _CONTENT_INPUT, "BYTES", self.spec.name)
-            items = [_to_bytes(v) for v in content.data.reshape(-1)]
+        if self._magika is not None and any(t.name == CONTENT_INPUT for t in inputs):
+            content = only_input(inputs, CONTENT_INPUT, "BYTES", self.spec.name)
+            items = [tensor_bytes(v) for v in content.data.reshape(-1)]
             if len(items) > self.spec.options.max_batch:
                 raise BadInput(f"{len(items)} items; at most {self.spec.options.max_batch}")
             result: list[Tensor] = await self._run(self._classify_blocking, items)
@@ -302,49 +285,15 @@ class OnnxRuntime(Runtime):
     def _classify_blocking(self, items: list[bytes]) -> list[Tensor]:
         config = self._magika
         assert config is not None and self._session is not None
-        labels: list[magika_features.MagikaLabel | None] = [
-            magika_features.classify_without_model(item, config) for item in items
-        ]
-        todo = [i for i, label in enumerate(labels) if label is None]
-        if todo:
-            features = np.stack([magika_features.extract_features(items[i], config) for i in todo])
-            input_name = self._session.get_inputs()[0].name
-            (scores,) = self._session.run(None, {input_name: features.astype(np.int32)})
-            for row, i in enumerate(todo):
-                labels[i] = magika_features.label_from_scores(scores[row], config)
-        final = [label for label in labels if label is not None]
-        return [
-            Tensor("label", "BYTES", np.array([x.label.encode() for x in final], dtype=object)),
-            Tensor("score", "FP32", np.array([x.score for x in final], dtype=np.float32)),
-            Tensor(
-                "dl_label", "BYTES", np.array([x.dl_label.encode() for x in final], dtype=object)
-            ),
-            Tensor(
-                "mime_type", "BYTES", np.array([x.mime_type.encode() for x in final], dtype=object)
-            ),
-        ]
+        input_name = self._session.get_inputs()[0].name
+
+        def scores(features: np.ndarray) -> np.ndarray:
+            assert self._session is not None
+            (out,) = self._session.run(None, {input_name: features})
+            return np.asarray(out)
+
+        return magika_features.label_tensors(magika_features.classify(items, config, scores))
 
 
 def _dim(d: Any) -> int:
     return d if isinstance(d, int) else -1
-
-
-def _only(inputs: list[Tensor], name: str, datatype: str, model: str) -> Tensor:
-    if len(inputs) != 1 or inputs[0].name != name:
-        raise BadInput(f"model {model!r} takes one {datatype} input named {name!r}")
-    if inputs[0].datatype != datatype:
-        raise BadInput(f"input {name!r} must be {datatype}, got {inputs[0].datatype}")
-    return inputs[0]
-
-
-def _to_bytes(value: Any) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _to_str(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadInput("text inputs must be UTF-8") from None
-    return str(value)

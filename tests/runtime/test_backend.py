@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from runtime import backend
-from runtime.backend import create_runtime, resolve_device
+from runtime.backend import create_runtime, resolve_device, runtime_class
 from runtime.errors import RuntimeUnavailable
 from runtime.onnx_backend import OnnxRuntime
 from runtime.settings import Settings
-from runtime.spec import ModelSpec
+from runtime.spec import ModelSpec, RuntimeName
 
 SETTINGS = Settings(state_dir=Path("/nonexistent"))
 
@@ -46,7 +46,8 @@ def test_cuda_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_device("tpu", OnnxRuntime)
 
 
-def test_auto_runtime_skips_runtimes_this_build_lacks() -> None:
+def test_auto_runtime_skips_runtimes_this_build_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(backend._REGISTRY, RuntimeName.WASM)  # a build without wasmtime
     rt = create_runtime(
         spec(runtimes=["wasm", "onnx"]),
         runtime="auto",
@@ -66,7 +67,10 @@ def test_auto_runtime_skips_runtimes_this_build_lacks() -> None:
         (["wasm"], "wasm", "runtime 'wasm' is not available in this build"),
     ],
 )
-def test_runtime_choice_errors(runtimes: list[str], asked: str, fragment: str) -> None:
+def test_runtime_choice_errors(
+    runtimes: list[str], asked: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(backend._REGISTRY, RuntimeName.WASM)  # a build without wasmtime
     with pytest.raises(RuntimeUnavailable, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         create_runtime(
             spec(runtimes=runtimes),
@@ -75,3 +79,9 @@ def test_runtime_choice_errors(runtimes: list[str], asked: str, fragment: str) -
             settings=SETTINGS,
             base_dir=Path("."),
         )
+
+
+def test_wasm_is_registered() -> None:
+    from runtime.wasm.backend import WasmRuntime
+
+    assert runtime_class(RuntimeName.WASM) is WasmRuntime

@@ -1,0 +1,136 @@
+"""WASM cold start: from nothing loaded to the first response of a guest, in a fresh
+process each round, with the precompiled-module cache warm on disk.
+
+Two guests:
+
+* ``probe`` (no model): deserialize the precompiled module, link it (wasmtime
+  ``InstancePre``), instantiate it in a fresh sandboxed store and run it to its first
+  output. This is the cost of a WASM cold start when the host has the model loaded.
+* ``wasi-nn-ggml`` with SmolLM2 (the bundled ``smollm2`` model's GGUF): the same
+  phases, plus loading the model into the host (llama.cpp) before the guest runs, and
+  a first call that evaluates a short prompt and generates one token.
+
+Each round runs in a new Python process (so no engine, module or model is loaded),
+after ``import`` of the wasm runtime, which is reported as its own phase. Medians of
+``--rounds``. The budget (DESIGN.md) is 20 ms to the first response for a guest whose
+model is already loaded. Prints one JSON line. Run: ``python bench/wasm_cold_start.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_MS = 20.0
+
+# Runs in a fresh interpreter; prints one JSON object of phase durations in ms.
+ROUND = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from runtime.settings import Settings
+from runtime.wasm.host import Sandbox, wasm_host
+from runtime.wasm.wasi_nn import NnCall, NnHost, define_wasi_nn
+from runtime.wasm.package import Preload
+guest, gguf = sys.argv[1], sys.argv[2]
+ms = {"import": (time.perf_counter() - t0) * 1e3}
+settings = Settings.from_env()
+
+def mark(name, since):
+    now = time.perf_counter()
+    ms[name] = (now - since) * 1e3
+    return now
+
+t = time.perf_counter()
+host = wasm_host(settings)
+nn = NnHost([Preload.parse(f"default:GGML:CPU:{gguf}")] if gguf else [],
+            {"default": gguf} if gguf else {}, ggml_defaults={"ctx-size": 512, "threads": 2})
+if gguf:
+    g = nn.graph("default"); g.release(g.acquire(g.defaults))
+    t = mark("model_load", t)
+t = mark("engine", t) if not gguf else time.perf_counter()
+module = host.module(__import__("pathlib").Path(guest))
+t = mark("deserialize", t)
+template = host.template(module, define_wasi_nn)
+t = mark("link", t)
+first = []
+def out(data):
+    if not first:
+        first.append(time.perf_counter())
+args = ["--n-predict", "1", "--temp", "0"] if gguf else ["echo"]
+state = NnCall(nn, stdout=out)
+template.run(Sandbox(args=args, stdin=b"The capital of France is" if gguf else None,
+                     stdout=out), state)
+state.close()
+ms["instantiate_and_first_call"] = (first[0] - t) * 1e3
+print(json.dumps(ms), flush=True)
+import os; os._exit(0)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from runtime.artifacts import resolve_artifact
+    from runtime.settings import Settings
+    from runtime.spec import ArtifactFormat, load_config
+    from runtime.wasm.build import build_guest
+    from runtime.wasm.host import WasmHost
+
+    settings = Settings.from_env()
+    config = load_config()
+    spec = config.get("smollm2")
+    assert spec is not None
+    gguf = resolve_artifact(
+        spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
+    )
+    guests = {
+        "probe": build_guest("probe", settings),
+        "wasi-nn-ggml": build_guest("wasi-nn-ggml", settings),
+    }
+    warm = WasmHost(settings)  # fills the precompiled cache on disk
+    for path in guests.values():
+        warm.module(path)
+
+    results: dict[str, dict[str, float]] = {}
+    for name, path in guests.items():
+        rounds: list[dict[str, float]] = []
+        for _ in range(args.rounds):
+            model = str(gguf) if name == "wasi-nn-ggml" else ""
+            proc = subprocess.run(
+                [sys.executable, "-c", ROUND, str(path), model],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rounds.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        phases = {k: round(statistics.median(r[k] for r in rounds), 2) for k in rounds[0]}
+        wasm = phases["deserialize"] + phases["link"] + phases["instantiate_and_first_call"]
+        phases["wasm_cold_start"] = round(wasm, 2)
+        results[name] = phases
+    probe = results["probe"]["wasm_cold_start"]
+    print(
+        json.dumps(
+            {
+                "bench": "wasm_cold_start",
+                "rounds": args.rounds,
+                "unit": "ms",
+                "target_ms": TARGET_MS,
+                "probe": results["probe"],
+                "wasi_nn_ggml_smollm2": results["wasi-nn-ggml"],
+                "cold_start_ms_model_loaded": probe,
+                "ratio_to_target": round(probe / TARGET_MS, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

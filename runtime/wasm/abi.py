@@ -1,0 +1,95 @@
+"""The guest ABIs a WASM model package can declare, and the registry that finds them.
+
+An ABI knows how to run one kind of guest for the worker: which imports to link,
+how a request becomes a guest call, how the guest's answer becomes a response. The
+``wasm`` runtime (``runtime.wasm.backend``) reads the package manifest, looks its
+``abi`` up here and delegates every task to the :class:`GuestAbi` it builds.
+
+Adding an ABI: add a value to :class:`runtime.wasm.package.Abi`, write a subclass of
+:class:`GuestAbi` in its own module, and add one line to ``_ABIS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncGenerator
+
+from runtime.backend import LoadPhases
+from runtime.errors import RuntimeUnavailable, UnsupportedTask
+from runtime.spec import ModelSpec
+from runtime.types import Embeddings, GenerateRequest, Tensor, TensorSpec, TokenChunk
+from runtime.wasm.host import WasmHost
+from runtime.wasm.package import Abi, Package
+
+__all__ = ["GuestAbi", "abi_class"]
+
+_ABIS: dict[Abi, str] = {
+    Abi.WASI_NN: "runtime.wasm.wasi_nn_guest:WasiNnGuest",
+    Abi.SPIN_LLM: "runtime.wasm.spin:SpinGuest",
+    Abi.COMPUTE: "runtime.wasm.compute_guest:ComputeGuest",
+}
+
+
+class GuestAbi:
+    """One package's guest, ready to serve the model's task.
+
+    ``load`` runs once in a worker thread (compile or deserialize the guest, link it,
+    load what the host preloads), timing its phases on ``phases``; the task methods are
+    async and run guest calls in ``runtime.wasm.pool``'s threads. ``loop`` is the
+    worker's event loop (set before ``load``), for host functions that must call async
+    runtimes from a guest thread.
+    """
+
+    loop: asyncio.AbstractEventLoop
+
+    def __init__(self, spec: ModelSpec, package: Package, host: WasmHost) -> None:
+        self.spec = spec
+        self.package = package
+        self.host = host
+
+    def load(self, phases: LoadPhases) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what ``load`` took. Calls in flight have finished."""
+
+    def inputs(self) -> list[TensorSpec]:
+        return []
+
+    def outputs(self) -> list[TensorSpec]:
+        return []
+
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:
+        raise UnsupportedTask(
+            f"model {self.spec.name!r}: its {self.package.manifest.abi.value} guest does not "
+            "generate text"
+        )
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        raise UnsupportedTask(
+            f"model {self.spec.name!r}: its {self.package.manifest.abi.value} guest has no "
+            "embeddings"
+        )
+
+    async def infer(self, inputs: list[Tensor]) -> list[Tensor]:
+        raise UnsupportedTask(
+            f"model {self.spec.name!r}: its {self.package.manifest.abi.value} guest does not "
+            "take OIP v2 tensors"
+        )
+
+    def tokens_generated(self) -> int:
+        return 0
+
+
+def abi_class(abi: Abi) -> type[GuestAbi]:
+    target = _ABIS.get(abi)
+    if target is None:
+        raise RuntimeUnavailable(f"WASM ABI {abi.value!r} is not available in this build")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"WASM ABI {abi.value!r} cannot be imported here: {exc}") from exc
+    cls: type[GuestAbi] = getattr(module, attr)
+    return cls

@@ -1,0 +1,322 @@
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+#include <wasm_simd128.h>
+
+#include "common.h"
+
+/* a * b + c as a multiply and an add (plain SIMD128; see the matrix multiply's notes). */
+#define MADD(a, b, c) wasm_f32x4_add(wasm_f32x4_mul((a), (b)), (c))
+
+/* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j], A read in place (rows,
+ * k contiguous), B packed once into panels of EI_NR columns (k-major: each k holds the
+ * panel's EI_NR values in two vectors). A micro-tile keeps EI_MR x 2 vector accumulators
+ * (EI_MR rows x 8 columns): per step of 4 k it loads one vector of each A row and
+ * broadcasts its lanes with shuffles, loads the panel's 8 values per k, and multiplies.
+ *
+ * Why this shape, measured with wasmtime/Cranelift on x86-64 (16 vector registers):
+ * - 6 x 8 = 12 accumulators + 2 B vectors + 1 broadcast fit the register file;
+ * - a broadcast by shuffle of a loaded vector (vpshufd) is one instruction, where
+ *   v128.load32_splat becomes a scalar load, a move and a broadcast;
+ * - 192 multiply-adds per loop iteration keep the per-iteration costs (the epoch check
+ *   wasmtime inserts at every loop back-edge, address arithmetic) small;
+ * - separate multiply and add: the same throughput as relaxed FMA on CPUs with separate
+ *   add pipes, no relaxed-SIMD dependence, bit-identical results everywhere. */
+#ifndef EI_MR
+#define EI_MR 6
+#endif
+/* Rows of A per cache block: MC x k floats of A stay in L2 while every panel of B passes
+ * (a panel, k x EI_NR floats, stays in L1 for k up to ~1000, L2 beyond); up to MC rows,
+ * the weights stream from memory once per product. */
+#ifndef MC
+#define MC 128
+#endif
+
+static inline int kpad(int k) { return (k + 3) & ~3; }
+
+size_t ei_packed_floats(int n, int k) {
+    return (size_t)((n + EI_NR - 1) / EI_NR) * EI_NR * (size_t)kpad(k);
+}
+
+/* dst[p][k][c] = B(k, column p EI_NR + c), zero outside n x k (k padded to 4). */
+static void pack(const float *src, size_t col_stride, size_t k_stride, int n, int k, float *dst) {
+    int k4 = kpad(k);
+    for (int p = 0; p < n; p += EI_NR)
+        for (int kk = 0; kk < k4; kk++)
+            for (int c = 0; c < EI_NR; c++)
+                *dst++ = (p + c < n && kk < k) ? src[(size_t)(p + c) * col_stride + (size_t)kk * k_stride] : 0.0f;
+}
+
+void ei_pack_nk(const float *w, int ldw, int n, int k, float *dst) { pack(w, (size_t)ldw, 1, n, k, dst); }
+void ei_pack_kn(const float *b, int ldb, int k, int n, float *dst) { pack(b, 1, (size_t)ldb, n, k, dst); }
+
+static int alloc_packed(ei_packed *p, const float *bias, int n, int k) {
+    p->n = n;
+    p->k = k;
+    p->w = ei_alloc_floats(ei_packed_floats(n, k));
+    p->bias = NULL;
+    if (!p->w) return -1;
+    if (bias) {
+        int np = (n + EI_NR - 1) / EI_NR * EI_NR;
+        if (!(p->bias = ei_alloc_floats((size_t)np))) return -1;
+        memcpy(p->bias, bias, (size_t)n * sizeof(float));
+    }
+    return 0;
+}
+
+int ei_packed_linear(ei_packed *p, const float *w, const float *bias, int n, int k) {
+    if (alloc_packed(p, bias, n, k)) return -1;
+    ei_pack_nk(w, k, n, k, p->w);
+    return 0;
+}
+
+int ei_packed_matmul(ei_packed *p, const float *b, const float *bias, int k, int n) {
+    if (alloc_packed(p, bias, n, k)) return -1;
+    ei_pack_kn(b, n, k, n, p->w);
+    return 0;
+}
+
+#define LANE(v, l) wasm_i32x4_shuffle((v), (v), (l), (l), (l), (l))
+
+/* One mr x 8 tile of C over k (a multiple of 4). `nc` columns are stored (< 8 at the
+ * right edge). mr is a constant in every instance, so the accumulators live in
+ * registers; each instance is its own small function, which keeps Cranelift's register
+ * allocator from spilling them. */
+static inline __attribute__((always_inline)) void micro(const int mr, int k, const float *a, int lda,
+                                                        const float *b, const float *bias, float *c,
+                                                        int ldc, int nc) {
+    v128_t acc0[EI_MR], acc1[EI_MR];
+    v128_t bias0 = bias ? wasm_v128_load(bias) : wasm_f32x4_splat(0.0f);
+    v128_t bias1 = bias ? wasm_v128_load(bias + 4) : wasm_f32x4_splat(0.0f);
+    for (int r = 0; r < mr; r++) {
+        acc0[r] = bias0;
+        acc1[r] = bias1;
+    }
+    for (int kk = 0; kk < k; kk += 4, b += 4 * EI_NR) {
+        v128_t av[EI_MR];
+        for (int r = 0; r < mr; r++) av[r] = wasm_v128_load(a + (size_t)r * lda + kk);
+#define STEP(l)                                                                        \
+    {                                                                                  \
+        v128_t b0 = wasm_v128_load(b + (l) * EI_NR), b1 = wasm_v128_load(b + (l) * EI_NR + 4); \
+        for (int r = 0; r < mr; r++) {                                                 \
+            v128_t s = LANE(av[r], l);                                                 \
+            acc0[r] = MADD(s, b0, acc0[r]);                                            \
+            acc1[r] = MADD(s, b1, acc1[r]);                                            \
+        }                                                                              \
+    }
+        STEP(0) STEP(1) STEP(2) STEP(3)
+#undef STEP
+    }
+    for (int r = 0; r < mr; r++) {
+        float *row = c + (size_t)r * ldc;
+        if (nc == EI_NR) {
+            wasm_v128_store(row, acc0[r]);
+            wasm_v128_store(row + 4, acc1[r]);
+        } else {
+            float tmp[EI_NR] __attribute__((aligned(16)));
+            wasm_v128_store(tmp, acc0[r]);
+            wasm_v128_store(tmp + 4, acc1[r]);
+            memcpy(row, tmp, (size_t)nc * sizeof(float));
+        }
+    }
+}
+
+#define MICRO(R)                                                                                \
+    static __attribute__((noinline)) void micro_##R(int k, const float *a, int lda, const float *b, \
+                                                    const float *bias, float *c, int ldc, int nc) { \
+        micro(R, k, a, lda, b, bias, c, ldc, nc);                                               \
+    }
+MICRO(1)
+MICRO(2)
+MICRO(3)
+MICRO(4)
+MICRO(5)
+MICRO(6)
+
+static void micro_rows(int mr, int k, const float *a, int lda, const float *b, const float *bias,
+                       float *c, int ldc, int nc) {
+    switch (mr) {
+        case 6: micro_6(k, a, lda, b, bias, c, ldc, nc); break;
+        case 5: micro_5(k, a, lda, b, bias, c, ldc, nc); break;
+        case 4: micro_4(k, a, lda, b, bias, c, ldc, nc); break;
+        case 3: micro_3(k, a, lda, b, bias, c, ldc, nc); break;
+        case 2: micro_2(k, a, lda, b, bias, c, ldc, nc); break;
+        default: micro_1(k, a, lda, b, bias, c, ldc, nc); break;
+    }
+}
+
+void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, const float *bias,
+             float *c, int ldc) {
+    k = kpad(k);
+    size_t panel_floats = (size_t)EI_NR * k;
+    for (int i0 = 0; i0 < m; i0 += MC) {
+        int i1 = i0 + MC < m ? i0 + MC : m;
+        for (int p = 0; p < n; p += EI_NR) {
+            const float *panel = bp + (size_t)(p / EI_NR) * panel_floats;
+            const float *pbias = bias ? bias + p : NULL;
+            int nc = n - p < EI_NR ? n - p : EI_NR;
+            /* Tiles of equal height (14 rows: 5 + 5 + 4, not 6 + 6 + 2): a short tile
+             * costs nearly as much as a full one. */
+            int tiles = (i1 - i0 + EI_MR - 1) / EI_MR;
+            for (int t = 0, i = i0; t < tiles; t++) {
+                int rows = (i1 - i + (tiles - t) - 1) / (tiles - t);
+                micro_rows(rows, k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
+                i += rows;
+            }
+        }
+    }
+}
+
+/* ---- element-wise --------------------------------------------------------------------- */
+
+static inline float hsum(v128_t v) {
+    return wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1) +
+           wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3);
+}
+
+static inline float hmax(v128_t v) {
+    float a = fmaxf(wasm_f32x4_extract_lane(v, 0), wasm_f32x4_extract_lane(v, 1));
+    float b = fmaxf(wasm_f32x4_extract_lane(v, 2), wasm_f32x4_extract_lane(v, 3));
+    return fmaxf(a, b);
+}
+
+/* e^x, Cephes' expf scheme: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, scaled by
+ * 2^n through the exponent bits. Relative error about 2e-7; inputs clamped to
+ * [-87.3, 88.3] (e^-87.3 is the smallest normal float). */
+static inline v128_t vexp(v128_t x) {
+    x = wasm_f32x4_pmin(wasm_f32x4_splat(88.3762626647949f), x);
+    x = wasm_f32x4_pmax(wasm_f32x4_splat(-87.3f), x);
+    v128_t fx = wasm_f32x4_floor(MADD(x, wasm_f32x4_splat(1.44269504088896341f), wasm_f32x4_splat(0.5f)));
+    x = MADD(fx, wasm_f32x4_splat(-0.693359375f), x);
+    x = MADD(fx, wasm_f32x4_splat(2.12194440e-4f), x);
+    v128_t y = wasm_f32x4_splat(1.9875691500e-4f);
+    y = MADD(y, x, wasm_f32x4_splat(1.3981999507e-3f));
+    y = MADD(y, x, wasm_f32x4_splat(8.3334519073e-3f));
+    y = MADD(y, x, wasm_f32x4_splat(4.1665795894e-2f));
+    y = MADD(y, x, wasm_f32x4_splat(1.6666665459e-1f));
+    y = MADD(y, x, wasm_f32x4_splat(5.0000001201e-1f));
+    y = MADD(y, wasm_f32x4_mul(x, x), wasm_f32x4_add(x, wasm_f32x4_splat(1.0f)));
+    v128_t n = wasm_i32x4_trunc_sat_f32x4(fx);
+    v128_t pow2 = wasm_i32x4_shl(wasm_i32x4_add(n, wasm_i32x4_splat(127)), 23);
+    return wasm_f32x4_mul(y, pow2);
+}
+
+/* erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7). */
+static inline v128_t verf(v128_t x) {
+    v128_t ax = wasm_f32x4_abs(x);
+    v128_t t = wasm_f32x4_div(wasm_f32x4_splat(1.0f), MADD(ax, wasm_f32x4_splat(0.3275911f), wasm_f32x4_splat(1.0f)));
+    v128_t p = wasm_f32x4_splat(1.061405429f);
+    p = MADD(p, t, wasm_f32x4_splat(-1.453152027f));
+    p = MADD(p, t, wasm_f32x4_splat(1.421413741f));
+    p = MADD(p, t, wasm_f32x4_splat(-0.284496736f));
+    p = MADD(p, t, wasm_f32x4_splat(0.254829592f));
+    p = wasm_f32x4_mul(p, t);
+    v128_t e = vexp(wasm_f32x4_neg(wasm_f32x4_mul(ax, ax)));
+    v128_t y = wasm_f32x4_sub(wasm_f32x4_splat(1.0f), wasm_f32x4_mul(p, e));
+    /* copy the sign of x */
+    v128_t sign = wasm_v128_and(x, wasm_i32x4_splat((int)0x80000000));
+    return wasm_v128_or(y, sign);
+}
+
+/* tanh(x) = sign(x) (1 - 2 / (e^{2|x|} + 1)); |x| > 9 is +-1 in float. */
+static inline v128_t vtanh(v128_t x) {
+    v128_t ax = wasm_f32x4_pmin(wasm_f32x4_splat(9.0f), wasm_f32x4_abs(x));
+    v128_t e = vexp(wasm_f32x4_add(ax, ax));
+    v128_t y = wasm_f32x4_sub(wasm_f32x4_splat(1.0f), wasm_f32x4_div(wasm_f32x4_splat(2.0f), wasm_f32x4_add(e, wasm_f32x4_splat(1.0f))));
+    v128_t sign = wasm_v128_and(x, wasm_i32x4_splat((int)0x80000000));
+    return wasm_v128_or(y, sign);
+}
+
+#define MAP(name, vexpr, sexpr)                                          \
+    void name(const float *x, float *y, size_t n) {                     \
+        size_t i = 0;                                                   \
+        for (; i + 4 <= n; i += 4) {                                    \
+            v128_t v = wasm_v128_load(x + i);                           \
+            wasm_v128_store(y + i, vexpr);                              \
+        }                                                               \
+        for (; i < n; i++) {                                            \
+            float tail[4] __attribute__((aligned(16))) = {x[i], 0, 0, 0}; \
+            v128_t v = wasm_v128_load(tail);                            \
+            y[i] = wasm_f32x4_extract_lane(sexpr, 0);                   \
+        }                                                               \
+    }
+
+MAP(ei_exp, vexp(v), vexp(v))
+MAP(ei_tanh, vtanh(v), vtanh(v))
+MAP(ei_erf, verf(v), verf(v))
+
+static inline v128_t vgelu(v128_t v) {
+    v128_t e = verf(wasm_f32x4_mul(v, wasm_f32x4_splat(0.70710678118654752f)));
+    return wasm_f32x4_mul(wasm_f32x4_mul(v, wasm_f32x4_splat(0.5f)), wasm_f32x4_add(e, wasm_f32x4_splat(1.0f)));
+}
+
+void ei_gelu_erf(float *x, size_t n) { 
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) wasm_v128_store(x + i, vgelu(wasm_v128_load(x + i)));
+    for (; i < n; i++) {
+        float tail[4] __attribute__((aligned(16))) = {x[i], 0, 0, 0};
+        x[i] = wasm_f32x4_extract_lane(vgelu(wasm_v128_load(tail)), 0);
+    }
+}
+
+void ei_layernorm(float *x, const float *residual, int rows, int n, const float *gamma,
+                  const float *beta, float eps) {
+    for (int r = 0; r < rows; r++) {
+        float *row = x + (size_t)r * n;
+        const float *res = residual ? residual + (size_t)r * n : NULL;
+        v128_t s = wasm_f32x4_splat(0.0f);
+        int i = 0;
+        for (; i + 4 <= n; i += 4) {
+            v128_t v = wasm_v128_load(row + i);
+            if (res) { v = wasm_f32x4_add(v, wasm_v128_load(res + i)); wasm_v128_store(row + i, v); }
+            s = wasm_f32x4_add(s, v);
+        }
+        float sum = hsum(s);
+        for (; i < n; i++) { if (res) row[i] += res[i]; sum += row[i]; }
+        float mean = sum / (float)n;
+        v128_t mv = wasm_f32x4_splat(mean), q = wasm_f32x4_splat(0.0f);
+        for (i = 0; i + 4 <= n; i += 4) {
+            v128_t d = wasm_f32x4_sub(wasm_v128_load(row + i), mv);
+            q = MADD(d, d, q);
+        }
+        float var = hsum(q);
+        for (; i < n; i++) var += (row[i] - mean) * (row[i] - mean);
+        float inv = 1.0f / sqrtf(var / (float)n + eps);
+        v128_t iv = wasm_f32x4_splat(inv);
+        for (i = 0; i + 4 <= n; i += 4) {
+            v128_t d = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(row + i), mv), iv);
+            wasm_v128_store(row + i, MADD(d, wasm_v128_load(gamma + i), wasm_v128_load(beta + i)));
+        }
+        for (; i < n; i++) row[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+    }
+}
+
+void ei_softmax(float *s, int n, float scale, const float *bias) {
+    v128_t sc = wasm_f32x4_splat(scale), mx = wasm_f32x4_splat(-INFINITY);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v128_t v = wasm_f32x4_mul(wasm_v128_load(s + i), sc);
+        if (bias) v = wasm_f32x4_add(v, wasm_v128_load(bias + i));
+        wasm_v128_store(s + i, v);
+        mx = wasm_f32x4_pmax(mx, v);
+    }
+    float m = hmax(mx);
+    for (; i < n; i++) { s[i] = s[i] * scale + (bias ? bias[i] : 0.0f); m = fmaxf(m, s[i]); }
+    /* The tail goes through the vector exp on a zero-padded copy. */
+    v128_t mv = wasm_f32x4_splat(m), acc = wasm_f32x4_splat(0.0f);
+    for (i = 0; i + 4 <= n; i += 4) {
+        v128_t e = vexp(wasm_f32x4_sub(wasm_v128_load(s + i), mv));
+        wasm_v128_store(s + i, e);
+        acc = wasm_f32x4_add(acc, e);
+    }
+    float total = hsum(acc);
+    for (; i < n; i++) {
+        float tail[4] __attribute__((aligned(16))) = {s[i] - m, 0, 0, 0};
+        s[i] = wasm_f32x4_extract_lane(vexp(wasm_v128_load(tail)), 0);
+        total += s[i];
+    }
+    v128_t inv = wasm_f32x4_splat(1.0f / total);
+    for (i = 0; i + 4 <= n; i += 4) wasm_v128_store(s + i, wasm_f32x4_mul(wasm_v128_load(s + i), inv));
+    for (; i < n; i++) s[i] *= 1.0f / total;
+}
