@@ -54,7 +54,9 @@ __all__ = [
     "wasm_host",
 ]
 
-EPOCH_TICK_S = 0.05  # deadline granularity; the ticker sleeps while no guest runs
+# Deadline granularity. Each tick wakes a thread, which can preempt llama.cpp's spinning
+# threads during a generation, so ticks are few; the ticker sleeps while no guest runs.
+EPOCH_TICK_S = 0.1
 _local = threading.local()
 
 
