@@ -7,8 +7,9 @@ Two guests:
   ``InstancePre``), instantiate it in a fresh sandboxed store and run it to its first
   output. This is the cost of a WASM cold start when the host has the model loaded.
 * ``wasi-nn-ggml`` with SmolLM2 (the bundled ``smollm2`` model's GGUF): the same
-  phases, plus loading the model into the host (llama.cpp) before the guest runs, and
-  a first call that evaluates a short prompt and generates one token.
+  phases, plus loading the model into the host (llama.cpp, one token decoded to
+  allocate its buffers, as the worker does at load) before the guest runs, and a first
+  call that evaluates a short prompt and generates one token.
 * ``spin-llm-app`` (a 21 MB Python component): deserialize, link (with one check
   instantiation), instantiate and call ``handle`` once; its ``llm.infer`` import is
   answered by a host function that returns a fixed text, so the figure is the
@@ -54,7 +55,7 @@ host = wasm_host(settings)
 nn = NnHost([Preload.parse(f"default:GGML:CPU:{gguf}")] if gguf else [],
             {"default": gguf} if gguf else {}, ggml_defaults={"ctx-size": 512, "threads": 2})
 if gguf:
-    g = nn.graph("default"); g.release(g.acquire(g.defaults))
+    nn.graph("default").warm()
     t = mark("model_load", t)
 t = mark("engine", t) if not gguf else time.perf_counter()
 module = host.module(__import__("pathlib").Path(guest))
@@ -133,13 +134,14 @@ def main() -> None:
     gguf = resolve_artifact(
         spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
     )
-    guests = {
-        "probe": build_guest("probe", settings),
-        "wasi-nn-ggml": build_guest("wasi-nn-ggml", settings),
-    }
+    names = ("probe", "wasi-nn-ggml", "spin-llm-app")
+    guests = {name: build_guest(name, settings) for name in names}
     warm = WasmHost(settings)  # fills the precompiled cache on disk
-    for path in guests.values():
-        warm.module(path)
+    for name, path in guests.items():
+        if name == "spin-llm-app":
+            warm.component(path)
+        else:
+            warm.module(path)
 
     results: dict[str, dict[str, float]] = {}
     for name, path in guests.items():
