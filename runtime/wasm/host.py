@@ -194,7 +194,6 @@ def sandboxed_store(host: WasmHost, sandbox: Sandbox, state: CallState) -> Itera
             stdin_file.close()
             wasi.stdin_file = stdin_file.name
         store.set_wasi(wasi)
-        # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
         store.set_limits(memory_size=sandbox.max_memory_bytes)
         _local.state = state
         host.ticker.enter()
