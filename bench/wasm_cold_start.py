@@ -7,8 +7,13 @@ Two guests:
   ``InstancePre``), instantiate it in a fresh sandboxed store and run it to its first
   output. This is the cost of a WASM cold start when the host has the model loaded.
 * ``wasi-nn-ggml`` with SmolLM2 (the bundled ``smollm2`` model's GGUF): the same
-  phases, plus loading the model into the host (llama.cpp) before the guest runs, and
-  a first call that evaluates a short prompt and generates one token.
+  phases, plus loading the model into the host (llama.cpp, one token decoded to
+  allocate its buffers, as the worker does at load) before the guest runs, and a first
+  call that evaluates a short prompt and generates one token.
+* ``spin-llm-app`` (a 21 MB Python component): deserialize, link (with one check
+  instantiation), instantiate and call ``handle`` once; its ``llm.infer`` import is
+  answered by a host function that returns a fixed text, so the figure is the
+  component's own cold start without model time.
 
 Each round runs in a new Python process (so no engine, module or model is loaded),
 after ``import`` of the wasm runtime, which is reported as its own phase. Medians of
@@ -50,7 +55,7 @@ host = wasm_host(settings)
 nn = NnHost([Preload.parse(f"default:GGML:CPU:{gguf}")] if gguf else [],
             {"default": gguf} if gguf else {}, ggml_defaults={"ctx-size": 512, "threads": 2})
 if gguf:
-    g = nn.graph("default"); g.release(g.acquire(g.defaults))
+    nn.graph("default").warm()
     t = mark("model_load", t)
 t = mark("engine", t) if not gguf else time.perf_counter()
 module = host.module(__import__("pathlib").Path(guest))
@@ -67,6 +72,45 @@ template.run(Sandbox(args=args, stdin=b"The capital of France is" if gguf else N
                      stdout=out), state)
 state.close()
 ms["instantiate_and_first_call"] = (first[0] - t) * 1e3
+print(json.dumps(ms), flush=True)
+import os; os._exit(0)
+"""
+
+SPIN_ROUND = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from wasmtime import component as wc
+from runtime.settings import Settings
+from runtime.wasm.component import ComponentTemplate
+from runtime.wasm.host import CallState, Sandbox, wasm_host
+from runtime.wasm.spin import LLM_INTERFACE
+ms = {"import": (time.perf_counter() - t0) * 1e3}
+t = time.perf_counter()
+host = wasm_host(Settings.from_env())
+ms["engine"] = (time.perf_counter() - t) * 1e3
+
+def record(**fields):
+    r = wc.Record()
+    for k, v in fields.items():
+        setattr(r, k.replace("_", "-"), v)
+    return r
+
+def infer(store, model, prompt, params):  # no model: a fixed answer
+    return record(text="ok", usage=record(prompt_token_count=1, generated_token_count=1))
+
+t = time.perf_counter()
+component = host.component(Path(sys.argv[1]))
+ms["deserialize"] = (time.perf_counter() - t) * 1e3
+t = time.perf_counter()
+template = ComponentTemplate(host, component, {LLM_INTERFACE: {"infer": infer,
+    "generate-embeddings": lambda store, model, texts: wc.Variant("model-not-supported")}})
+ms["link"] = (time.perf_counter() - t) * 1e3
+t = time.perf_counter()
+request = json.dumps({"task": "completion", "model": "m", "prompt": "hi"})
+result = template.call(Sandbox(), CallState(), "handle", request)
+assert result.tag == "ok", result
+ms["instantiate_and_first_call"] = (time.perf_counter() - t) * 1e3
 print(json.dumps(ms), flush=True)
 import os; os._exit(0)
 """
@@ -90,21 +134,23 @@ def main() -> None:
     gguf = resolve_artifact(
         spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
     )
-    guests = {
-        "probe": build_guest("probe", settings),
-        "wasi-nn-ggml": build_guest("wasi-nn-ggml", settings),
-    }
+    names = ("probe", "wasi-nn-ggml", "spin-llm-app")
+    guests = {name: build_guest(name, settings) for name in names}
     warm = WasmHost(settings)  # fills the precompiled cache on disk
-    for path in guests.values():
-        warm.module(path)
+    for name, path in guests.items():
+        if name == "spin-llm-app":
+            warm.component(path)
+        else:
+            warm.module(path)
 
     results: dict[str, dict[str, float]] = {}
     for name, path in guests.items():
         rounds: list[dict[str, float]] = []
         for _ in range(args.rounds):
             model = str(gguf) if name == "wasi-nn-ggml" else ""
+            script = SPIN_ROUND if name == "spin-llm-app" else ROUND
             proc = subprocess.run(
-                [sys.executable, "-c", ROUND, str(path), model],
+                [sys.executable, "-c", script, str(path), model],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -125,6 +171,7 @@ def main() -> None:
                 "target_ms": TARGET_MS,
                 "probe": results["probe"],
                 "wasi_nn_ggml_smollm2": results["wasi-nn-ggml"],
+                "spin_component": results["spin-llm-app"],
                 "cold_start_ms_model_loaded": probe,
                 "ratio_to_target": round(probe / TARGET_MS, 3),
             }

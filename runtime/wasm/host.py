@@ -54,7 +54,9 @@ __all__ = [
     "wasm_host",
 ]
 
-EPOCH_TICK_S = 0.05  # deadline granularity; the ticker sleeps while no guest runs
+# Deadline granularity. Each tick wakes a thread, which can preempt llama.cpp's spinning
+# threads during a generation, so ticks are few; the ticker sleeps while no guest runs.
+EPOCH_TICK_S = 0.1
 _local = threading.local()
 
 
@@ -192,7 +194,6 @@ def sandboxed_store(host: WasmHost, sandbox: Sandbox, state: CallState) -> Itera
             stdin_file.close()
             wasi.stdin_file = stdin_file.name
         store.set_wasi(wasi)
-        # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
         store.set_limits(memory_size=sandbox.max_memory_bytes)
         _local.state = state
         host.ticker.enter()

@@ -114,6 +114,16 @@ class GgmlModel:
             else:
                 self._free.setdefault(llm._edgeinfer_key, []).append(llm)  # type: ignore[attr-defined]
 
+    def warm(self) -> None:
+        """Make one llama.cpp context with the default options and decode one token
+        through it (allocates its compute buffers), so the first call does not pay."""
+        llm = self.acquire(self.defaults)
+        try:
+            llm.eval(llm.tokenize(b" ", add_bos=True, special=False))
+            llm.reset()
+        finally:
+            self.release(llm)
+
     def chat_template(self) -> tuple[str, str, str] | None:
         """(template, bos, eos) from the GGUF metadata, if the model has a template."""
         llm = self.acquire(self.defaults)

@@ -82,7 +82,7 @@ class WasiNnGuest(GuestAbi):
         for preload in manifest.preloads:
             graph = self.nn.graph(preload.name)
             if preload.encoding == "GGML":
-                graph.release(graph.acquire(graph.defaults))  # one llama.cpp context, ready
+                graph.warm()  # one llama.cpp context, its buffers allocated
                 if self._formatter is None:
                     found = graph.chat_template()
                     if found is not None:
