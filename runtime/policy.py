@@ -404,8 +404,10 @@ def choose_runtime(
         elif first > goal:
             bridge, warm, note = _cold_start_cover(spec, best, cands, config)
             if bridge is not None:
+                as_primary = f" (as the primary: {bridge.reason})" if bridge.reason else ""
                 cands = [
-                    replace(c, verdict="bridge", reason=note) if c is bridge else c for c in cands
+                    replace(c, verdict="bridge", reason=note + as_primary) if c is bridge else c
+                    for c in cands
                 ]
                 tiers.append(
                     replace(bridge.tier, role=TierRole.BRIDGE, min_scale=1 if warm else None)

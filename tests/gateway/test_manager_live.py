@@ -2,7 +2,8 @@
 disappears, and a bridge serves while the GPU replica starts, with no failed request.
 
 What is faked, and why (this host has no GPU):
-- the inventory probe: a scripted one that reports a GPU, then none;
+- the inventory probe: a scripted one that reports a GPU, then none (and the build is
+  taken to be able to use that GPU);
 - the profiles the policy reads are written by the test (inputs, not measurements);
 - the CUDA tier's worker: :class:`CpuStandIn` starts it as a real worker on the CPU,
   after the CUDA start-up time its profile states. Everything else is real: the
@@ -114,9 +115,12 @@ class Live:
         store.put(_profile(spec, "cuda", digest, p95=3, cold=3.0))
         clock = FakeClock()
         app = build_gateway(config, settings, clock=clock, environ={}, probe=lambda: self.inventory)
+        assert app.manager is not None
         if stand_in:
             self.spawner = CpuStandIn(app.supervisor._spawner, cuda_start=3.0)
             app.supervisor._spawner = self.spawner
+            # Part of the same fake: the build is taken to use the GPU the probe claims.
+            app.manager.cuda_runtimes = None
         self.gw = GatewayServer(app, clock)
         self.gw.start()
         assert app.manager is not None
@@ -185,6 +189,8 @@ def test_bridge_serves_while_the_gpu_replica_starts(live: Live) -> None:
     info = live.gw.admin()["minilm"]
     assert info["runtime"] == "onnx-cuda" and info["bridge_served"] == bridged
     assert "bridges cold starts" in info["runtime_reason"]
+    metrics = httpx.get(f"{live.gw.url}/metrics").text
+    assert f'edgeinfer_bridge_requests_total{{model="minilm"}} {float(bridged)}' in metrics
     assert live.spawner.started[:2] == ["onnx-cuda", "onnx-cpu"]
 
 
