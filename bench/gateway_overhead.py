@@ -5,7 +5,9 @@ Three cases, each measured on both sides in the same run, interleaved in rounds
 
 (a) ``minilm``, one sentence per request, 8 and 64 concurrent clients: throughput;
 (b) an endpoint that answers after ~1 ms without using CPU, 8 clients: added latency
-    p50/p99; 64 clients: throughput;
+    p50/p99; 64 clients: throughput, also through two reference proxies built from
+    common parts (uvicorn + a pooled aiohttp session, as a bare ASGI app and as a
+    FastAPI route), which the gateway must beat;
 (c) SmolLM2 streams: added time to the first event.
 
 The load generator (``wrk`` when installed, e.g. Debian's package; else one asyncio
@@ -34,6 +36,7 @@ from typing import Any
 import aiohttp
 import uvloop
 import yaml
+from fastapi import FastAPI, Request, Response  # module level: FastAPI reads the annotations
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,6 +81,56 @@ def run_sleeper(port: int) -> None:
 
     uvicorn.run(
         sleeper_app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+
+
+# -- the reference proxies the issue compares against ----------------------------------
+
+
+def run_reference(kind: str, port: int, upstream: str) -> None:
+    """A proxy as one would write it with common parts: uvicorn, a pooled aiohttp
+    session, and either a bare ASGI app (``bare``) or a FastAPI route (``fastapi``)."""
+    import uvicorn
+
+    session: aiohttp.ClientSession | None = None
+
+    async def relay(method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        headers = {"content-type": "application/json"}
+        async with session.request(method, upstream + path, data=body, headers=headers) as r:
+            return r.status, await r.read(), r.headers.get("content-type", "application/json")
+
+    async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        status, payload, ctype = await relay(scope["method"], scope["path"], body)
+        headers = [(b"content-type", ctype.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    api = FastAPI()
+
+    @api.post("/{path:path}")
+    async def route(path: str, request: Request) -> Response:
+        status, payload, ctype = await relay("POST", "/" + path, await request.body())
+        return Response(payload, status_code=status, media_type=ctype)
+
+    uvicorn.run(
+        bare if kind == "bare" else api,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
@@ -181,18 +234,29 @@ def _seconds(text: str) -> float:
 
 
 def wrk_case(
-    direct: str, gateway: str, body: dict[str, Any], clients: int, seconds: float, rounds: int
+    direct: str,
+    gateway: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    rounds: int,
+    references: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Rounds of direct, gateway (and each reference proxy), interleaved."""
+    references = references or {}
     d: list[dict[str, float]] = []
     g: list[dict[str, float]] = []
+    refs: dict[str, list[dict[str, float]]] = {name: [] for name in references}
     for _ in range(rounds):
         d.append(wrk_load(direct, body, clients, seconds))
         g.append(wrk_load(gateway, body, clients, seconds))
+        for name, url in references.items():
+            refs[name].append(wrk_load(url, body, clients, seconds))
 
     def med(runs: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
-    return {
+    out: dict[str, Any] = {
         "clients": clients,
         "load": "wrk",
         "direct_rps": round(med(d, "rps"), 1),
@@ -205,6 +269,10 @@ def wrk_case(
         "gateway_p99_ms": round(med(g, "99%") * 1000, 3),
         "added_p99_ms": round((med(g, "99%") - med(d, "99%")) * 1000, 3),
     }
+    for name, runs in refs.items():
+        out[f"{name}_rps"] = round(med(runs, "rps"), 1)
+        out[f"{name}_ratio"] = round(med(runs, "rps") / med(d, "rps"), 4)
+    return out
 
 
 async def first_event(session: aiohttp.ClientSession, url: str) -> float:
@@ -229,8 +297,12 @@ async def throughput_case(
     clients: int,
     seconds: float,
     rounds: int,
+    references: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """As ``wrk_case``, with the load from this process (where wrk is not installed)."""
+    references = references or {}
     d_rates, g_rates, d_lat, g_lat = [], [], [], []
+    refs: dict[str, list[float]] = {name: [] for name in references}
     for _ in range(rounds):
         lat = await load(session, direct, body, clients, seconds)
         d_rates.append(len(lat) / seconds)
@@ -238,8 +310,10 @@ async def throughput_case(
         lat = await load(session, gateway, body, clients, seconds)
         g_rates.append(len(lat) / seconds)
         g_lat += lat
+        for name, url in references.items():
+            refs[name].append(len(await load(session, url, body, clients, seconds)) / seconds)
     d, g = statistics.median(d_rates), statistics.median(g_rates)
-    return {
+    out: dict[str, Any] = {
         "clients": clients,
         "direct_rps": round(d, 1),
         "gateway_rps": round(g, 1),
@@ -251,11 +325,16 @@ async def throughput_case(
         "gateway_p99_ms": round(pct(g_lat, 0.99) * 1000, 3),
         "added_p99_ms": round((pct(g_lat, 0.99) - pct(d_lat, 0.99)) * 1000, 3),
     }
+    for name, rates in refs.items():
+        out[f"{name}_rps"] = round(statistics.median(rates), 1)
+        out[f"{name}_ratio"] = round(statistics.median(rates) / d, 4)
+    return out
 
 
 async def run(seconds: float, rounds: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-"))
     sleeper_port, gw_port = free_port(), free_port()
+    bare_port, fastapi_port = free_port(), free_port()
     warm = {"min-scale": 1, "max-scale": 1, "initial-scale": 1}
     config = {
         "models": [
@@ -282,6 +361,10 @@ async def run(seconds: float, rounds: int) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(config))
     procs = [
         spawn([SELF, "--sleeper", str(sleeper_port)]),
+        *(
+            spawn([SELF, "--reference", kind, str(port), f"http://127.0.0.1:{sleeper_port}"])
+            for kind, port in (("bare", bare_port), ("fastapi", fastapi_port))
+        ),
         spawn(["-m", "gateway", "serve", "--config", str(path), "--port", str(gw_port)]),
     ]
     connector = aiohttp.TCPConnector(limit=0)
@@ -324,14 +407,22 @@ async def run(seconds: float, rounds: int) -> dict[str, Any]:
                 ("sleep_1ms_64", sleeper + oip, gw + oip, SLEEPER_BODY, 64),
             ]
             result: dict[str, Any] = {}
+            # The HTTP-bound case also runs through the two reference proxies.
+            references = {
+                "bare_asgi_aiohttp": f"http://127.0.0.1:{bare_port}{oip}",
+                "fastapi_aiohttp": f"http://127.0.0.1:{fastapi_port}{oip}",
+            }
+            for url in references.values():
+                await wait_ok(session, url, SLEEPER_BODY)
             for name, direct, through, body, clients in cases:
+                refs = references if name == "sleep_1ms_64" else None
                 if shutil.which("wrk"):
                     result[name] = await asyncio.to_thread(
-                        wrk_case, direct, through, body, clients, seconds, rounds
+                        wrk_case, direct, through, body, clients, seconds, rounds, refs
                     )
                 else:
                     result[name] = await throughput_case(
-                        session, direct, through, body, clients, seconds, rounds
+                        session, direct, through, body, clients, seconds, rounds, refs
                     )
             result["sse_first_event"] = sse_first_event
             return result
@@ -347,9 +438,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sleeper", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sleeper:
         run_sleeper(args.sleeper)
+        return
+    if args.reference:
+        kind, port, upstream = args.reference
+        run_reference(kind, int(port), upstream)
         return
     r = uvloop.run(run(args.seconds, args.rounds))
     checks = {
@@ -358,6 +454,10 @@ def main() -> None:
         "sleep_added_p50<=0.5ms": r["sleep_1ms_8"]["added_p50_ms"] <= 0.5,
         "sleep_added_p99<=2ms": r["sleep_1ms_8"]["added_p99_ms"] <= 2.0,
         "sse_added_first_event<=1ms": r["sse_first_event"]["added_ms"] <= 1.0,
+        "sleep_64_beats_bare_asgi_and_fastapi": r["sleep_1ms_64"]["ratio"]
+        > max(
+            r["sleep_1ms_64"]["bare_asgi_aiohttp_ratio"], r["sleep_1ms_64"]["fastapi_aiohttp_ratio"]
+        ),
     }
     print(
         json.dumps(

@@ -1,4 +1,5 @@
-"""``edgeinfer serve``: the gateway and its embedded supervisor under uvicorn."""
+"""``edgeinfer serve``: the gateway and its embedded supervisor, on the gateway's own
+HTTP/1.1 server (``gateway.http1``) and uvloop."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import uvloop
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
+from gateway.http1 import Http1Server
 from runtime.backend import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
 from runtime.forkserver import ForkServer
-from runtime.http_server import http_server
 from runtime.inventory import Inventory, probe_local
 from runtime.manager import Manager
 from runtime.policy import policy_config
@@ -97,7 +98,5 @@ def run_gateway(
     config: ModelConfig, settings: Settings, *, host: str, port: int, cluster: str | None = None
 ) -> None:
     app = build_gateway(config, settings, cluster=cluster)
-    server = http_server(
-        app, host=host, port=port, log_level=settings.log_level, graceful_seconds=30
-    )
+    server = Http1Server(app, host=host, port=port, graceful_seconds=30)
     uvloop.run(server.serve())

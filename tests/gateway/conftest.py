@@ -1,4 +1,4 @@
-"""A real gateway on a loopback port, run by uvicorn in a thread, with real workers.
+"""A real gateway on a loopback port, on its own HTTP server in a thread, with real workers.
 
 Time for the autoscaler is a clock the test moves forward (``advance``), and the
 autoscaler runs when the test says (``autoscale``): no test sleeps to let time pass.
@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
 import uvloop
 import yaml
 
 from gateway.app import Gateway
+from gateway.http1 import Http1Server
 from gateway.server import build_gateway
 from runtime.settings import Settings
 from runtime.spec import load_config
@@ -62,22 +62,13 @@ class GatewayServer:
         self.clock = clock
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=self.port,
-                lifespan="on",
-                log_level="warning",
-                http="httptools",
-            )
-        )
+        self.server = Http1Server(app, host="127.0.0.1", port=self.port, graceful_seconds=30)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         self.loop = uvloop.new_event_loop()  # as `edgeinfer serve` runs
-        self.loop.run_until_complete(self.server.serve())
+        self.loop.run_until_complete(self.server.serve(install_signals=False))
 
     def start(self) -> None:
         self.thread.start()
@@ -87,7 +78,7 @@ class GatewayServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.request_exit()
         self.thread.join(60)
 
     def on_loop(self, fn: Callable[[], T]) -> T:

@@ -317,10 +317,11 @@ def test_no_request_is_lost_to_a_scale_down(gateway_factory: Factory) -> None:
             gw.wait_for(lambda: gw.status("minilm").ready == 1)
             gw.on_loop(lambda: gw.pool("minilm").scale_down(1))
             gw.wait_for(lambda: gw.status("minilm").ready == 0)
+        gw.wait_for(lambda: len(codes) > 3)  # a loaded machine may have sent only a few
     finally:
         stop.set()
         thread.join()
-    assert len(codes) > 3 and set(codes) == {200}
+    assert len(codes) > 3 and set(codes) == {200}, codes
     assert gw.admin()["minilm"]["cold_starts"] >= 3
 
 
