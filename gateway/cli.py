@@ -87,8 +87,8 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
-    cluster: str | None = typer.Option(
-        None, "--cluster", help="Route to the models' Knative Services on this cluster."
+    cluster: list[str] | None = typer.Option(
+        None, "--cluster", help="Route to the models' Knative Services there (repeatable)."
     ),
 ) -> None:
     """The gateway: every model behind one endpoint, each scaled to and from zero."""
@@ -97,7 +97,7 @@ def serve(
     settings = Settings.from_env()
     _setup_logging(settings)
     try:
-        run_gateway(load_config(config), settings, host=host, port=port, cluster=cluster)
+        run_gateway(load_config(config), settings, host=host, port=port, clusters=cluster or ())
     except EdgeInferError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None

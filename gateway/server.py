@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -36,11 +36,11 @@ def build_gateway(
     clock: Callable[[], float] = time.monotonic,
     environ: Mapping[str, str] | None = None,
     probe: Callable[[], Inventory] = probe_local,
-    cluster: str | None = None,
+    clusters: Sequence[str] = (),
 ) -> Gateway:
     """The app for a config: supervisor with worker processes, the runtime manager
     placing models on the inventory ``probe`` reports, keys from the environment; with
-    ``cluster``, the models' Knative Services on that cluster instead of workers."""
+    ``clusters``, the models' Knative Services on them instead of workers."""
     gw = gateway_config(config)
     try:
         authenticator = Authenticator.from_config(
@@ -48,8 +48,8 @@ def build_gateway(
         )
     except ValueError as exc:
         raise ConfigError(f"{config.source}: gateway.auth: {exc}") from None
-    if cluster is not None:
-        router = _cluster_router(config, cluster, gw.scale_to_zero_grace_seconds, clock)
+    if clusters:
+        router = _cluster_router(config, clusters, gw.scale_to_zero_grace_seconds, clock)
         return Gateway(config, gw, router, authenticator, clock=clock)
     assert config.source is not None
     spawner = ForkServer(
@@ -83,20 +83,26 @@ def build_gateway(
 
 
 def _cluster_router(
-    config: ModelConfig, name: str, grace: float, clock: Callable[[], float]
+    config: ModelConfig, names: Sequence[str], grace: float, clock: Callable[[], float]
 ) -> Supervisor:
     """Cluster mode (knative.router): the same surface as the supervisor."""
     from knative.router import ClusterRouter
     from knative.targets import Overrides, select_clusters
 
-    (spec,) = select_clusters(config, Overrides(clusters=(name,)))
-    router = ClusterRouter(config, spec, scale_to_zero_grace=grace, clock=clock)
+    chosen = select_clusters(config, Overrides(clusters=tuple(names)))
+    router = ClusterRouter(config, chosen, scale_to_zero_grace=grace, clock=clock)
+    router.connect()
     return cast(Supervisor, router)
 
 
 def run_gateway(
-    config: ModelConfig, settings: Settings, *, host: str, port: int, cluster: str | None = None
+    config: ModelConfig,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    clusters: Sequence[str] = (),
 ) -> None:
-    app = build_gateway(config, settings, cluster=cluster)
+    app = build_gateway(config, settings, clusters=clusters)
     server = Http1Server(app, host=host, port=port, graceful_seconds=30)
     uvloop.run(server.serve())

@@ -19,7 +19,7 @@ from typing import cast
 
 import httptools
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "request_bytes"]
 
 _IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse one it may be closing
 
@@ -155,6 +155,24 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def request_bytes(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> bytes:
+    """One HTTP/1.1 request, head and body, as it goes on the wire."""
+    # Knative's ingress routes by Host: no ":80" on the default port (RFC 9110 7.2).
+    authority = host if port == 80 else f"{host}:{port}"
+    head = [f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()]
+    for name, value in headers:
+        head.append(name + b": " + value + b"\r\n")
+    head.append(b"content-length: %d\r\n\r\n" % len(body))
+    return b"".join(head) + body
+
+
 class UpstreamPool:
     """Keep-alive connections per ``(host, port)``, reused one request at a time."""
 
@@ -187,11 +205,7 @@ class UpstreamPool:
         body: bytes,
     ) -> UpstreamResponse:
         """Send one request; returns once the status line and headers have arrived."""
-        head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode()]
-        for name, value in headers:
-            head.append(name + b": " + value + b"\r\n")
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        payload = b"".join(head) + body
+        payload = request_bytes(host, port, method, target, headers, body)
         for attempt in (0, 1):
             conn, reused = await self._connection((host, port))
             if conn.transport is None:  # closed between connecting and now
@@ -206,6 +220,11 @@ class UpstreamPool:
                 # so sending once more on a fresh one is safe.
                 if reused and attempt == 0 and not conn.chunks:
                     continue
+                raise
+            except asyncio.CancelledError:
+                # The caller gave up (deadline, or its client hung up) before the answer
+                # began: hanging up is how the replica learns to stop the work.
+                conn.abandon()
                 raise
             return UpstreamResponse(status, conn.headers, conn)
         raise UpstreamError("unreachable")

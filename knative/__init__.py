@@ -1,3 +1,40 @@
-"""Rendering models into Knative Services and applying them to clusters."""
+"""Models as Knative Services: rendering, applying, watching, and the gateway's
+cluster mode (DESIGN.md; README "Knative"). Names are imported on first use, so
+``import knative`` (done by the CLI) stays cheap."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ApplyConflict": "knative.kube",
+    "Change": "knative.apply",
+    "ClusterRouter": "knative.router",
+    "Finding": "knative.annotations",
+    "KubeError": "knative.kube",
+    "Rendered": "knative.render",
+    "ServiceStatus": "knative.status",
+    "apply_manifests": "knative.apply",
+    "check_annotations": "knative.annotations",
+    "check_placement": "knative.placements",
+    "connect": "knative.kube",
+    "default_placement": "knative.placements",
+    "delete_owned": "knative.apply",
+    "placements_from_plan": "knative.placements",
+    "read_status": "knative.status",
+    "render_config": "knative.targets",
+    "render_model": "knative.render",
+    "route": "knative.router",
+    "scaling_annotations": "knative.annotations",
+    "wait_for": "knative.status",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'knative' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -35,8 +35,11 @@ AUTOSCALING = "autoscaling.knative.dev/"
 KPA = "kpa.autoscaling.knative.dev"
 HPA = "hpa.autoscaling.knative.dev"
 
-# Knative's metrics per autoscaler class (HPA also takes custom metric names).
-_METRICS = {KPA: ("concurrency", "rps"), HPA: ("cpu", "memory")}
+# The KPA's metrics (the HPA class takes any metric name: cpu, memory, custom ones).
+_METRICS = {KPA: ("concurrency", "rps")}
+_ALGORITHMS = ("linear", "weighted-exponential", "weightedExponential")
+# What only the KPA reads.
+_KPA_ONLY = ("window", "panic-window-percentage", "panic-threshold-percentage")
 _GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 _KNOWN_KEYS = frozenset(
     AUTOSCALING + k
@@ -54,6 +57,8 @@ _KNOWN_KEYS = frozenset(
         "panic-threshold-percentage",
         "scale-down-delay",
         "scale-to-zero-pod-retention-period",
+        "target-burst-capacity",
+        "metric-aggregation-algorithm",
     )
 )
 
@@ -96,8 +101,8 @@ def scaling_annotations(
     if rule.max_scale:
         values["max-scale"] = str(rule.max_scale)
     if profile.autoscaling_class == HPA:
-        # Knative's HPA class has no panic mode, stable window or scale to zero.
-        for key in ("window", "panic-window-percentage", "panic-threshold-percentage"):
+        # Knative's HPA class has no panic mode or stable window of its own.
+        for key in _KPA_ONLY:
             values.pop(key)
     return {AUTOSCALING + k: v for k, v in values.items()}
 
@@ -105,8 +110,10 @@ def scaling_annotations(
 def check_annotations(
     model: str, annotations: Mapping[str, str], profile: KnativeProfile
 ) -> list[Finding]:
-    """Knative's rules for the ``autoscaling.knative.dev/*`` annotations, each broken
-    rule a :class:`Finding` naming the model and the annotation."""
+    """Knative's rules for the ``autoscaling.knative.dev/*`` annotations (those of its
+    webhook's ``ValidateAnnotations``, with the cluster's ``config-autoscaler``), each
+    broken rule a :class:`Finding` naming the model and the annotation. What Knative
+    accepts but ignores or would surprise is a warning."""
     found: list[Finding] = []
     a = {k: v for k, v in annotations.items() if k.startswith(AUTOSCALING)}
 
@@ -115,18 +122,18 @@ def check_annotations(
 
     for key in a:
         if key not in _KNOWN_KEYS:
-            bad(key.removeprefix(AUTOSCALING), "not an annotation Knative's autoscaler knows")
+            name = key.removeprefix(AUTOSCALING)
+            bad(name, "not an annotation Knative's autoscaler knows: it is ignored", "warning")
 
     cls = a.get(AUTOSCALING + "class", KPA)
     if cls.endswith("autoscaling.knative.dev") and cls not in (KPA, HPA):
         bad("class", f"{cls!r} is not a Knative autoscaler class; allowed: {KPA}, {HPA}")
     metric = a.get(AUTOSCALING + "metric")
     if metric is not None:
-        allowed = _METRICS.get(cls)
         if cls == KPA and metric not in _METRICS[KPA]:
-            bad("metric", f"{metric!r} is not a metric of the KPA class; allowed: {allowed}")
-        elif cls == HPA and metric in _METRICS[KPA]:
-            bad("metric", f"{metric!r} needs the KPA class; the HPA class scales on cpu/memory")
+            bad("metric", f"{metric!r} is not a metric of the KPA class; allowed: {_METRICS[KPA]}")
+        elif cls == HPA and not metric:
+            bad("metric", "the HPA class needs a metric, e.g. cpu or memory")
 
     def number(key: str, low: float, high: float | None, *, integer: bool) -> float | None:
         raw = a.get(AUTOSCALING + key)
@@ -144,34 +151,41 @@ def check_annotations(
             return None
         return value
 
-    def duration(key: str, high: float, *, low: float = 0.0) -> float | None:
+    def duration(key: str, low: float, *, whole: bool) -> None:
         raw = a.get(AUTOSCALING + key)
         if raw is None:
-            return None
+            return
         if not _GO_DURATION.match(raw.strip()):
             bad(key, f"{raw!r} is not a duration; Knative wants units, e.g. '60s' or '1m30s'")
-            return None
+            return
         seconds = parse_duration(raw)
-        if seconds < low or seconds > high:
-            bad(key, f"{raw} is out of Knative's bounds {format_duration(low)}..{high:g}s")
-            return None
-        if seconds != int(seconds):
+        if seconds < low or seconds > 3600.0:
+            bad(key, f"{raw} is out of Knative's bounds {format_duration(low)}..3600s")
+        elif whole and seconds != int(seconds):
             bad(key, f"{raw} must be whole seconds (Knative has second precision here)")
-        return seconds
 
     number("target", 0.01, None, integer=False)
     number("target-utilization-percentage", 1, 100, integer=False)
+    number("panic-window-percentage", 1, 100, integer=False)
+    number("panic-threshold-percentage", 110, 1000, integer=False)
+    burst = a.get(AUTOSCALING + "target-burst-capacity")
+    if burst is not None and not _burst_ok(burst):
+        bad("target-burst-capacity", f"{burst!r} must be a number >= 0, or -1 (unlimited)")
+    algorithm = a.get(AUTOSCALING + "metric-aggregation-algorithm")
+    if cls == KPA and algorithm and algorithm not in _ALGORITHMS:
+        bad("metric-aggregation-algorithm", f"{algorithm!r} is not one of {_ALGORITHMS}")
     low = number("min-scale", 0, None, integer=True)
     high = number("max-scale", 0, None, integer=True)
     initial = number("initial-scale", 0, None, integer=True)
     number("activation-scale", 1, None, integer=True)
     if low is not None and high is not None and high and high < low:
         bad("max-scale", f"max-scale ({high:g}) must be >= min-scale ({low:g}) or 0 (unbounded)")
-    if profile.max_scale_limit:
-        if not high:
-            bad("max-scale", f"must be set, 1..{profile.max_scale_limit} (max-scale-limit)")
-        elif high > profile.max_scale_limit:
-            bad("max-scale", f"{high:g} exceeds the cluster's max-scale-limit")
+    limit = profile.max_scale_limit
+    if limit and high is not None:
+        if high == 0:
+            bad("max-scale", f"0 (unlimited) is refused where max-scale-limit is {limit}")
+        elif high > limit:
+            bad("max-scale", f"{high:g} exceeds the cluster's max-scale-limit ({limit})")
     if initial == 0 and not profile.allow_zero_initial_scale:
         bad(
             "initial-scale",
@@ -181,17 +195,24 @@ def check_annotations(
             "cluster profile",
             "warning",
         )
-    if cls == KPA:
-        duration("window", 3600.0, low=6.0)
-        number("panic-window-percentage", 1, 100, integer=False)
-        number("panic-threshold-percentage", 110, 1000, integer=False)
-    elif any(AUTOSCALING + k in a for k in ("window", "panic-window-percentage")):
-        bad("window", "the HPA class has no stable/panic window; remove it or use KPA")
-    duration("scale-down-delay", 3600.0)
-    duration("scale-to-zero-pod-retention-period", 3600.0)
-    if cls == HPA and low == 0:
-        bad("min-scale", "the HPA class never scales to zero: use min-scale >= 1 or KPA")
+    duration("window", 6.0, whole=True)
+    duration("scale-down-delay", 0.0, whole=True)
+    duration("scale-to-zero-pod-retention-period", 0.0, whole=False)
+    if cls == HPA:
+        ignored = [k for k in _KPA_ONLY if AUTOSCALING + k in a]
+        if ignored:
+            bad(ignored[0], f"the HPA class ignores {', '.join(ignored)}", "warning")
+        if low == 0 or low is None:
+            bad("min-scale", "the HPA class never scales to zero (at least 1 runs)", "warning")
     return found
+
+
+def _burst_ok(raw: str) -> bool:
+    try:
+        value = float(raw)
+    except ValueError:
+        return False
+    return value >= 0 or value == -1
 
 
 def check_pod_limits(
@@ -205,12 +226,12 @@ def check_pod_limits(
             Finding(model, "spec.template.spec.containerConcurrency", f"{cc} not in 0..{cap}")
         )
     t, tmax = timeout_seconds, p.max_revision_timeout_seconds
-    if t is not None and not 0 < t <= tmax:
+    if t is not None and not 0 <= t <= tmax:  # 0: the cluster's default
         found.append(
             Finding(
                 model,
                 "spec.template.spec.timeoutSeconds",
-                f"{t} not in 1..{tmax} (max-revision-timeout-seconds)",
+                f"{t} not in 0..{tmax} (max-revision-timeout-seconds)",
             )
         )
     return found

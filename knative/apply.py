@@ -13,16 +13,17 @@ asked (``prune``); without it they are reported.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from knative.kube import KINDS, Cluster, kube_errors
-from knative.naming import CLUSTER_LABEL, FIELD_MANAGER, MODEL_LABEL, owned_selector
+from knative.kube import KINDS, Cluster, KubeError, kube_errors
+from knative.naming import CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY, MODEL_LABEL, owned_selector
 from knative.yamldump import dump
 
-__all__ = ["Change", "apply_manifests", "delete_owned", "list_owned"]
+__all__ = ["Change", "apply_manifests", "delete_owned", "ensure_namespace", "list_owned"]
 
 Action = Literal["create", "update", "unchanged", "prune", "stale", "delete"]
 
@@ -63,13 +64,16 @@ def apply_manifests(
     progress: Callable[[Change], None] | None = None,
 ) -> list[Change]:
     """Server-side apply each manifest (ConfigMaps first), then prune or report owned
-    objects the manifests no longer contain."""
+    objects the manifests no longer contain. Every object is previewed (``dryRun``)
+    before any is written, so a conflict or a refusal leaves the cluster untouched."""
     changes: list[Change] = []
     wanted: set[tuple[str, str, str]] = set()
-    for manifest in manifests:
-        meta = manifest["metadata"]
-        wanted.add((manifest["kind"], meta["namespace"], meta["name"]))
-        change = _apply_one(cluster, manifest, dry_run=dry_run, force=force)
+    previews = [_preview(cluster, manifest, force=force) for manifest in manifests]
+    for manifest, change in zip(manifests, previews, strict=True):
+        wanted.add((change.kind, change.namespace, change.name))
+        if not dry_run and change.action != "unchanged":
+            _write(cluster, manifest, force=force)
+            change = dataclasses.replace(change, done=True)
         changes.append(change)
         if progress is not None:
             progress(change)
@@ -94,13 +98,23 @@ def apply_manifests(
     return changes
 
 
-def _apply_one(cluster: Cluster, manifest: dict[str, Any], *, dry_run: bool, force: bool) -> Change:
+def _preview(cluster: Cluster, manifest: dict[str, Any], *, force: bool) -> Change:
+    """What applying would do, from a ``dryRun=All`` server-side apply; writes nothing."""
     kind, meta = manifest["kind"], manifest["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     what = f"cluster {cluster.spec.name!r}: {kind} {namespace}/{name}"
     resource = cluster.resource(manifest["apiVersion"], kind)
     with kube_errors(what):
         current = _get(resource, cluster, name, namespace)
+        labels = ((current or {}).get("metadata") or {}).get("labels") or {}
+        if current is not None and labels.get(MANAGED_BY) != FIELD_MANAGER and not force:
+            # Applying would adopt it, and prune/delete would then remove it.
+            raise KubeError(
+                f"{what} already exists and is not edgeinfer's (no {MANAGED_BY}: "
+                f"{FIELD_MANAGER} label): rename the model, remove the object, or rerun "
+                "with --force-conflicts to adopt it",
+                status=409,
+            )
         preview = cluster.client.server_side_apply(
             resource,
             body=manifest,
@@ -115,15 +129,41 @@ def _apply_one(cluster: Cluster, manifest: dict[str, Any], *, dry_run: bool, for
         else:
             diff = _diff(current, preview)
             action = "update" if diff else "unchanged"
-        if not dry_run and action != "unchanged":
-            cluster.client.server_side_apply(
-                resource,
-                body=manifest,
-                namespace=namespace,
-                field_manager=FIELD_MANAGER,
-                force_conflicts=force or None,
-            )
-    return Change(action, kind, namespace, name, diff, done=not dry_run and action != "unchanged")
+    return Change(action, kind, namespace, name, diff)
+
+
+def _write(cluster: Cluster, manifest: dict[str, Any], *, force: bool) -> None:
+    meta = manifest["metadata"]
+    what = f"cluster {cluster.spec.name!r}: {manifest['kind']} {meta['namespace']}/{meta['name']}"
+    resource = cluster.resource(manifest["apiVersion"], manifest["kind"])
+    with kube_errors(what):
+        cluster.client.server_side_apply(
+            resource,
+            body=manifest,
+            namespace=meta["namespace"],
+            field_manager=FIELD_MANAGER,
+            force_conflicts=force or None,
+        )
+
+
+def ensure_namespace(cluster: Cluster, *, dry_run: bool = False) -> Change | None:
+    """Create the cluster's namespace if it is missing (``apply --create-namespace``).
+    It is labelled edgeinfer's but never deleted by edgeinfer: other things may live in
+    it by then."""
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    name = cluster.spec.namespace
+    resource = cluster.resource("v1", "Namespace")
+    with kube_errors(f"cluster {cluster.spec.name!r}: namespace {name}"):
+        try:
+            resource.get(name=name)
+            return None
+        except NotFoundError:
+            pass
+        if not dry_run:
+            meta = {"name": name, "labels": {MANAGED_BY: FIELD_MANAGER}}
+            resource.create(body={"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+    return Change("create", "Namespace", "-", name, done=not dry_run)
 
 
 def list_owned(cluster: Cluster, model: str | None = None) -> list[dict[str, Any]]:

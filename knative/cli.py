@@ -116,8 +116,8 @@ def render(
     for name, rendered in result.items():
         folder = output / name
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.yaml"):
-            old.unlink()  # a model removed from the config leaves no stale file
+        for old in folder.glob("[01]0-*.yaml"):
+            old.unlink()  # what an earlier render wrote: a removed model leaves no file
         for manifest in rendered.manifests:
             order = "00" if manifest["kind"] == "ConfigMap" else "10"
             file = (
@@ -166,9 +166,12 @@ def apply(
     wait: bool = typer.Option(False, "--wait", help="Wait until every Service is Ready."),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds --wait waits."),
     plan: Path | None = _PLAN,
+    create_namespace: bool = typer.Option(
+        False, "--create-namespace", help="Create the namespace if it does not exist."
+    ),
 ) -> None:
     """Server-side apply (field manager 'edgeinfer'): create, update, or leave alone."""
-    from knative.apply import apply_manifests
+    from knative.apply import apply_manifests, ensure_namespace
     from knative.kube import connect
     from knative.status import wait_for
 
@@ -178,6 +181,8 @@ def apply(
         for spec in chosen:
             out.print(f"[bold]cluster {spec.name}[/bold] (namespace {spec.namespace})")
             conn = connect(spec)
+            if create_namespace and (made := ensure_namespace(conn, dry_run=dry_run)):
+                _show(made, False)
             changes = apply_manifests(
                 conn,
                 result[spec.name].manifests,

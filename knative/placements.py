@@ -9,7 +9,6 @@ be one the model lists.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -101,11 +100,14 @@ def placements_from_plan(
                 where = t.get("cluster")
                 if where is not None and where not in {c.name for c in clusters}:
                     where = by_context.get(where, where)
-                tier = Tier(RuntimeName(runtime), Device(device), where, TierRole(t["role"]))
-                if t.get("min_scale") is not None:
-                    if "min_scale" not in {f.name for f in dataclasses.fields(Tier)}:
-                        raise ConfigError(f"{path}: this Tier has no min_scale to take")
-                    tier = dataclasses.replace(tier, min_scale=int(t["min_scale"]))  # type: ignore[call-arg]
+                warm = t.get("min_scale")
+                tier = Tier(
+                    RuntimeName(runtime),
+                    Device(device),
+                    where,
+                    TierRole(t["role"]),
+                    None if warm is None else int(warm),
+                )
                 tiers.append(tier)
             out[entry["model"]] = Placement(entry["model"], tuple(tiers), entry.get("reason", ""))
     except (KeyError, TypeError, ValueError) as exc:

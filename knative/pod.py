@@ -9,7 +9,7 @@ from runtime.clusters import ClusterSpec
 from runtime.placement import Device, Tier
 from runtime.spec import ModelSpec
 
-__all__ = ["CONFIG_MOUNT", "PORT", "resources", "worker_args"]
+__all__ = ["CONFIG_MOUNT", "PORT", "cores", "resources", "worker_args"]
 
 PORT = 8080  # Knative's default $PORT; the worker listens there
 CONFIG_MOUNT = "/etc/edgeinfer"
@@ -34,15 +34,23 @@ def worker_args(spec: ModelSpec, tier: Tier) -> list[str]:
     ]
 
 
+def cores(spec: ModelSpec) -> float:
+    """CPU cores a replica asks for: ``resources.cpu``, else ``options.threads``, else
+    two for a generative model (token generation is compute-bound) and one otherwise."""
+    return spec.resources.cpu or spec.options.threads or (2 if spec.generative else 1)
+
+
 def resources(spec: ModelSpec, tier: Tier, cluster: ClusterSpec) -> dict[str, Any]:
-    """Requests and limits: cores from the spec (``resources.cpu`` or ``threads``, else
-    one), memory from ``resources.memory_mib`` (requested and limited alike, so a
-    replica is not evicted for using what it asked for), the GPU on CUDA tiers."""
-    cpu = spec.resources.cpu or spec.options.threads or 1
-    requests: dict[str, str] = {"cpu": f"{cpu:g}"}
+    """Requests and limits: :func:`cores`; memory from ``resources.memory_mib``
+    (requested and limited alike, so a replica is not evicted for using what it asked
+    for; CUDA tiers add the CUDA runtime's own host memory); the GPU on CUDA tiers."""
+    requests: dict[str, str] = {"cpu": f"{cores(spec):g}"}
     limits: dict[str, str] = {}
     if spec.resources.memory_mib:
-        requests["memory"] = limits["memory"] = f"{spec.resources.memory_mib}Mi"
+        memory = spec.resources.memory_mib
+        if tier.device is Device.CUDA:
+            memory += cluster.gpu.host_memory_overhead_mib
+        requests["memory"] = limits["memory"] = f"{memory}Mi"
     if tier.device is Device.CUDA:
         limits[cluster.gpu.resource] = str(cluster.gpu.count)
     return {"requests": requests, "limits": limits} if limits else {"requests": requests}

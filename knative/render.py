@@ -7,8 +7,8 @@ device, with the scaling rule as ``autoscaling.knative.dev/*`` annotations, prob
 worker's OIP v2 health routes, ``containerConcurrency``, ``timeoutSeconds`` and resources.
 GPU tiers get the GPU limit, node selector and tolerations of the cluster profile; WASM
 tiers run the CPU image, optionally under a runtime class, or become a SpinKube
-``SpinApp`` for Spin guests (``knative.spinapp``). Rendering is pure: no cluster is
-contacted, nothing is read but the arguments.
+``SpinApp`` for Spin guests (``knative.spinapp``). Rendering contacts no cluster; the
+only files it reads are WASM package manifests (is the guest a Spin app?).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from knative.naming import (
     service_name,
 )
 from knative.placements import check_placement
-from knative.pod import CONFIG_MOUNT, PORT, resources, worker_args
+from knative.pod import CONFIG_MOUNT, PORT, cores, resources, worker_args
 from knative.spinapp import is_spin_tier, render_spinapp
 from runtime.clusters import ClusterSpec
 from runtime.placement import Device, Placement, Tier, TierRole
@@ -81,6 +81,10 @@ def render_model(
     delivery = plan_delivery(spec, cluster, base_dir)
     for name, message in delivery.errors:
         out.findings.append(Finding(spec.name, name, message))
+    # In a pod, os.cpu_count() is the node's cores, not the replica's: unless the spec
+    # says otherwise, the runtime computes on as many threads as the pod requests cores.
+    options = delivery.spec.setdefault("options", {})
+    options.setdefault("threads", max(1, math.ceil(cores(spec))))
     config_text = yaml.safe_dump({"models": [delivery.spec]}, sort_keys=False)
     config_hash = hashlib.sha256(config_text.encode()).hexdigest()[:16]
     labels = {**OWNED, MODEL_LABEL: spec.name, CLUSTER_LABEL: cluster.name}
@@ -102,13 +106,13 @@ def render_model(
         tier_labels = {**labels, TIER_LABEL: tier.key, ROLE_LABEL: tier.role.value}
         volumes = [config_volume, *delivery.volumes]
         mounts = [config_mount, *delivery.mounts]
-        if is_spin_tier(spec, tier, cluster):
+        if is_spin_tier(spec, tier, cluster, base_dir):
             out.manifests.append(
                 render_spinapp(spec, tier, cluster, tier_labels, volumes, mounts, config_hash)
             )
             continue
         service = _service(spec, tier, cluster, tier_labels, volumes, mounts, config_hash)
-        if placement.reason and tier.role is TierRole.PRIMARY:
+        if placement.reason:  # why the manager (or the default rule) put it here
             service["metadata"]["annotations"] = {"edgeinfer.dev/placement": placement.reason}
         out.manifests.append(service)
         out.findings.extend(_check_service(spec.name, service, cluster))
@@ -142,7 +146,7 @@ def _service(
     rule = spec.scaling
     # The manager may keep replicas warm on a tier (Tier.min_scale); a bridge is kept
     # warm anyway, or it could not answer while the primary scales from zero.
-    warm: int | None = getattr(tier, "min_scale", None)
+    warm = tier.min_scale
     if tier.role is TierRole.BRIDGE:
         warm = max(warm or 0, cluster.knative.bridge_min_scale)
     annotations = scaling_annotations(rule, cluster.knative, min_scale=warm)

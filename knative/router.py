@@ -1,13 +1,14 @@
 """The gateway in cluster mode: every model served by its Knative Services.
 
 ``edgeinfer serve --cluster NAME`` puts a :class:`ClusterRouter` where the local
-supervisor would be. It reads the Services edgeinfer applied on that cluster (their
-status URLs, Ready, replicas) every ``refresh`` seconds, and for each request picks the
-tier that answers it with :func:`route`, the manager's bridge across tiers: while the
-primary (e.g. a GPU Service) is scaled to zero, a warm bridge (a WASM/CPU Service kept at
-``min-scale >= 1``) answers, and one wake-up request goes to the primary so Knative scales
-it from zero; once it answers, traffic moves back to it. Knative's activator does the
-queueing, so a request never waits here.
+supervisor would be. It reads the Services edgeinfer applied on that cluster, or on each
+of several (``--cluster`` repeated: a GPU primary in one, a bridge at an edge site in
+another), every ``refresh`` seconds (status URLs, Ready, replicas), and for each request
+picks the tier that answers it with :func:`route`, the manager's bridge across tiers:
+while the primary (e.g. a GPU Service) is scaled to zero, a warm bridge (a WASM/CPU
+Service kept at ``min-scale >= 1``) answers, and one wake-up request goes to the primary
+so Knative scales it from zero; once it answers, traffic moves back to it. Knative's
+activator does the queueing, so a request never waits here.
 
 The gateway's upstream client speaks plain HTTP, so the router uses the cluster-local
 ``status.address.url`` (``http://<svc>.<ns>.svc.cluster.local``) by default; the
@@ -39,7 +40,7 @@ __all__ = ["ClusterPool", "ClusterRouter", "Route", "TierView", "route"]
 
 log = logging.getLogger("edgeinfer.knative.router")
 
-Fetch = Callable[[], list[ServiceStatus]]
+Fetch = Callable[[ClusterSpec], list[ServiceStatus]]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class TierView:
     url: str | None
     ready: bool
     replicas: int | None  # running now; None where the cluster did not say
+    cluster: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.cluster}/{self.name}"
 
     @classmethod
     def of(cls, status: ServiceStatus, cluster: ClusterSpec) -> TierView:
@@ -59,7 +65,15 @@ class TierView:
         if url is not None and not url.startswith("http://"):
             log.warning("%s: %s is not plain http:// and cannot be proxied", status.name, url)
             url = None
-        return cls(status.name, status.tier, status.role, url, status.is_ready, status.actual)
+        return cls(
+            status.name,
+            status.tier,
+            status.role,
+            url,
+            status.is_ready,
+            status.actual,
+            cluster.name,
+        )
 
 
 @dataclass(frozen=True)
@@ -113,10 +127,10 @@ class ClusterPool:
     (``try_acquire``/``acquire``/``release``/``status``/``replicas``/``spec``)."""
 
     def __init__(
-        self, spec: ModelSpec, cluster: ClusterSpec, clock: Callable[[], float], grace: float
+        self, spec: ModelSpec, clusters: str, clock: Callable[[], float], grace: float
     ) -> None:
         self.spec = spec
-        self.cluster = cluster
+        self.clusters = clusters  # their names, for messages
         self._clock = clock
         # How long Knative takes to scale an idle Service to zero (stable window, grace
         # period, retention): after that long without an answer the primary is cold.
@@ -139,14 +153,14 @@ class ClusterPool:
         self.bridges = [v for v in views if v.role == "bridge"]
         keep: dict[str, Replica] = {}
         for view in views:
-            old = self._by_name.get(view.name)
+            old = self._by_name.get(view.key)
             if view.url is None:
                 continue
             if old is not None and old.base_url == view.url:
-                keep[view.name] = old
+                keep[view.key] = old
             else:
-                keep[view.name] = Replica.external(self.spec.name, view.url, self._clock())
-            keep[view.name].state = ReplicaState.READY if view.ready else ReplicaState.STARTING
+                keep[view.key] = Replica.external(self.spec.name, view.url, self._clock())
+            keep[view.key].state = ReplicaState.READY if view.ready else ReplicaState.STARTING
         self._by_name = keep
         self.replicas = list(keep.values())
 
@@ -165,14 +179,14 @@ class ClusterPool:
         decision = self.decide()
         if decision.target is None:
             raise ModelNotReady(
-                f"model {self.spec.name!r} has no Service with a URL on cluster "
-                f"{self.cluster.name!r} yet (run 'edgeinfer knative apply' and wait until "
+                f"model {self.spec.name!r} has no Service with a URL on {self.clusters} "
+                "yet (run 'edgeinfer knative apply' and wait until "
                 "it is Ready)",
                 retry_after=5,
             )
         if decision.wake is not None and self.on_wake is not None and self.waking is None:
             self.on_wake(self, decision.wake)
-        replica = self._by_name[decision.target.name]
+        replica = self._by_name[decision.target.key]
         replica.begin()
         return replica
 
@@ -182,7 +196,7 @@ class ClusterPool:
 
     def release(self, replica: Replica) -> None:
         replica.end()
-        if self.primary is not None and replica is self._by_name.get(self.primary.name):
+        if self.primary is not None and replica is self._by_name.get(self.primary.key):
             self.last_answer = self._clock()
 
     def status(self) -> PoolStatus:
@@ -209,7 +223,7 @@ class ClusterRouter:
     def __init__(
         self,
         config: ModelConfig,
-        cluster: ClusterSpec,
+        clusters: Sequence[ClusterSpec],
         *,
         fetch: Fetch | None = None,
         refresh: float = 2.0,
@@ -217,17 +231,20 @@ class ClusterRouter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.cluster = cluster
+        self.clusters = list(clusters)
         self._fetch = fetch
         self.refresh = refresh
         self._clock = clock
         self.pools: dict[str, ClusterPool] = {}
         for spec in config.models:
             if spec.runtimes:  # endpoint-only models are not on the cluster
-                pool = ClusterPool(spec, cluster, clock, scale_to_zero_grace)
+                names = ", ".join(repr(c.name) for c in self.clusters)
+                where = f"cluster {names}" if len(self.clusters) == 1 else f"clusters {names}"
+                pool = ClusterPool(spec, where, clock, scale_to_zero_grace)
                 pool.on_wake = self._wake
                 self.pools[spec.name] = pool
         self.on_cold_start: Callable[[str, ColdStart], None] | None = None
+        self._views: dict[str, list[tuple[str, TierView]]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -238,34 +255,48 @@ class ClusterRouter:
             raise ModelNotFound(f"model {model!r} does not exist; models here: {names}")
         return pool
 
+    def connect(self) -> None:
+        """Connect to every cluster now (before serving), so a bad kubeconfig or an
+        unreachable API server is a clear error at start, not a failed lifespan."""
+        if self._fetch is not None:
+            return
+        from knative.kube import connect
+        from knative.status import read_status
+
+        conns = {c.name: connect(c) for c in self.clusters}
+        self._fetch = lambda c: read_status(conns[c.name])
+
     async def start(self) -> None:
         if self._fetch is None:
-            from knative.kube import connect
-            from knative.status import read_status
-
-            conn = await asyncio.to_thread(connect, self.cluster)
-            self._fetch = lambda: read_status(conn)
+            await asyncio.to_thread(self.connect)
         self._session = aiohttp.ClientSession()
         await self.sync()
         self._loop = asyncio.create_task(self._run())
 
     async def sync(self) -> None:
-        """Read the Services' status once and update every pool."""
-        assert self._fetch is not None
-        statuses = await asyncio.to_thread(self._fetch)
+        """Read the Services' status once from every cluster and update every pool; a
+        cluster that cannot be read keeps its last known views."""
+        fetch = self._fetch
+        assert fetch is not None
+        results = await asyncio.gather(
+            *(asyncio.to_thread(fetch, c) for c in self.clusters), return_exceptions=True
+        )
+        for cluster, result in zip(self.clusters, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("cluster %s: status refresh failed: %s", cluster.name, result)
+                continue
+            self._views[cluster.name] = [(s.model, TierView.of(s, cluster)) for s in result]
         by_model: dict[str, list[TierView]] = {}
-        for s in statuses:
-            by_model.setdefault(s.model, []).append(TierView.of(s, self.cluster))
+        for views in self._views.values():
+            for model, view in views:
+                by_model.setdefault(model, []).append(view)
         for name, pool in self.pools.items():
             pool.update(by_model.get(name, []))
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.refresh)
-            try:
-                await self.sync()
-            except Exception as exc:  # keep serving on the last known status
-                log.warning("cluster %s: status refresh failed: %s", self.cluster.name, exc)
+            await self.sync()
 
     def _wake(self, pool: ClusterPool, primary: TierView) -> None:
         pool.waking = asyncio.create_task(self._wake_up(pool, primary))

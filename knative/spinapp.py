@@ -1,30 +1,52 @@
 """The WASM tier of a Spin guest as a SpinKube ``core.spinkube.dev/v1alpha1`` SpinApp.
 
-On clusters running SpinKube (the cluster profile's ``wasm.spinkube``), a model listed
-there as a Spin app runs its WASM tier under SpinKube's containerd shim instead of the
-edgeinfer worker image: the SpinApp's ``image`` is the Spin app's OCI image. SpinKube
-does not scale to zero from requests the way Knative does; its replicas are fixed
-(``replicas``) unless an HPA/KEDA scaler is attached (``enableAutoscaling``), which is
-what edgeinfer sets when the model's rule allows more than one replica.
+On clusters running SpinKube (the cluster profile's ``wasm.spinkube``), a Spin guest
+runs its WASM tier under SpinKube's containerd shim instead of the edgeinfer worker
+image. A model is a Spin guest when the profile lists it (``spinkube.models``) or when
+its WASM package's manifest (``edgeinfer-wasm.yaml``) says ``abi: spin-llm``. The
+SpinApp's ``image`` is the Spin app's OCI image. SpinKube does not scale to zero from
+requests the way Knative does; its replicas are fixed (``replicas``) unless an HPA/KEDA
+scaler is attached (``enableAutoscaling``), which is what edgeinfer sets when the
+model's rule allows more than one replica.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from knative.naming import CONFIG_HASH, service_name
 from knative.pod import resources
 from runtime.clusters import ClusterSpec
 from runtime.placement import Tier
-from runtime.spec import ModelSpec, RuntimeName
+from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
 
-__all__ = ["is_spin_tier", "render_spinapp"]
+__all__ = ["is_spin_tier", "package_abi", "render_spinapp"]
 
 
-def is_spin_tier(spec: ModelSpec, tier: Tier, cluster: ClusterSpec) -> bool:
-    """A WASM tier of a model the cluster's SpinKube profile lists as a Spin app."""
+def is_spin_tier(spec: ModelSpec, tier: Tier, cluster: ClusterSpec, base_dir: Path) -> bool:
+    """A WASM tier of a Spin guest, on a cluster with SpinKube."""
     spin = cluster.wasm.spinkube
-    return tier.runtime is RuntimeName.WASM and spin is not None and spec.name in spin.models
+    if tier.runtime is not RuntimeName.WASM or spin is None:
+        return False
+    return spec.name in spin.models or package_abi(spec, base_dir) == "spin-llm"
+
+
+def package_abi(spec: ModelSpec, base_dir: Path) -> str | None:
+    """The ``abi`` of the model's WASM package manifest, where it is a folder on disk."""
+    ref = spec.artifacts.get(ArtifactFormat.WASM)
+    if ref is None or ref.startswith(("pkg://", "py://")):
+        return None
+    folder = Path(ref).expanduser()
+    manifest = (folder if folder.is_absolute() else base_dir / folder) / "edgeinfer-wasm.yaml"
+    try:
+        doc = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    abi = doc.get("abi") if isinstance(doc, dict) else None
+    return abi if isinstance(abi, str) else None
 
 
 def render_spinapp(

@@ -109,7 +109,7 @@ def read_status(cluster: Cluster, model: str | None = None) -> list[ServiceStatu
 
 
 def _replicas(revisions: Any, cluster: Cluster, service: dict[str, Any]) -> str:
-    from kubernetes.dynamic.exceptions import NotFoundError
+    from kubernetes.dynamic.exceptions import ForbiddenError, NotFoundError
 
     name = (service.get("status") or {}).get("latestReadyRevisionName")
     if revisions is None or not name:
@@ -117,7 +117,7 @@ def _replicas(revisions: Any, cluster: Cluster, service: dict[str, Any]) -> str:
     with kube_errors(f"cluster {cluster.spec.name!r}: reading Revision {name}"):
         try:
             rev = revisions.get(name=name, namespace=cluster.spec.namespace).to_dict()
-        except NotFoundError:
+        except (NotFoundError, ForbiddenError):  # gone, or not ours to read: unknown
             return "-"
     status = rev.get("status") or {}
     actual, desired = status.get("actualReplicas"), status.get("desiredReplicas")
@@ -138,13 +138,16 @@ def wait_for(
     """Watch the named Services until each is Ready (``until="ready"``) or deleted
     (``until="gone"``), or ``timeout`` seconds pass. Returns the names still not there;
     ``on_change`` sees each status change (a name alone when one is deleted)."""
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
     pending = set(names)
     resource = cluster.resource(*_SERVICE)
     namespace = cluster.spec.namespace
     deadline = clock() + timeout
-    from kubernetes import watch
 
-    with kube_errors(f"cluster {cluster.spec.name!r}: watching Services"):
+    def relist() -> str | None:
+        """Settle what the list shows now; the version to watch from."""
         listing = resource.get(namespace=namespace, label_selector=owned_selector()).to_dict()
         present = {o["metadata"]["name"]: o for o in listing.get("items", [])}
         for name in list(pending):
@@ -154,35 +157,44 @@ def wait_for(
             elif until == "ready" and obj is not None:
                 if service_status(cluster.spec.name, {**obj, "kind": "Service"}).is_ready:
                     pending.discard(name)
-        version = listing.get("metadata", {}).get("resourceVersion")
+        version: str | None = listing.get("metadata", {}).get("resourceVersion")
+        return version
+
+    with kube_errors(f"cluster {cluster.spec.name!r}: watching Services"):
+        version = relist()
         while pending and clock() < deadline:
-            left = max(1, int(deadline - clock()))
             watcher = watch.Watch()
-            for event in cluster.client.watch(
+            events = cluster.client.watch(
                 resource,
                 namespace=namespace,
                 label_selector=owned_selector(),
                 resource_version=version,
-                timeout=left,
+                timeout=max(1, int(deadline - clock())),
                 watcher=watcher,
-            ):
-                obj = event["raw_object"]
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                name = obj.get("metadata", {}).get("name")
-                if name not in pending:
-                    continue
-                if event["type"] == "DELETED":
-                    if on_change is not None:
-                        on_change(name)
-                    if until == "gone":
-                        pending.discard(name)
-                else:
-                    state = service_status(cluster.spec.name, {**obj, "kind": "Service"})
-                    if on_change is not None:
-                        on_change(state)
-                    if until == "ready" and state.is_ready:
-                        pending.discard(name)
-                if not pending or clock() >= deadline:
-                    watcher.stop()
-                    break
+            )
+            try:
+                for event in events:
+                    obj = event["raw_object"]
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    name = obj.get("metadata", {}).get("name")
+                    if name not in pending:
+                        continue
+                    if event["type"] == "DELETED":
+                        if on_change is not None:
+                            on_change(name)
+                        if until == "gone":
+                            pending.discard(name)
+                    else:
+                        state = service_status(cluster.spec.name, {**obj, "kind": "Service"})
+                        if on_change is not None:
+                            on_change(state)
+                        if until == "ready" and state.is_ready:
+                            pending.discard(name)
+                    if not pending or clock() >= deadline:
+                        watcher.stop()
+                        break
+            except ApiException as exc:
+                if exc.status != 410:  # 410 Gone: the version is too old; list again
+                    raise
+                version = relist()
     return pending

@@ -90,6 +90,12 @@ class GpuProfile(_Strict):
     runtime_class_name: str | None = Field(
         None, pattern=DNS_LABEL, description="e.g. 'nvidia' where the GPU runtime is not default"
     )
+    host_memory_overhead_mib: int = Field(
+        1024,
+        ge=0,
+        description="host memory a CUDA process needs beyond the model's own (CUDA context, "
+        "cuBLAS, pinned buffers), added to a GPU tier's memory request and limit",
+    )
 
     @model_validator(mode="after")
     def _keys(self) -> GpuProfile:
@@ -134,7 +140,8 @@ class SpinKubeProfile(_Strict):
     replicas: int = Field(1, ge=0, le=1000, description="when autoscaling is off")
     models: list[str] = Field(
         default_factory=list,
-        description="models whose WASM guest is a Spin app: their WASM tier is a SpinApp",
+        description="models whose WASM guest is a Spin app (besides those whose package "
+        "manifest says abi: spin-llm): their WASM tier is a SpinApp",
     )
 
 

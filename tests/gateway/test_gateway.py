@@ -369,6 +369,10 @@ def test_a_replica_that_answers_too_late_is_504(gateway_factory: Factory) -> Non
     )
     assert r.status_code == 504 and "did not answer within" in r.json()["error"]["message"]
     gw.wait_for(lambda: gw.status("smollm2").in_flight == 0)
+    # The gateway hung up on the replica, so the generation stopped long before 800.
+    cancelled = "edgeinfer_worker_generations_cancelled_total"
+    gw.wait_for(lambda: replica_metric(gw, "smollm2", cancelled) == 1)
+    assert replica_metric(gw, "smollm2", "edgeinfer_worker_generated_tokens") < 400
     assert httpx.post(f"{gw.url}/v1/completions", json=body, timeout=60).status_code == 200
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import UpstreamError, UpstreamPool
+from gateway.upstream import UpstreamError, UpstreamPool, request_bytes
 
 
 class Server:
@@ -106,3 +106,45 @@ def test_nothing_listening() -> None:
             await UpstreamPool().request("127.0.0.1", 9, "GET", "/", [], b"")
 
     asyncio.run(run())
+
+
+def test_giving_up_before_the_answer_hangs_up_on_the_server() -> None:
+    """A caller cancelled while the replica is still working closes the connection: the
+    replica sees the hang-up (and stops generating) instead of working on for nobody."""
+
+    async def run() -> bool:
+        hung_up = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()  # returns at EOF: the client hung up
+            hung_up.set()
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = UpstreamPool()
+        request = asyncio.ensure_future(pool.request("127.0.0.1", port, "POST", "/x", [], b""))
+        await asyncio.sleep(0.1)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        try:
+            await asyncio.wait_for(hung_up.wait(), 5)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            pool.close()
+            server.close()
+
+    assert asyncio.run(run())
+
+
+def test_the_host_header_names_the_port_only_when_it_is_not_80() -> None:
+    knative = request_bytes("svc.ns.svc.cluster.local", 80, "GET", "/v2/health/ready", [], b"")
+    assert b"\r\nhost: svc.ns.svc.cluster.local\r\n" in knative
+    local = request_bytes("127.0.0.1", 8080, "POST", "/x", [(b"a", b"b")], b"hi")
+    assert local == (
+        b"POST /x HTTP/1.1\r\nhost: 127.0.0.1:8080\r\na: b\r\ncontent-length: 2\r\n\r\nhi"
+    )

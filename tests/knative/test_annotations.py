@@ -78,7 +78,9 @@ def test_bridge_min_scale_keeps_the_bridge_warm() -> None:
         ("scale-down-delay", "-1s", "not a duration"),
         ("scale-down-delay", "1500ms", "whole seconds"),
         ("scale-to-zero-pod-retention-period", "2h", "out of Knative's bounds"),
-        ("stable-window", "60s", "not an annotation Knative's autoscaler knows"),
+        ("scale-to-zero-pod-retention-period", "soon", "not a duration"),
+        ("target-burst-capacity", "-2", "must be a number >= 0, or -1"),
+        ("metric-aggregation-algorithm", "median", "is not one of"),
     ],
 )
 def test_each_rule_rejects_bad_values(key: str, value: str, message: str) -> None:
@@ -92,6 +94,24 @@ def test_each_rule_rejects_bad_values(key: str, value: str, message: str) -> Non
     assert all(f.severity == "error" for f in found)
 
 
+def test_what_knative_accepts_passes() -> None:
+    """Knative is not stricter than this: these are accepted as its webhook accepts them."""
+    annotations = {
+        **good(),
+        AUTOSCALING + "scale-to-zero-pod-retention-period": "1500ms",  # no precision rule
+        AUTOSCALING + "target-burst-capacity": "-1",
+        AUTOSCALING + "metric-aggregation-algorithm": "weighted-exponential",
+        AUTOSCALING + "class": "custom.example.com",  # another autoscaler's class
+        AUTOSCALING + "metric": "queue-length",  # ... with its own metric
+    }
+    assert check_annotations("m", annotations, PROFILE) == []
+
+
+def test_unknown_annotation_is_a_warning() -> None:
+    (finding,) = check_annotations("m", {**good(), AUTOSCALING + "stable-window": "60s"}, PROFILE)
+    assert finding.severity == "warning" and "not an annotation" in finding.message
+
+
 def test_max_below_min() -> None:
     annotations = {**good(), AUTOSCALING + "min-scale": "3", AUTOSCALING + "max-scale": "2"}
     (finding,) = check_annotations("m", annotations, PROFILE)
@@ -100,7 +120,8 @@ def test_max_below_min() -> None:
 
 def test_max_scale_limit_of_the_cluster() -> None:
     limited = KnativeProfile(allow_zero_initial_scale=True, max_scale_limit=10)
-    unbounded = check_annotations("m", good(), limited)
+    assert check_annotations("m", good(), limited) == []  # unset: Knative's default applies
+    unbounded = check_annotations("m", {**good(), AUTOSCALING + "max-scale": "0"}, limited)
     assert [f.field for f in unbounded] == [AUTOSCALING + "max-scale"]
     over = check_annotations("m", {**good(), AUTOSCALING + "max-scale": "11"}, limited)
     assert "exceeds the cluster's max-scale-limit" in over[0].message
@@ -119,10 +140,14 @@ def test_hpa_class_rules() -> None:
     annotations = scaling_annotations(ScalingRule.model_validate({"min-scale": 1}), hpa)
     assert AUTOSCALING + "window" not in annotations
     assert check_annotations("m", annotations, hpa) == []
-    wrong = {**annotations, AUTOSCALING + "metric": "concurrency"}
-    assert "needs the KPA class" in check_annotations("m", wrong, hpa)[0].message
+    empty = {**annotations, AUTOSCALING + "metric": ""}
+    assert "needs a metric" in check_annotations("m", empty, hpa)[0].message
     to_zero = {**annotations, AUTOSCALING + "min-scale": "0"}
-    assert "never scales to zero" in check_annotations("m", to_zero, hpa)[0].message
+    (warning,) = check_annotations("m", to_zero, hpa)
+    assert warning.severity == "warning" and "never scales to zero" in warning.message
+    windowed = {**annotations, AUTOSCALING + "window": "60s"}
+    (ignored,) = check_annotations("m", windowed, hpa)
+    assert ignored.severity == "warning" and "ignores window" in ignored.message
 
 
 @pytest.mark.parametrize(
@@ -131,7 +156,7 @@ def test_hpa_class_rules() -> None:
         (1001, 300, "spec.template.spec.containerConcurrency"),
         (-1, 300, "spec.template.spec.containerConcurrency"),
         (4, 601, "spec.template.spec.timeoutSeconds"),
-        (4, 0, "spec.template.spec.timeoutSeconds"),
+        (4, -1, "spec.template.spec.timeoutSeconds"),
     ],
 )
 def test_pod_limits(cc: int, timeout: int, field: str) -> None:

@@ -51,7 +51,12 @@ def test_gpu_tier_container_and_scheduling() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["requests"]["memory"] == "400Mi"
+    # 400 MiB of model plus the CUDA runtime's own host memory.
+    assert container["resources"]["requests"]["memory"] == "1424Mi"
+    assert container["resources"]["requests"]["cpu"] == "2"  # generative: two cores
+    cm = next(m for m in out.manifests if m["kind"] == "ConfigMap")
+    # ... and the runtime computes on two threads, not on all of the node's cores.
+    assert yaml.safe_load(cm["data"]["config.yaml"])["models"][0]["options"]["threads"] == 2
     assert pod["containerConcurrency"] == 4 and pod["timeoutSeconds"] == 300
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [
@@ -390,3 +395,50 @@ def test_files_of_the_source_tree_are_read_from_the_image(tmp_path: Path) -> Non
     assert model["artifacts"]["wasm"] == "/opt/edgeinfer/src/wasm-modules/packages/smollm2-wasi-nn"
     pod = services(out.manifests)["shipped-wasm-wasm-cpu"]["spec"]["template"]["spec"]
     assert [v["name"] for v in pod["volumes"]] == ["edgeinfer-config"]
+
+
+def test_manager_warm_minimum_becomes_min_scale(tmp_path: Path) -> None:
+    """The manager's Tier.min_scale (its answer to a cold start that breaks the goal)."""
+    import json
+
+    from knative.placements import placements_from_plan
+
+    plan = tmp_path / "plan.json"
+    tier = {"tier": "llama-cuda", "role": "primary", "cluster": "core", "min_scale": 2}
+    plan.write_text(json.dumps({"models": [{"model": "smollm2", "tiers": [tier]}]}))
+    core = ClusterSpec(name="core")
+    placement = placements_from_plan(plan, (core,))["smollm2"]
+    out = render_model(smollm2(), placement, core, Path.cwd())
+    annotations = services(out.manifests)["smollm2-llama-cuda"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "2"
+    assert annotations["autoscaling.knative.dev/initial-scale"] == "2"
+
+
+@pytest.mark.parametrize(("abi", "kind"), [("spin-llm", "SpinApp"), ("wasi-nn", "Service")])
+def test_spin_guests_are_found_by_their_package_manifest(
+    tmp_path: Path, abi: str, kind: str
+) -> None:
+    package = tmp_path / "chat-spin"
+    package.mkdir()
+    (package / "edgeinfer-wasm.yaml").write_text(f"abi: {abi}\nguest: app.wasm\n")
+    spec = ModelSpec.model_validate(
+        {
+            "name": "chat-spin",
+            "task": "chat",
+            "artifacts": {"wasm": "chat-spin"},
+            "runtimes": ["wasm"],
+        }
+    )
+    cluster = ClusterSpec.model_validate(
+        {
+            "name": "spin",
+            "labels": ["edge"],
+            "wasm": {"spinkube": {"image": "registry.local/spin/{model}:1"}},
+            "delivery": {"pvc": {"claim": "models"}},
+        }
+    )
+    out = render_model(spec, default_placement(spec, cluster), cluster, tmp_path)
+    assert out.errors == []
+    assert [m["kind"] for m in out.manifests] == ["ConfigMap", kind]

@@ -125,7 +125,7 @@ def test_gateway_bridges_while_the_primary_scales_from_zero(tmp_path: Path) -> N
     cpu_pod = start_worker("magika", tmp_path)
     replicas = {"primary": 0}
 
-    def fetch() -> list[ServiceStatus]:  # a fake of Knative's status
+    def fetch(cluster: ClusterSpec) -> list[ServiceStatus]:  # a fake of Knative's status
         return [
             ServiceStatus(
                 "core",
@@ -161,7 +161,9 @@ def test_gateway_bridges_while_the_primary_scales_from_zero(tmp_path: Path) -> N
     path.write_text(yaml.safe_dump({"models": [MAGIKA]}))
     config = load_config(path)
     clock = FakeClock()
-    router = ClusterRouter(config, ClusterSpec(name="core"), fetch=fetch, refresh=3600, clock=clock)
+    router = ClusterRouter(
+        config, [ClusterSpec(name="core")], fetch=fetch, refresh=3600, clock=clock
+    )
     gw = gateway_config(config)
     app = Gateway(config, gw, router, Authenticator.from_config(gw.auth, {}), clock=clock)  # type: ignore[arg-type]
     server = GatewayServer(app, clock)
@@ -198,7 +200,9 @@ def test_model_without_a_service_is_503(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"models": [MAGIKA]}))
     config = load_config(path)
     clock = FakeClock()
-    router = ClusterRouter(config, ClusterSpec(name="core"), fetch=list, refresh=3600, clock=clock)
+    router = ClusterRouter(
+        config, [ClusterSpec(name="core")], fetch=lambda c: [], refresh=3600, clock=clock
+    )
     gw = gateway_config(config)
     app = Gateway(config, gw, router, Authenticator.from_config(gw.auth, {}), clock=clock)  # type: ignore[arg-type]
     server = GatewayServer(app, clock)
@@ -212,3 +216,49 @@ def test_model_without_a_service_is_503(tmp_path: Path) -> None:
         assert missing.status_code == 404
     finally:
         server.stop()
+
+
+def test_tiers_across_clusters_and_a_cluster_that_cannot_be_read(tmp_path: Path) -> None:
+    """GPU primary on one cluster, CPU bridge at an edge site; same Service names."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [MAGIKA]}))
+    config = load_config(path)
+    core, shop = ClusterSpec(name="core"), ClusterSpec(name="shop", labels=["edge"])
+    broken = {"shop": False}
+
+    def fetch(cluster: ClusterSpec) -> list[ServiceStatus]:  # a fake of Knative's status
+        if cluster.name == "shop" and broken["shop"]:
+            raise ConnectionError("edge site offline")
+        role, tier = ("primary", "onnx-cuda") if cluster.name == "core" else ("bridge", "onnx-cpu")
+        return [
+            ServiceStatus(
+                cluster.name,
+                "Service",
+                "magika-x",
+                "magika",
+                tier,
+                role,
+                "True",
+                "",
+                None,
+                f"http://magika.{cluster.name}.svc",
+                "magika-x-00001",
+                "0/0" if role == "primary" else "1/1",
+            )
+        ]
+
+    router = ClusterRouter(config, [core, shop], fetch=fetch, refresh=3600)
+    asyncio.run(router.sync())
+    pool = router.pools["magika"]
+    assert pool.primary is not None and pool.primary.cluster == "core"
+    assert [b.cluster for b in pool.bridges] == ["shop"]
+    assert sorted(r.url for r in pool.replicas) == [
+        "http://magika.core.svc",
+        "http://magika.shop.svc",
+    ]
+    decision = pool.decide()
+    assert decision.target is not None and decision.target.cluster == "shop"
+    assert decision.wake is not None and decision.wake.cluster == "core"
+    broken["shop"] = True
+    asyncio.run(router.sync())  # the edge site's last known status stays
+    assert [b.cluster for b in router.pools["magika"].bridges] == ["shop"]
