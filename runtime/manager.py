@@ -175,6 +175,17 @@ def replan_reason(
     return Replan(None, state)
 
 
+def _start_failure(current: Decision, error: str | None, ready: int, r: Replan) -> Replan:
+    """A primary tier whose replicas fail to start (a CUDA out-of-memory, a driver
+    that is not there) and that has none ready: re-plan at once without it."""
+    if error is None or ready:
+        return r
+    key = current.placement.primary.key
+    return Replan(
+        f"{key} cannot start: {error}", r.state, forced=True, observed_p95={key: math.inf}
+    )
+
+
 def accept_move(current: Decision, new: Decision, replan: Replan, cfg: PolicyConfig) -> bool:
     """Move only to a different primary, and, unless forced, for a real gain."""
     if same_tier(current.placement.primary, new.placement.primary):
@@ -314,13 +325,21 @@ class Manager:
             mine = inv.model_copy(update={"memory_free_mib": inv.memory_free_mib + held})
             fresh = self._choose(spec, mine, now, load_rps=current.load_rps)
             r = replan_reason(spec, current, fresh, seen, self.states[spec.name], self.policy, now)
+            if r.reason is None and pool is not None and status is not None:
+                r = _start_failure(current, pool.start_error, status.ready, r)
             self.states[spec.name] = r.state
             if r.reason is None:
                 continue
             new = (
                 fresh
                 if r.load_rps is None and not r.observed_p95
-                else self._choose(spec, inv, now, load_rps=r.load_rps, observed_p95=r.observed_p95)
+                else self._choose(
+                    spec,
+                    inv,
+                    now,
+                    load_rps=r.load_rps if r.load_rps is not None else current.load_rps,
+                    observed_p95=r.observed_p95,
+                )
             )
             if accept_move(current, new, r, self.policy):
                 self._apply(spec.name, new, f"{r.reason}: moved to {new.placement.primary.key}")

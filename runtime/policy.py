@@ -304,6 +304,8 @@ def _evaluate(
         )
     p95, replicas, tps, note = _predict(spec, profile, load_rps, max_replicas, cfg)
     seen = observed_p95.get(tier.key)
+    if seen is not None and math.isinf(seen):
+        return replace(base, reason="its replicas failed to start or to serve here (observed)")
     if seen is not None and seen > p95:
         p95, note = seen, f"observed p95 {seen:.0f} ms"
     cost = _cost_per_hour(tier, profile, replicas, load_rps, gpu_total, inv, spec, cfg)

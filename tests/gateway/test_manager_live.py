@@ -218,6 +218,43 @@ def test_gpu_loss_moves_the_model_with_no_failed_request(live: Live) -> None:
     assert "NO candidate meets" in info["runtime_reason"]  # and it says so
 
 
+@pytest.mark.skipif(cuda_available(), reason="needs a host where CUDA workers fail to load")
+def test_a_gpu_tier_that_cannot_start_is_left_with_no_failed_request(tmp_path: Path) -> None:
+    """No stand-in: the probe claims a GPU and the build is taken to use it, but the
+    real CUDA worker fails to load here. The CPU bridge answers; the manager sees the
+    start failure and moves the model to the CPU."""
+    env = Live(tmp_path, stand_in=False)
+    env.manager.cuda_runtimes = None  # before the first request: placements are lazy
+    try:
+        env.gw.on_loop(env.manager.plan)
+        env.gw.on_loop(
+            lambda: env.gw.pool("minilm").set_placement(env.manager.decisions["minilm"].placement)
+        )
+        assert env.manager.decisions["minilm"].placement.primary.key == "onnx-cuda"
+        with httpx.Client(timeout=120) as client:
+            assert env.embed(client, 0) == 200  # the bridge answers
+        env.gw.wait_for(lambda: env.gw.on_loop(lambda: env.gw.pool("minilm").start_error))
+        traffic = Traffic(env)
+        try:
+            env.gw.wait_for(lambda: len(traffic.statuses) >= 10)
+            env.gw.on_loop(env.manager.step)
+            decision = env.manager.decisions["minilm"]
+            assert decision.placement.primary.key == "onnx-cpu"
+            # The warm bridge replica is of the new primary tier: it serves on as one.
+            bridged = env.gw.status("minilm").bridge_served
+            before = len(traffic.statuses)
+            env.gw.wait_for(lambda: len(traffic.statuses) >= before + 10)
+            assert all(t.startswith("onnx-cpu:") for t in env.tiers_ready())
+            assert env.gw.status("minilm").bridge_served == bridged
+        finally:
+            statuses = traffic.finish()
+        assert set(statuses) == {200}
+        events = env.gw.admin()["minilm"]["placement"]["events"]
+        assert any("onnx-cuda cannot start" in e for e in events), events
+    finally:
+        env.gw.stop()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
