@@ -28,6 +28,9 @@ moment); ``gpu_hours_packed`` packs every policy's GPU replicas that same way;
 ``gpu_memory_hours`` is GPU memory held in whole-GPU hours, with no rounding up (the
 like-for-like figure that neither sharing nor GPU size flatters).
 
+Capacity is not enforced: ``gpus_peak`` says how many GPUs each policy would need at
+its busiest moment (packed); CPU replicas are bounded per model (``max-scale``) only.
+
 Prints one JSON line. Run: ``python bench/fleet_sim.py [--models 200] [--seed 1]``
 (reads profiles from ``$EDGEINFER_HOME``; run ``edgeinfer profile`` first).
 """

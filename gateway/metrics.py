@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from runtime.supervisor import Supervisor
@@ -35,8 +35,18 @@ class _PoolCollector(Collector):
         desired = GaugeMetricFamily(
             "edgeinfer_desired_replicas", "The autoscaler's last decision", labels=["model"]
         )
+        bridged = CounterMetricFamily(
+            "edgeinfer_bridge_requests",
+            "Requests a bridge tier served while the primary started",
+            labels=["model"],
+        )
+        moves = CounterMetricFamily(
+            "edgeinfer_placement_moves", "Moves of a model to a new tier", labels=["model"]
+        )
         for name, pool in self.supervisor.pools.items():
             s = pool.status()
+            bridged.add_metric([name], s.bridge_served)
+            moves.add_metric([name], s.moves)
             for state, n in (
                 ("ready", s.ready),
                 ("starting", s.starting),
@@ -46,7 +56,7 @@ class _PoolCollector(Collector):
             queued.add_metric([name], s.queued)
             in_flight.add_metric([name], s.in_flight)
             desired.add_metric([name], s.desired)
-        yield from (replicas, queued, in_flight, desired)
+        yield from (replicas, queued, in_flight, desired, bridged, moves)
 
 
 class GatewayMetrics:

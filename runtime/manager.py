@@ -44,6 +44,7 @@ __all__ = ["Manager", "Observed", "ReplanState", "Watch", "accept_move", "replan
 log = logging.getLogger("edgeinfer.manager")
 
 _MIN_SAMPLES = 20
+_MIN_RPS = 0.01  # below this a plan's load counts as idle: falling further is no change
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,13 @@ class Watch:
 
 @dataclass(frozen=True)
 class ReplanState:
-    """A model's hysteresis: since when a breach or a load change has held."""
+    """A model's hysteresis: since when a breach or a load change has held, when it
+    last moved and when it was last re-planned (moved or not)."""
 
     breach_since: float | None = None
     load_since: float | None = None
     last_move: float = -math.inf
+    last_replan: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def replan_reason(
         )
         return Replan(
             f"{primary.key} lost its hardware: {why}",
-            ReplanState(last_move=state.last_move),
+            ReplanState(last_move=state.last_move, last_replan=state.last_replan),
             forced=True,
         )
     goal = spec.latency.p95_ms
@@ -145,10 +148,11 @@ def replan_reason(
     up = (seen.requests >= _MIN_SAMPLES and seen.rps > planned * cfg.load_change_factor) or (
         seen.queue_depth > 0
     )
-    off = up or seen.rps < planned / cfg.load_change_factor
+    down = planned > _MIN_RPS and seen.rps < planned / cfg.load_change_factor
+    off = up or down
     load_since = (now if state.load_since is None else state.load_since) if off else None
-    state = ReplanState(breach_since, load_since, state.last_move)
-    if now - state.last_move < cfg.replan_cooldown_s:
+    state = ReplanState(breach_since, load_since, state.last_move, state.last_replan)
+    if now - max(state.last_move, state.last_replan) < cfg.replan_cooldown_s:
         return Replan(None, state)
     if breach_since is not None and now - breach_since >= cfg.replan_window_s:
         p95 = math.inf if failing else float(seen.p95_ms or 0)
@@ -169,6 +173,17 @@ def replan_reason(
             load_rps=max(rate, 1e-3),
         )
     return Replan(None, state)
+
+
+def _start_failure(current: Decision, error: str | None, ready: int, r: Replan) -> Replan:
+    """A primary tier whose replicas fail to start (a CUDA out-of-memory, a driver
+    that is not there) and that has none ready: re-plan at once without it."""
+    if error is None or ready:
+        return r
+    key = current.placement.primary.key
+    return Replan(
+        f"{key} cannot start: {error}", r.state, forced=True, observed_p95={key: math.inf}
+    )
 
 
 def accept_move(current: Decision, new: Decision, replan: Replan, cfg: PolicyConfig) -> bool:
@@ -224,6 +239,7 @@ class Manager:
         }
         self.events: dict[str, deque[str]] = {name: deque(maxlen=20) for name in self.watches}
         self.inventory: Inventory | None = None
+        self._planning = False
         self._task: asyncio.Task[None] | None = None
 
     # -- the gateway's hook ------------------------------------------------------------
@@ -244,9 +260,19 @@ class Manager:
             if name == exclude or chosen is None or chosen.gpu is None:
                 continue
             pool = self.supervisor.pools.get(name)
-            busy = bool(pool and (pool.status().in_flight or pool.status().queued))
             seen = self.watches[name].snapshot(now)
             last = seen.last_request if seen.last_request is not None else d.decided_at
+            # Idle, and so evictable, means: no request in flight or queued, none for a
+            # whole window, and not moved within the cooldown (two models that want
+            # one GPU must not evict each other back and forth). While the first plan
+            # is made every placed model counts as busy, as in `edgeinfer plan`.
+            moved = self.states.get(name, ReplanState()).last_move
+            busy = (
+                self._planning
+                or bool(pool and (pool.status().in_flight or pool.status().queued))
+                or now - last < self.policy.replan_window_s
+                or now - moved < self.policy.replan_cooldown_s
+            )
             out.append(Resident(name, chosen.gpu, chosen.memory_mib, last, busy))
         return tuple(out)
 
@@ -267,13 +293,18 @@ class Manager:
         """The first decision for every model, on the inventory of now."""
         now = self.clock()
         self.inventory = inv = self.probe()
-        for spec in self.config.models:
-            if spec.endpoint is None:
-                d = self._choose(spec, inv, now)
-                self.decisions[spec.name] = d
-                self.states[spec.name] = ReplanState(last_move=now)
-                self._evict(d, inv, now)
-                self.events[spec.name].append(f"placed on {d.placement.primary.key}: {d.reason}")
+        self._planning = True
+        try:
+            for spec in self.config.models:
+                if spec.endpoint is None:
+                    d = self._choose(spec, inv, now)
+                    self.decisions[spec.name] = d
+                    self.states[spec.name] = ReplanState(last_move=now)
+                    self.events[spec.name].append(
+                        f"placed on {d.placement.primary.key}: {d.reason}"
+                    )
+        finally:
+            self._planning = False
         return self.decisions
 
     def step(self) -> None:
@@ -294,25 +325,35 @@ class Manager:
             mine = inv.model_copy(update={"memory_free_mib": inv.memory_free_mib + held})
             fresh = self._choose(spec, mine, now, load_rps=current.load_rps)
             r = replan_reason(spec, current, fresh, seen, self.states[spec.name], self.policy, now)
+            if r.reason is None and pool is not None and status is not None:
+                r = _start_failure(current, pool.start_error, status.ready, r)
             self.states[spec.name] = r.state
             if r.reason is None:
                 continue
             new = (
                 fresh
                 if r.load_rps is None and not r.observed_p95
-                else self._choose(spec, inv, now, load_rps=r.load_rps, observed_p95=r.observed_p95)
+                else self._choose(
+                    spec,
+                    inv,
+                    now,
+                    load_rps=r.load_rps if r.load_rps is not None else current.load_rps,
+                    observed_p95=r.observed_p95,
+                )
             )
             if accept_move(current, new, r, self.policy):
                 self._apply(spec.name, new, f"{r.reason}: moved to {new.placement.primary.key}")
                 self._evict(new, inv, now)
-                self.states[spec.name] = ReplanState(last_move=now)
+                self.states[spec.name] = ReplanState(last_move=now, last_replan=now)
             else:
                 # Keep the tier but remember the new load and reasons (no move).
                 self.decisions[spec.name] = replace(
                     current, load_rps=new.load_rps if r.load_rps else current.load_rps
                 )
                 if not r.forced:
-                    self.states[spec.name] = ReplanState(last_move=now)
+                    self.states[spec.name] = ReplanState(
+                        last_move=r.state.last_move, last_replan=now
+                    )
                 self.events[spec.name].append(
                     f"{r.reason}: stays on {current.placement.primary.key}"
                 )
@@ -325,6 +366,11 @@ class Manager:
 
     def _apply(self, model: str, decision: Decision, event: str) -> None:
         log.info("%s: %s", model, event)
+        moved = model in self.decisions and not same_tier(
+            self.decisions[model].placement.primary, decision.placement.primary
+        )
+        if moved:  # what was seen of the old tier says nothing of the new one
+            self.watches[model] = Watch(self.policy.replan_window_s)
         self.decisions[model] = decision
         self.events[model].append(event)
         pool = self.supervisor.pools.get(model)

@@ -137,6 +137,12 @@ def _profile_for(
     )
 
 
+def replica_cores(spec: ModelSpec, profile: Profile, inv: Inventory) -> float:
+    """Cores one CPU replica takes: as the spec says, else as many as the profile was
+    measured on (its latency holds for that many), else all of this host's."""
+    return spec.resources.cpu or spec.options.threads or profile.cpu_cores or inv.cpu.cores
+
+
 def _tiers(
     spec: ModelSpec, inv: Inventory, cuda_runtimes: frozenset[RuntimeName] | None
 ) -> list[Tier]:
@@ -215,8 +221,7 @@ def _cost_per_hour(
             + cfg.cost.gib_second * mem_gib
         )
     else:
-        fallback = inv.cpu.cores if tier.cluster is None else 1
-        cores = spec.resources.cpu or spec.options.threads or fallback
+        cores = replica_cores(spec, profile, inv)
         per_s = replicas * (cfg.cost.cpu_second * cores + cfg.cost.gib_second * mem_gib)
     return per_s * 3600
 
@@ -273,7 +278,7 @@ def _evaluate(
             max_replicas = min(max_replicas, sum(n.gpus for n in sized))
     elif tier.cluster is not None:
         need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
-        cores = spec.resources.cpu or spec.options.threads or 1
+        cores = replica_cores(spec, profile, inv)
         nodes = [n for n in inv.nodes if n.cluster == tier.cluster and n.memory_mib >= need]
         slots = sum(int(n.cpu_cores // cores) for n in nodes)
         if not slots:
@@ -291,7 +296,7 @@ def _evaluate(
                 reason=f"needs {need:.0f} MiB of memory, {inv.memory_free_mib} MiB free",
                 fits=False,
             )
-        cores = spec.resources.cpu or spec.options.threads or inv.cpu.cores
+        cores = replica_cores(spec, profile, inv)
         max_replicas = min(
             max_replicas,
             max(1, int(inv.cpu.cores // cores)),
@@ -299,6 +304,8 @@ def _evaluate(
         )
     p95, replicas, tps, note = _predict(spec, profile, load_rps, max_replicas, cfg)
     seen = observed_p95.get(tier.key)
+    if seen is not None and math.isinf(seen):
+        return replace(base, reason="its replicas failed to start or to serve here (observed)")
     if seen is not None and seen > p95:
         p95, note = seen, f"observed p95 {seen:.0f} ms"
     cost = _cost_per_hour(tier, profile, replicas, load_rps, gpu_total, inv, spec, cfg)
@@ -399,8 +406,10 @@ def choose_runtime(
         elif first > goal:
             bridge, warm, note = _cold_start_cover(spec, best, cands, config)
             if bridge is not None:
+                as_primary = f" (as the primary: {bridge.reason})" if bridge.reason else ""
                 cands = [
-                    replace(c, verdict="bridge", reason=note) if c is bridge else c for c in cands
+                    replace(c, verdict="bridge", reason=note + as_primary) if c is bridge else c
+                    for c in cands
                 ]
                 tiers.append(
                     replace(bridge.tier, role=TierRole.BRIDGE, min_scale=1 if warm else None)

@@ -206,6 +206,7 @@ async def measure(
         points=tuple(points),
         memory_mib=round(memory, 1),
         rss_mib=round(rss, 1),
+        cpu_cores=float(spec.options.threads or os.cpu_count() or 1),
         gpu_memory_mib=round(memory, 1) if tier.device is Device.CUDA else None,
     )
 

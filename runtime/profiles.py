@@ -64,6 +64,9 @@ class Profile(_Frozen):
     points: tuple[LoadPoint, ...] = Field(min_length=1)
     memory_mib: float = Field(0.0, ge=0, description="memory the model added on load")
     rss_mib: float = Field(0.0, ge=0, description="peak resident memory of the worker")
+    cpu_cores: float = Field(
+        0.0, ge=0, description="cores the measured replica computed on (0: not recorded)"
+    )
     gpu_memory_mib: float | None = None
 
     @property

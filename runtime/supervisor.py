@@ -190,7 +190,11 @@ class ModelPool:
         self._observe()
 
     def release(self, replica: Replica) -> None:
-        if replica.tier is not None and replica.tier.role is TierRole.BRIDGE:
+        if (
+            replica.tier is not None
+            and replica.tier.role is TierRole.BRIDGE
+            and not self._primary(replica)  # a bridge of the tier moved to serves as primary
+        ):
             self.bridge_served += 1
         replica.end()
         self._dispatch()
@@ -279,6 +283,7 @@ class ModelPool:
             self._keep_warm(self._clock())
             return
         self.moves += 1
+        self.start_error = None  # a new tier, a new chance
         serving = [r for r in self._others() if r.tier is None or r.tier.role is TierRole.PRIMARY]
         self._replace = len(serving)
         if serving:

@@ -2,7 +2,8 @@
 disappears, and a bridge serves while the GPU replica starts, with no failed request.
 
 What is faked, and why (this host has no GPU):
-- the inventory probe: a scripted one that reports a GPU, then none;
+- the inventory probe: a scripted one that reports a GPU, then none (and the build is
+  taken to be able to use that GPU);
 - the profiles the policy reads are written by the test (inputs, not measurements);
 - the CUDA tier's worker: :class:`CpuStandIn` starts it as a real worker on the CPU,
   after the CUDA start-up time its profile states. Everything else is real: the
@@ -114,9 +115,12 @@ class Live:
         store.put(_profile(spec, "cuda", digest, p95=3, cold=3.0))
         clock = FakeClock()
         app = build_gateway(config, settings, clock=clock, environ={}, probe=lambda: self.inventory)
+        assert app.manager is not None
         if stand_in:
             self.spawner = CpuStandIn(app.supervisor._spawner, cuda_start=3.0)
             app.supervisor._spawner = self.spawner
+            # Part of the same fake: the build is taken to use the GPU the probe claims.
+            app.manager.cuda_runtimes = None
         self.gw = GatewayServer(app, clock)
         self.gw.start()
         assert app.manager is not None
@@ -185,6 +189,8 @@ def test_bridge_serves_while_the_gpu_replica_starts(live: Live) -> None:
     info = live.gw.admin()["minilm"]
     assert info["runtime"] == "onnx-cuda" and info["bridge_served"] == bridged
     assert "bridges cold starts" in info["runtime_reason"]
+    metrics = httpx.get(f"{live.gw.url}/metrics").text
+    assert f'edgeinfer_bridge_requests_total{{model="minilm"}} {float(bridged)}' in metrics
     assert live.spawner.started[:2] == ["onnx-cuda", "onnx-cpu"]
 
 
@@ -210,6 +216,43 @@ def test_gpu_loss_moves_the_model_with_no_failed_request(live: Live) -> None:
     assert info["runtime"] == "onnx-cpu" and info["moves"] == 1
     assert any("lost its hardware" in e for e in info["placement"]["events"])
     assert "NO candidate meets" in info["runtime_reason"]  # and it says so
+
+
+@pytest.mark.skipif(cuda_available(), reason="needs a host where CUDA workers fail to load")
+def test_a_gpu_tier_that_cannot_start_is_left_with_no_failed_request(tmp_path: Path) -> None:
+    """No stand-in: the probe claims a GPU and the build is taken to use it, but the
+    real CUDA worker fails to load here. The CPU bridge answers; the manager sees the
+    start failure and moves the model to the CPU."""
+    env = Live(tmp_path, stand_in=False)
+    env.manager.cuda_runtimes = None  # before the first request: placements are lazy
+    try:
+        env.gw.on_loop(env.manager.plan)
+        env.gw.on_loop(
+            lambda: env.gw.pool("minilm").set_placement(env.manager.decisions["minilm"].placement)
+        )
+        assert env.manager.decisions["minilm"].placement.primary.key == "onnx-cuda"
+        with httpx.Client(timeout=120) as client:
+            assert env.embed(client, 0) == 200  # the bridge answers
+        env.gw.wait_for(lambda: env.gw.on_loop(lambda: env.gw.pool("minilm").start_error))
+        traffic = Traffic(env)
+        try:
+            env.gw.wait_for(lambda: len(traffic.statuses) >= 10)
+            env.gw.on_loop(env.manager.step)
+            decision = env.manager.decisions["minilm"]
+            assert decision.placement.primary.key == "onnx-cpu"
+            # The warm bridge replica is of the new primary tier: it serves on as one.
+            bridged = env.gw.status("minilm").bridge_served
+            before = len(traffic.statuses)
+            env.gw.wait_for(lambda: len(traffic.statuses) >= before + 10)
+            assert all(t.startswith("onnx-cpu:") for t in env.tiers_ready())
+            assert env.gw.status("minilm").bridge_served == bridged
+        finally:
+            statuses = traffic.finish()
+        assert set(statuses) == {200}
+        events = env.gw.admin()["minilm"]["placement"]["events"]
+        assert any("onnx-cuda cannot start" in e for e in events), events
+    finally:
+        env.gw.stop()
 
 
 def _alive(pid: int) -> bool:

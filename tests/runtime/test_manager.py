@@ -203,14 +203,15 @@ class _NoPools:
     pools: dict[str, object] = {}
 
 
-def test_manager_evicts_the_idle_model_for_a_new_one() -> None:
+def test_manager_evicts_the_idle_model_for_one_that_misses_its_goal() -> None:
     from runtime.inventory import GpuInfo
     from runtime.manager import Manager
     from runtime.spec import ModelConfig
 
     gpu = GpuInfo(index=0, memory_total_mib=3000, memory_free_mib=3000)
     inv = CPU_ONLY.model_copy(update={"gpus": (gpu,)})
-    specs = [chat(name=n, latency={"p95_ms": 300}) for n in ("first", "second")]
+    specs = [chat(name=n, latency={"p95_ms": 3000}) for n in ("first", "second")]
+    specs[0] = chat(name="first", latency={"p95_ms": 300})
     big = {
         s.name: (
             LLAMA_CPU.model_copy(update={"model": s.name}),
@@ -219,19 +220,38 @@ def test_manager_evicts_the_idle_model_for_a_new_one() -> None:
         for s in specs
     }
     now = [0.0]
+    cfg = PolicyConfig(gpu_reserve_mib=0, replan_window_s=30, replan_cooldown_s=60)
     m = Manager(
         ModelConfig(models=specs),
         _NoPools(),  # type: ignore[arg-type]
         probe=lambda: inv,
         profiles=big,
-        policy=PolicyConfig(gpu_reserve_mib=0),
+        policy=cfg,
         clock=lambda: now[0],
     )
     m.plan()
+    # The first plan never evicts: "first" (tight goal) takes the GPU, "second" the CPU.
+    assert m.decisions["first"].placement.primary.key == "llama-cuda"
+    assert m.decisions["second"].placement.primary.key == "llama-cpu"
+
+    def latency() -> float:  # "second" is far slower than its goal on the CPU
+        return 6.0 if m.decisions["second"].placement.primary.key == "llama-cpu" else 0.1
+
+    # "second" misses its goal for a whole window; "first" is idle.
+    for t in range(100, 200):
+        now[0] = float(t)
+        m.observe("second", 200, latency())
+        if t % 10 == 0:
+            m.step()
     assert m.decisions["second"].placement.primary.key == "llama-cuda"
     assert m.decisions["first"].placement.primary.key == "llama-cpu"
     assert any("evicted from GPU0 for second" in e for e in m.events["first"])
-    # Both stay put while nothing changes.
-    now[0] = 500.0
-    m.step()
+    assert any("observed p95 6000 ms > goal 3000 ms" in e for e in m.events["second"])
+    # "first" misses its goal on the CPU now, but "second" is in use: no eviction back.
+    for t in range(200, 400):
+        now[0] = float(t)
+        m.observe("second", 200, latency())
+        if t % 10 == 0:
+            m.step()
     assert m.decisions["second"].placement.primary.key == "llama-cuda"
+    assert m.decisions["first"].placement.primary.key == "llama-cpu"
