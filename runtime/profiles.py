@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.artifacts import resolve_artifact
+from runtime.errors import ConfigError
 from runtime.spec import RUNTIME_FORMATS, ModelSpec, RuntimeName
 
 __all__ = [
@@ -156,8 +157,8 @@ def artifact_hash(spec: ModelSpec, runtime: RuntimeName, base_dir: Path, cache_d
     except (OSError, ValueError):
         cache = {}
     total = hashlib.sha256()
-    for ref in refs:
-        path = resolve_artifact(ref, base_dir, model=spec.name, field="artifacts")
+    paths = [resolve_artifact(r, base_dir, model=spec.name, field="artifacts") for r in refs]
+    for path in (f for p in paths for f in _artifact_files(p, spec.name)):
         stat = path.stat()
         key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
         digest = cache.get(key)
@@ -173,6 +174,30 @@ def artifact_hash(spec: ModelSpec, runtime: RuntimeName, base_dir: Path, cache_d
     tmp.write_text(json.dumps(cache, indent=0))
     tmp.replace(cache_file)
     return total.hexdigest()
+
+
+def _artifact_files(path: Path, model: str) -> list[Path]:
+    """The files behind one artifact: the file itself; for a WASM package folder, its
+    files, the model files its manifest names and the sources of a guest it builds."""
+    if not path.is_dir():
+        return [path]
+    import yaml
+
+    from runtime.wasm.build import GuestSource
+    from runtime.wasm.package import MANIFEST_NAME, PackageManifest
+
+    try:
+        manifest = PackageManifest.model_validate(
+            yaml.safe_load((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+        )
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"model {model!r}: {path}: not a readable WASM package: {exc}") from None
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    for ref in [*manifest.files.values(), *(p.path for p in manifest.preloads)]:
+        files.append(resolve_artifact(ref, path, model=model, field=MANIFEST_NAME))
+    if manifest.guest.startswith("build:"):
+        files += GuestSource.read(manifest.guest.removeprefix("build:")).inputs()
+    return files
 
 
 class ProfileStore:
