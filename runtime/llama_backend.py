@@ -34,7 +34,7 @@ from runtime.errors import (
 from runtime.spec import ArtifactFormat, RuntimeName
 from runtime.types import GenerateRequest, LoadReport, TokenChunk
 
-__all__ = ["LlamaRuntime"]
+__all__ = ["LlamaRuntime", "gguf_chat_template"]
 
 _DONE = object()
 
@@ -251,12 +251,21 @@ class LlamaRuntime(Runtime):
             emit(RuntimeFailure(f"llama.cpp failed on model {self.spec.name!r}: {exc}"))
 
 
-def _chat_formatter(llm: Llama) -> Jinja2ChatFormatter | None:
-    """The model's own chat template (GGUF ``tokenizer.chat_template``), if it has one."""
+def gguf_chat_template(llm: Llama) -> tuple[str, str, str] | None:
+    """(template, bos, eos): the model's own chat template (GGUF
+    ``tokenizer.chat_template``) and the texts of its BOS/EOS tokens, if it has one."""
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         return None
     eos_id, bos_id = llm.token_eos(), llm.token_bos()
     eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
     bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+    return template, bos, eos
+
+
+def _chat_formatter(llm: Llama) -> Jinja2ChatFormatter | None:
+    found = gguf_chat_template(llm)
+    if found is None:
+        return None
+    template, bos, eos = found
     return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)

@@ -33,6 +33,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import Llama
 
+from runtime.llama_backend import gguf_chat_template
 from runtime.wasm.nn_types import (
     CONTEXT_FULL,
     END_OF_SEQUENCE,
@@ -128,13 +129,7 @@ class GgmlModel:
         """(template, bos, eos) from the GGUF metadata, if the model has a template."""
         llm = self.acquire(self.defaults)
         try:
-            template = llm.metadata.get("tokenizer.chat_template")
-            if not template:
-                return None
-            eos_id, bos_id = llm.token_eos(), llm.token_bos()
-            eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
-            bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
-            return template, bos, eos
+            return gguf_chat_template(llm)
         finally:
             self.release(llm)
 
