@@ -288,7 +288,9 @@ def test_client_disconnect_cancels_upstream(gateway_factory: Factory) -> None:
                 break
     gw.wait_for(lambda: gw.status("smollm2").in_flight == 0)
     # One llama context: this runs only after the cut generation let go of it.
-    r = httpx.post(f"{gw.url}/v1/completions", json={**body, "max_tokens": 3, "stream": False})
+    r = httpx.post(
+        f"{gw.url}/v1/completions", json={**body, "max_tokens": 3, "stream": False}, timeout=60
+    )
     assert r.status_code == 200, r.text
     generated = replica_metric(gw, "smollm2", "edgeinfer_worker_generated_tokens")
     assert generated < 300, f"the worker went on generating ({generated} tokens)"
