@@ -184,8 +184,8 @@ class _Cycle:
             elif lname == b"transfer-encoding":
                 continue  # framing is ours to choose
             parts.append(b"%b: %b\r\n" % (name, value))
-        if has_length or status < 200 or status in (204, 304):
-            pass
+        if has_length or self.head_only or status < 200 or status in (204, 304):
+            pass  # framed already, or no body to frame
         elif length is not None:
             parts.append(b"content-length: %d\r\n" % length)
         elif self.scope["http_version"] == "1.1":
