@@ -22,7 +22,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.artifacts import resolve_artifact
-from runtime.errors import ConfigError
 from runtime.spec import RUNTIME_FORMATS, ModelSpec, RuntimeName
 
 __all__ = [
@@ -181,17 +180,10 @@ def _artifact_files(path: Path, model: str) -> list[Path]:
     files, the model files its manifest names and the sources of a guest it builds."""
     if not path.is_dir():
         return [path]
-    import yaml
-
     from runtime.wasm.build import GuestSource
-    from runtime.wasm.package import MANIFEST_NAME, PackageManifest
+    from runtime.wasm.package import MANIFEST_NAME, read_manifest
 
-    try:
-        manifest = PackageManifest.model_validate(
-            yaml.safe_load((path / MANIFEST_NAME).read_text(encoding="utf-8"))
-        )
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"model {model!r}: {path}: not a readable WASM package: {exc}") from None
+    _, manifest = read_manifest(path, model=model)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     for ref in [*manifest.files.values(), *(p.path for p in manifest.preloads)]:
         files.append(resolve_artifact(ref, path, model=model, field=MANIFEST_NAME))

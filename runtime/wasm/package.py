@@ -48,6 +48,7 @@ __all__ = [
     "PackageManifest",
     "Preload",
     "load_package",
+    "read_manifest",
 ]
 
 MANIFEST_NAME = "edgeinfer-wasm.yaml"
@@ -163,8 +164,15 @@ class Package:
 
 
 def load_package(ref: Path, *, settings: Settings, model: str) -> Package:
-    """Read a package folder (or its manifest file); :class:`ConfigError` names the
-    file and field at fault."""
+    """Read a package folder (or its manifest file) and resolve what it names (building
+    a ``build:`` guest); :class:`ConfigError` names the file and field at fault."""
+    folder, manifest = read_manifest(ref, model=model)
+    return Package(folder, manifest, settings=settings, model=model)
+
+
+def read_manifest(ref: Path, *, model: str) -> tuple[Path, PackageManifest]:
+    """The package's folder and its validated manifest, nothing resolved or built;
+    :class:`ConfigError` names the file and field at fault."""
     manifest_file = ref if ref.is_file() else ref / MANIFEST_NAME
     try:
         raw = yaml.safe_load(manifest_file.read_text(encoding="utf-8"))
@@ -184,4 +192,4 @@ def load_package(ref: Path, *, settings: Settings, model: str) -> Package:
             for e in exc.errors(include_url=False)
         )
         raise ConfigError(f"model {model!r}: {manifest_file}: {problems}") from None
-    return Package(manifest_file.parent, manifest, settings=settings, model=model)
+    return manifest_file.parent, manifest
