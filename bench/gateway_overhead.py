@@ -256,22 +256,41 @@ def wrk_case(
     def med(runs: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
+    out = case_result(
+        clients,
+        {"direct": med(d, "rps"), "gateway": med(g, "rps")}
+        | {name: med(runs, "rps") for name, runs in refs.items()},
+        {
+            side: (med(runs, "50%"), med(runs, "99%"))
+            for side, runs in (("direct", d), ("gateway", g))
+        },
+    )
+    return {"clients": clients, "load": "wrk", **out}
+
+
+def case_result(
+    clients: int, rps: dict[str, float], latency: dict[str, tuple[float, float]]
+) -> dict[str, Any]:
+    """One case's JSON: requests/s of "direct", "gateway" and each reference proxy,
+    and the (p50, p99) seconds of "direct" and "gateway"."""
+    d, g = rps["direct"], rps["gateway"]
+    (d50, d99), (g50, g99) = latency["direct"], latency["gateway"]
     out: dict[str, Any] = {
         "clients": clients,
-        "load": "wrk",
-        "direct_rps": round(med(d, "rps"), 1),
-        "gateway_rps": round(med(g, "rps"), 1),
-        "ratio": round(med(g, "rps") / med(d, "rps"), 4),
-        "direct_p50_ms": round(med(d, "50%") * 1000, 3),
-        "gateway_p50_ms": round(med(g, "50%") * 1000, 3),
-        "added_p50_ms": round((med(g, "50%") - med(d, "50%")) * 1000, 3),
-        "direct_p99_ms": round(med(d, "99%") * 1000, 3),
-        "gateway_p99_ms": round(med(g, "99%") * 1000, 3),
-        "added_p99_ms": round((med(g, "99%") - med(d, "99%")) * 1000, 3),
+        "direct_rps": round(d, 1),
+        "gateway_rps": round(g, 1),
+        "ratio": round(g / d, 4),
+        "direct_p50_ms": round(d50 * 1000, 3),
+        "gateway_p50_ms": round(g50 * 1000, 3),
+        "added_p50_ms": round((g50 - d50) * 1000, 3),
+        "direct_p99_ms": round(d99 * 1000, 3),
+        "gateway_p99_ms": round(g99 * 1000, 3),
+        "added_p99_ms": round((g99 - d99) * 1000, 3),
     }
-    for name, runs in refs.items():
-        out[f"{name}_rps"] = round(med(runs, "rps"), 1)
-        out[f"{name}_ratio"] = round(med(runs, "rps") / med(d, "rps"), 4)
+    for name, value in rps.items():
+        if name not in ("direct", "gateway"):
+            out[f"{name}_rps"] = round(value, 1)
+            out[f"{name}_ratio"] = round(value / d, 4)
     return out
 
 
@@ -312,23 +331,15 @@ async def throughput_case(
         g_lat += lat
         for name, url in references.items():
             refs[name].append(len(await load(session, url, body, clients, seconds)) / seconds)
-    d, g = statistics.median(d_rates), statistics.median(g_rates)
-    out: dict[str, Any] = {
-        "clients": clients,
-        "direct_rps": round(d, 1),
-        "gateway_rps": round(g, 1),
-        "ratio": round(g / d, 4),
-        "direct_p50_ms": round(pct(d_lat, 0.5) * 1000, 3),
-        "gateway_p50_ms": round(pct(g_lat, 0.5) * 1000, 3),
-        "added_p50_ms": round((pct(g_lat, 0.5) - pct(d_lat, 0.5)) * 1000, 3),
-        "direct_p99_ms": round(pct(d_lat, 0.99) * 1000, 3),
-        "gateway_p99_ms": round(pct(g_lat, 0.99) * 1000, 3),
-        "added_p99_ms": round((pct(g_lat, 0.99) - pct(d_lat, 0.99)) * 1000, 3),
-    }
-    for name, rates in refs.items():
-        out[f"{name}_rps"] = round(statistics.median(rates), 1)
-        out[f"{name}_ratio"] = round(statistics.median(rates) / d, 4)
-    return out
+    return case_result(
+        clients,
+        {"direct": statistics.median(d_rates), "gateway": statistics.median(g_rates)}
+        | {name: statistics.median(rates) for name, rates in refs.items()},
+        {
+            "direct": (pct(d_lat, 0.5), pct(d_lat, 0.99)),
+            "gateway": (pct(g_lat, 0.5), pct(g_lat, 0.99)),
+        },
+    )
 
 
 async def run(seconds: float, rounds: int) -> dict[str, Any]:
