@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from runtime.artifacts import resolve_artifact
 from runtime.devices import cuda_available, resident_memory_bytes
-from runtime.errors import RuntimeUnavailable, UnsupportedTask
+from runtime.errors import BadInput, RuntimeUnavailable, UnsupportedTask
 from runtime.settings import Settings
 from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
 from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, TensorSpec, TokenChunk
@@ -29,6 +29,7 @@ from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, Tenso
 __all__ = [
     "LoadPhases",
     "Runtime",
+    "check_batch",
     "create_runtime",
     "cuda_runtimes",
     "registered_runtimes",
@@ -61,6 +62,16 @@ class LoadPhases:
     def report(self) -> LoadReport:
         added = max(0, resident_memory_bytes() - self._rss)
         return LoadReport(phases=self._phases, memory_bytes=added, device=self.device)
+
+
+def check_batch(spec: ModelSpec, count: int, what: str) -> None:
+    """400 when one request carries more ``what`` than the model's ``options.max_batch``."""
+    limit = spec.options.max_batch
+    if count > limit:
+        raise BadInput(
+            f"{count} {what} in one request; model {spec.name!r} takes at most "
+            f"{limit} (options.max_batch)"
+        )
 
 
 class Runtime(ABC):

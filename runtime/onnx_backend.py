@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 
 from runtime import magika_features, minilm
 from runtime.artifacts import resolve_artifact
-from runtime.backend import LoadPhases, Runtime
+from runtime.backend import LoadPhases, Runtime, check_batch
 from runtime.datatypes import from_onnx_type, numpy_dtype
 from runtime.errors import (
     BadInput,
@@ -167,11 +167,7 @@ class OnnxRuntime(Runtime):
     async def embed(self, texts: list[str]) -> Embeddings:
         if self.spec.task is not Task.EMBEDDING:
             return await super().embed(texts)
-        if len(texts) > self.spec.options.max_batch:
-            raise BadInput(
-                f"{len(texts)} inputs in one request; this model takes at most "
-                f"{self.spec.options.max_batch}"
-            )
+        check_batch(self.spec, len(texts), "inputs")
         result: Embeddings = await self._run(self._embed_blocking, texts)
         return result
 
@@ -236,8 +232,7 @@ class OnnxRuntime(Runtime):
         if self._magika is not None and any(t.name == CONTENT_INPUT for t in inputs):
             content = only_input(inputs, CONTENT_INPUT, "BYTES", self.spec.name)
             items = [tensor_bytes(v) for v in content.data.reshape(-1)]
-            if len(items) > self.spec.options.max_batch:
-                raise BadInput(f"{len(items)} items; at most {self.spec.options.max_batch}")
+            check_batch(self.spec, len(items), "items")
             result: list[Tensor] = await self._run(self._classify_blocking, items)
             return result
         feeds = self._check_feeds(inputs)

@@ -30,8 +30,8 @@ from tokenizers import Tokenizer
 
 from runtime import magika_features
 from runtime.artifacts import resolve_artifact
-from runtime.backend import LoadPhases
-from runtime.errors import BadInput, ConfigError, ModelNotReady
+from runtime.backend import LoadPhases, check_batch
+from runtime.errors import ConfigError, ModelNotReady
 from runtime.spec import Task
 from runtime.tensor_inputs import CONTENT_INPUT, TEXT_INPUT, only_input, tensor_bytes, tensor_text
 from runtime.text_batch import TokenBatch, encode_texts
@@ -221,11 +221,7 @@ class ComputeGuest(GuestAbi):
     async def embed(self, texts: list[str]) -> Embeddings:
         if self.spec.task is not Task.EMBEDDING:
             return await super().embed(texts)
-        if len(texts) > self.spec.options.max_batch:
-            raise BadInput(
-                f"{len(texts)} inputs in one request; this model takes at most "
-                f"{self.spec.options.max_batch}"
-            )
+        check_batch(self.spec, len(texts), "inputs")
         self._ready()
         return await asyncio.to_thread(self._embed_blocking, texts)
 
@@ -278,8 +274,7 @@ class ComputeGuest(GuestAbi):
             return [Tensor("embedding", "FP32", emb.vectors)]
         content = only_input(inputs, CONTENT_INPUT, "BYTES", self.spec.name)
         items = [tensor_bytes(v) for v in content.data.reshape(-1)]
-        if len(items) > self.spec.options.max_batch:
-            raise BadInput(f"{len(items)} items; at most {self.spec.options.max_batch}")
+        check_batch(self.spec, len(items), "items")
         self._ready()
         result: list[Tensor] = await asyncio.to_thread(self._classify_blocking, items)
         return result

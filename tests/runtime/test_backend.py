@@ -85,3 +85,19 @@ def test_wasm_is_registered() -> None:
     from runtime.wasm.backend import WasmRuntime
 
     assert runtime_class(RuntimeName.WASM) is WasmRuntime
+
+
+def test_a_batch_over_max_batch_is_a_400_naming_the_limit() -> None:
+    from runtime.backend import check_batch
+    from runtime.errors import BadInput
+    from runtime.spec import load_config
+
+    spec = load_config().get("minilm")
+    assert spec is not None
+    limit = spec.options.max_batch
+    check_batch(spec, limit, "inputs")  # at the limit: fine
+    with pytest.raises(BadInput) as info:
+        check_batch(spec, limit + 1, "inputs")
+    assert info.value.status == 400
+    assert f"{limit + 1} inputs in one request" in info.value.message
+    assert f"at most {limit} (options.max_batch)" in info.value.message
