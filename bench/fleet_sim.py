@@ -17,9 +17,9 @@ embeddings, ``magika`` for classification), scaled to each synthetic model's siz
 latency, cold-start load/warm-up and memory linear in parameters (a replica computes
 on the same cores as this host's). GPU profiles are not measured (no GPU here): they
 are ``runtime.profiles.estimate_cuda`` of the scaled CPU profile, with the factors
-``edgeinfer plan`` uses. Latency goals are multiples of the base model's measured p95,
+``edgeinfer plan`` uses. Latency goals are multiples of the base model's measured p50,
 so the mix of CPU-able and GPU-only models does not depend on how busy the measuring
-host was.
+host was (a profile's p95 comes from few requests, and one stall moves it).
 
 GPU-hours, three accountings, all reported: ``gpu_hours`` is what each policy holds as
 deployed (the baselines: one whole GPU per replica, ``nvidia.com/gpu: 1``; the manager:
@@ -29,7 +29,14 @@ moment); ``gpu_hours_packed`` packs every policy's GPU replicas that same way;
 like-for-like figure that neither sharing nor GPU size flatters).
 
 Capacity is not enforced: ``gpus_peak`` says how many GPUs each policy would need at
-its busiest moment (packed); CPU replicas are bounded per model (``max-scale``) only.
+its busiest moment (packed) and ``fits_gpus`` whether that is within the fleet's
+``GPUS``; CPU replicas are bounded per model (``max-scale``) only.
+
+``gpu_memory_hours_floor`` is a lower bound for every policy that keeps requests within
+their goals (``gpu_memory_floor``): the GPU memory of the models that only a GPU serves
+in time and whose GPU cold start breaks the goal, held all day. Against always-on GPU,
+``best_possible_gpu_memory_hours_saved`` is the most any such policy can save like for
+like with this fleet.
 
 Prints one JSON line. Run: ``python bench/fleet_sim.py [--models 200] [--seed 1]``
 (reads profiles from ``$EDGEINFER_HOME``; run ``edgeinfer profile`` first).
@@ -135,7 +142,7 @@ def make_fleet(
         params = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         s = params / base_params
         base = bases[base_name]
-        goal = base.points[0].p95_ms * float(rng.choice(goals))
+        goal = base.points[0].p50_ms * float(rng.choice(goals))
         fmt = FORMAT[family]
         runtime = "llama" if fmt == "gguf" else "onnx"
         raw = {
@@ -337,6 +344,23 @@ def peak_gpus(intervals: list[tuple[float, float, TierSim]]) -> int:
     return math.ceil(peak - 1e-9)
 
 
+def gpu_memory_floor(fleet: list[Synthetic]) -> float:
+    """The fewest GPU memory-hours any policy needs to keep every request within its
+    goal: a model whose warm p95 on a CPU misses the goal must run on a GPU, and if its
+    GPU cold start plus p95 also misses it, a request arriving while it is at zero
+    misses too; its arrivals are Poisson at every hour, so it holds a warm GPU replica
+    all day."""
+    total = 0.0
+    for m in fleet:
+        goal = m.spec.latency.p95_ms
+        if m.cpu.points[0].p95_ms <= goal:
+            continue
+        if m.gpu.cold_start_s * 1000 + m.gpu.points[0].p95_ms <= goal:
+            continue
+        total += (m.gpu.gpu_memory_mib or m.gpu.memory_mib) / GPU_MIB * DAY
+    return total / 3600
+
+
 def whole_gpu_hours(intervals: list[tuple[float, float, TierSim]]) -> float:
     return sum(min(e, DAY) - s for s, e, t in intervals if t.gpu and e > s) / 3600
 
@@ -397,6 +421,7 @@ def run(
         "requests": total,
         "slo_by_task": {f: round(ok / max(1, n), 4) for f, (n, ok) in by_family.items()},
         "gpus_peak": peak_gpus(intervals),
+        "fits_gpus": peak_gpus(intervals) <= GPUS,
         **({"moves": moves} if managed else {}),
     }
 
@@ -435,6 +460,7 @@ def main() -> None:
         args.seed,
     )
     base = results["always_gpu"]
+    floor = gpu_memory_floor(fleet)
     mgr = results["manager"]
     bare = results["manager_no_cover"]
     print(
@@ -445,7 +471,8 @@ def main() -> None:
                 "gpus": GPUS,
                 "days": 1,
                 "profiles": {
-                    n: f"{p.key} measured, p95 {p.points[0].p95_ms:.0f} ms"
+                    n: f"{p.key} measured, p50/p95 {p.points[0].p50_ms:.0f}/"
+                    f"{p.points[0].p95_ms:.0f} ms"
                     for n, p in bases.items()
                 },
                 "policies": results,
@@ -460,6 +487,12 @@ def main() -> None:
                 ),
                 "manager_no_cover_gpu_memory_hours_saved": round(
                     1 - bare["gpu_memory_hours"] / max(base["gpu_memory_hours"], 1e-9), 3
+                ),
+                # No policy that covers cold starts can hold less GPU memory than this;
+                # the most any could save like for like:
+                "gpu_memory_hours_floor": round(floor, 2),
+                "best_possible_gpu_memory_hours_saved": round(
+                    1 - floor / max(base["gpu_memory_hours"], 1e-9), 3
                 ),
                 # The issue's target (>= 99 % within goal, >= 40 % fewer GPU-hours than
                 # always-on GPU), under each accounting: as deployed, and like for like.

@@ -75,6 +75,8 @@ def profile_command(
                 continue
             first, last = p.points[0], p.points[-1]
             phases = " ".join(f"{k} {v * 1000:.0f}" for k, v in p.cold_start.items())
+            if p.first_start_s is not None:
+                phases += f"; first start {p.first_start_s * 1000:.0f}"
             table.add_row(
                 o.model,
                 o.tier,

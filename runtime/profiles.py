@@ -61,6 +61,12 @@ class Profile(_Frozen):
     measured_at: float = 0.0
     workload: str = ""
     cold_start: dict[str, float] = Field(default_factory=dict, description="phase -> seconds")
+    first_start_s: float | None = Field(
+        None,
+        ge=0,
+        description="the first start on the measuring host, which may build caches (an ONNX "
+        "graph, a compiled WASM module); the policy plans with ``cold_start``, a later start",
+    )
     points: tuple[LoadPoint, ...] = Field(min_length=1)
     memory_mib: float = Field(0.0, ge=0, description="memory the model added on load")
     rss_mib: float = Field(0.0, ge=0, description="peak resident memory of the worker")
