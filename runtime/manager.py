@@ -129,9 +129,11 @@ def replan_reason(
     mine = next((c for c in fresh.candidates if same_tier(c.tier, primary)), None)
     if mine is None or not mine.fits:
         why = (
-            "the GPU is gone"
-            if primary.device is Device.CUDA and mine is None
-            else (mine.reason if mine is not None else f"{primary.key} is no longer available")
+            mine.reason
+            if mine is not None
+            else "the GPU is gone"
+            if primary.device is Device.CUDA
+            else f"{primary.key} is no longer available"
         )
         return Replan(
             f"{primary.key} lost its hardware: {why}",

@@ -425,8 +425,34 @@ def choose_runtime(
             cands[i] = replace(
                 c, reason=f"meets the goal but costs more ({c.cost_per_hour:.4f}/hour)"
             )
+    cands += _without_gpu(spec, inventory, cuda_runtimes, cands)
     placement = Placement(spec.name, tuple(tiers), reason=why)
     return Decision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
+
+
+def _without_gpu(
+    spec: ModelSpec,
+    inv: Inventory,
+    cuda_runtimes: frozenset[RuntimeName] | None,
+    cands: list[Candidate],
+) -> list[Candidate]:
+    """The GPU tiers the model's runtimes could use but the hardware does not offer,
+    listed as rejected with the reason, so a plan says why no GPU was considered."""
+    considered = {c.tier.runtime for c in cands if c.tier.device is Device.CUDA}
+    out = []
+    for runtime in spec.runtimes:
+        if runtime not in CUDA_CAPABLE or runtime in considered:
+            continue
+        if inv.nodes:
+            reason = "no cluster in the inventory has a GPU"
+        elif not inv.gpus:
+            reason = "no GPU in the inventory"
+        else:
+            reason = f"this host's {runtime.value} build cannot use its GPU"
+        out.append(
+            Candidate(tier=Tier(runtime, Device.CUDA), source="none", reason=reason, fits=False)
+        )
+    return out
 
 
 def _cold_start_cover(

@@ -38,7 +38,7 @@ CASES = [
         QUIET,
         ReplanState(last_move=99),
         100,
-        "the GPU is gone",
+        "lost its hardware: no GPU in the inventory",
         True,
     ),
     (

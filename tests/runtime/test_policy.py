@@ -106,7 +106,15 @@ def by_tier(decision: Any) -> dict[str, Any]:
 
 CASES = [
     # (id, spec, profiles, inventory, expected primary, expected goal_met, fragments)
-    ("cpu-only edge site", chat(), (LLAMA_CPU, WASM_CPU), CPU_ONLY, "llama-cpu", True, {}),
+    (
+        "cpu-only edge site",
+        chat(),
+        (LLAMA_CPU, WASM_CPU),
+        CPU_ONLY,
+        "llama-cpu",
+        True,
+        {"llama-cuda": "no GPU in the inventory"},
+    ),
     (
         "a GPU and a tight goal",
         chat(latency={"p95_ms": 300}),
@@ -365,7 +373,9 @@ def test_no_profile_at_all_falls_back_and_says_so() -> None:
     assert "edgeinfer profile" in d.reason and not d.goal_met
     d = choose_runtime(chat(), (), ONE_GPU, CFG, 0.0, cuda_runtimes=frozenset())
     assert d.placement.primary.key == "llama-cpu"
-    assert "llama-cuda" not in by_tier(d)
+    gpu = by_tier(d)["llama-cuda"]  # listed, never considered, with the reason
+    assert gpu.verdict == "rejected" and not gpu.fits
+    assert gpu.reason == "this host's llama build cannot use its GPU"
     d = choose_runtime(chat(), (), CPU_ONLY, CFG, 0.0)
     assert d.placement.primary.key == "llama-cpu"
 
