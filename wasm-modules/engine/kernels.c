@@ -11,21 +11,35 @@
 
 /* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j], A read in place (rows,
  * k contiguous), B packed once into panels of EI_NR columns (k-major: each k holds the
- * panel's EI_NR values in two vectors). A micro-tile keeps EI_MR x 2 vector accumulators
- * (EI_MR rows x 8 columns): per step of 4 k it loads one vector of each A row and
- * broadcasts its lanes with shuffles, loads the panel's 8 values per k, and multiplies.
+ * panel's EI_NR values in two vectors). A micro-tile is up to EI_MR rows x 8 columns: per
+ * step of 4 k it loads the panel's 8 vectors (4 k x 8 columns) once, then for each row
+ * loads one vector of A (4 k), broadcasts its lanes with shuffles and updates the row's
+ * two accumulators (8 multiplies, 8 adds).
  *
- * Why this shape, measured with wasmtime/Cranelift on x86-64 (16 vector registers):
- * - 6 x 8 = 12 accumulators + 2 B vectors + 1 broadcast fit the register file;
+ * Why this shape, measured with wasmtime 50 / Cranelift on x86-64 (see README.md):
+ * - the epoch check wasmtime puts at every loop header calls into the runtime on its slow
+ *   path, and no vector register survives a call: whatever vector a loop carries from
+ *   one iteration to the next is spilled and reloaded every iteration anyway. So the
+ *   accumulators live in a small tile in memory on purpose, each row loading its two
+ *   and storing them back once per step of 4 k, and nothing vector is loop-carried;
+ * - Cranelift keeps loads in program order but computes arithmetic where its result is
+ *   first needed. Without a use in between, every load of a step would come first and
+ *   the values would not fit the 16 vector registers. The tile is accessed through
+ *   volatile pointers, so each row's store pins its arithmetic right after its loads:
+ *   8 B vectors, 1 A vector, 4 broadcasts and 2 accumulators are live at a time, for
+ *   any number of rows;
+ * - so the tile can be tall: up to 16 rows share each load of the panel, and a sentence
+ *   of up to 16 tokens reads each weight once (the former 6 x 8 register tile made 13
+ *   rows three passes of 5 + 4 + 4);
+ * - the row loop is unrolled in full (each height is its own function), else the tile
+ *   index is dynamic and the loop gets its own epoch check;
  * - a broadcast by shuffle of a loaded vector (vpshufd) is one instruction, where
- *   v128.load32_splat becomes a scalar load, a move and a broadcast;
- * - 192 multiply-adds per loop iteration keep the per-iteration costs (the epoch check
- *   wasmtime inserts at every loop back-edge, address arithmetic) small;
- * - separate multiply and add: the same throughput as relaxed FMA on CPUs with separate
- *   add pipes, no relaxed-SIMD dependence, bit-identical results everywhere. */
-#ifndef EI_MR
-#define EI_MR 6
-#endif
+ *   v128.load32_splat becomes a scalar load, a move and a broadcast, and Cranelift folds
+ *   no vector load into an arithmetic instruction (the v128 -> f32x4 bitcast prevents it);
+ * - separate multiply and add: relaxed-SIMD FMA measured slower here (Cranelift's
+ *   vfmadd213ps overwrites a multiplicand, so every reused broadcast is copied first),
+ *   and plain SIMD128 keeps results bit-identical on every host. */
+#define EI_MR 16 /* the micro_1 .. micro_16 instances below */
 /* Rows of A per cache block: MC x k floats of A stay in L2 while every panel of B passes
  * (a panel, k x EI_NR floats, stays in L1 for k up to ~1000, L2 beyond); up to MC rows,
  * the weights stream from memory once per product. */
@@ -78,73 +92,74 @@ int ei_packed_matmul(ei_packed *p, const float *b, const float *bias, int k, int
 }
 
 #define LANE(v, l) wasm_i32x4_shuffle((v), (v), (l), (l), (l), (l))
+/* Volatile, so that Cranelift sees the tile accesses in program order (see above). */
+#define TILE_LOAD(p) (*(const volatile v128_t *)(p))
+#define TILE_STORE(p, v) (*(volatile v128_t *)(p) = (v))
 
 /* One mr x 8 tile of C over k (a multiple of 4). `nc` columns are stored (< 8 at the
- * right edge). mr is a constant in every instance, so the accumulators live in
- * registers; each instance is its own small function, which keeps Cranelift's register
- * allocator from spilling them. */
+ * right edge). mr is a constant in every instance (the row loops unroll). */
 static inline __attribute__((always_inline)) void micro(const int mr, int k, const float *a, int lda,
                                                         const float *b, const float *bias, float *c,
                                                         int ldc, int nc) {
-    v128_t acc0[EI_MR], acc1[EI_MR];
+    v128_t tile[EI_MR * 2];
     v128_t bias0 = bias ? wasm_v128_load(bias) : wasm_f32x4_splat(0.0f);
     v128_t bias1 = bias ? wasm_v128_load(bias + 4) : wasm_f32x4_splat(0.0f);
+#pragma clang loop unroll(full)
     for (int r = 0; r < mr; r++) {
-        acc0[r] = bias0;
-        acc1[r] = bias1;
+        TILE_STORE(&tile[2 * r], bias0);
+        TILE_STORE(&tile[2 * r + 1], bias1);
     }
     for (int kk = 0; kk < k; kk += 4, b += 4 * EI_NR) {
-        v128_t av[EI_MR];
-        for (int r = 0; r < mr; r++) av[r] = wasm_v128_load(a + (size_t)r * lda + kk);
-#define STEP(l)                                                                        \
-    {                                                                                  \
-        v128_t b0 = wasm_v128_load(b + (l) * EI_NR), b1 = wasm_v128_load(b + (l) * EI_NR + 4); \
-        for (int r = 0; r < mr; r++) {                                                 \
-            v128_t s = LANE(av[r], l);                                                 \
-            acc0[r] = MADD(s, b0, acc0[r]);                                            \
-            acc1[r] = MADD(s, b1, acc1[r]);                                            \
-        }                                                                              \
+        v128_t bv[8];
+#pragma clang loop unroll(full)
+        for (int j = 0; j < 8; j++) bv[j] = wasm_v128_load(b + 4 * j);
+#pragma clang loop unroll(full)
+        for (int r = 0; r < mr; r++) {
+            v128_t av = wasm_v128_load(a + (size_t)r * lda + kk);
+            v128_t acc0 = TILE_LOAD(&tile[2 * r]), acc1 = TILE_LOAD(&tile[2 * r + 1]);
+#define STEP(l)                                        \
+    {                                                  \
+        v128_t s = LANE(av, l);                        \
+        acc0 = MADD(s, bv[2 * (l)], acc0);             \
+        acc1 = MADD(s, bv[2 * (l) + 1], acc1);         \
     }
-        STEP(0) STEP(1) STEP(2) STEP(3)
+            STEP(0) STEP(1) STEP(2) STEP(3)
 #undef STEP
+            TILE_STORE(&tile[2 * r], acc0);
+            TILE_STORE(&tile[2 * r + 1], acc1);
+        }
     }
+#pragma clang loop unroll(full)
     for (int r = 0; r < mr; r++) {
         float *row = c + (size_t)r * ldc;
+        v128_t t0 = TILE_LOAD(&tile[2 * r]), t1 = TILE_LOAD(&tile[2 * r + 1]);
         if (nc == EI_NR) {
-            wasm_v128_store(row, acc0[r]);
-            wasm_v128_store(row + 4, acc1[r]);
+            wasm_v128_store(row, t0);
+            wasm_v128_store(row + 4, t1);
         } else {
             float tmp[EI_NR] __attribute__((aligned(16)));
-            wasm_v128_store(tmp, acc0[r]);
-            wasm_v128_store(tmp + 4, acc1[r]);
-            memcpy(row, tmp, (size_t)nc * sizeof(float));
+            wasm_v128_store(tmp, t0);
+            wasm_v128_store(tmp + 4, t1);
+            for (int j = 0; j < nc; j++) row[j] = tmp[j];
         }
     }
 }
 
-#define MICRO(R)                                                                                \
+#define MICRO(R)                                                                                    \
     static __attribute__((noinline)) void micro_##R(int k, const float *a, int lda, const float *b, \
                                                     const float *bias, float *c, int ldc, int nc) { \
-        micro(R, k, a, lda, b, bias, c, ldc, nc);                                               \
+        micro(R, k, a, lda, b, bias, c, ldc, nc);                                                   \
     }
-MICRO(1)
-MICRO(2)
-MICRO(3)
-MICRO(4)
-MICRO(5)
-MICRO(6)
+MICRO(1) MICRO(2) MICRO(3) MICRO(4) MICRO(5) MICRO(6) MICRO(7) MICRO(8)
+MICRO(9) MICRO(10) MICRO(11) MICRO(12) MICRO(13) MICRO(14) MICRO(15) MICRO(16)
+#undef MICRO
 
-static void micro_rows(int mr, int k, const float *a, int lda, const float *b, const float *bias,
-                       float *c, int ldc, int nc) {
-    switch (mr) {
-        case 6: micro_6(k, a, lda, b, bias, c, ldc, nc); break;
-        case 5: micro_5(k, a, lda, b, bias, c, ldc, nc); break;
-        case 4: micro_4(k, a, lda, b, bias, c, ldc, nc); break;
-        case 3: micro_3(k, a, lda, b, bias, c, ldc, nc); break;
-        case 2: micro_2(k, a, lda, b, bias, c, ldc, nc); break;
-        default: micro_1(k, a, lda, b, bias, c, ldc, nc); break;
-    }
-}
+typedef void (*micro_fn)(int k, const float *a, int lda, const float *b, const float *bias, float *c,
+                         int ldc, int nc);
+static const micro_fn micros[EI_MR + 1] = {
+    NULL,     micro_1,  micro_2,  micro_3,  micro_4,  micro_5,  micro_6,  micro_7, micro_8,
+    micro_9,  micro_10, micro_11, micro_12, micro_13, micro_14, micro_15, micro_16,
+};
 
 void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, const float *bias,
              float *c, int ldc) {
@@ -156,12 +171,11 @@ void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, cons
             const float *panel = bp + (size_t)(p / EI_NR) * panel_floats;
             const float *pbias = bias ? bias + p : NULL;
             int nc = n - p < EI_NR ? n - p : EI_NR;
-            /* Tiles of equal height (14 rows: 5 + 5 + 4, not 6 + 6 + 2): a short tile
-             * costs nearly as much as a full one. */
+            /* Tiles of equal height (20 rows: 10 + 10, not 16 + 4). */
             int tiles = (i1 - i0 + EI_MR - 1) / EI_MR;
             for (int t = 0, i = i0; t < tiles; t++) {
                 int rows = (i1 - i + (tiles - t) - 1) / (tiles - t);
-                micro_rows(rows, k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
+                micros[rows](k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
                 i += rows;
             }
         }
