@@ -6,8 +6,11 @@
 
 #include "common.h"
 
-/* a * b + c as a multiply and an add (plain SIMD128; see the matrix multiply's notes). */
+/* a * b + c as a multiply and an add (plain SIMD128, the same bits on every host). */
 #define MADD(a, b, c) wasm_f32x4_add(wasm_f32x4_mul((a), (b)), (c))
+/* a * b + c for the matrix multiply: relaxed SIMD, a fused multiply-add where the host
+ * has one (x86-64 with FMA3, aarch64), else a multiply and an add. */
+#define FMA(a, b, c) wasm_f32x4_relaxed_madd((a), (b), (c))
 
 /* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j]. B is packed once into
  * panels of EI_NR columns (k-major: each k holds the panel's EI_NR values in two
@@ -146,8 +149,8 @@ static inline __attribute__((always_inline)) void micro(const int mr, int k, con
 #pragma clang loop unroll(full)
             for (int l = 0; l < 4; l++) {
                 v128_t s = wasm_v128_load(ar + 4 * l);
-                acc0 = MADD(s, bv[2 * l], acc0);
-                acc1 = MADD(s, bv[2 * l + 1], acc1);
+                acc0 = FMA(s, bv[2 * l], acc0);
+                acc1 = FMA(s, bv[2 * l + 1], acc1);
             }
             TILE_STORE(&tile[2 * r], acc0);
             TILE_STORE(&tile[2 * r + 1], acc1);
