@@ -12,7 +12,6 @@
 #include "bert.h"
 #include "common.h"
 #include "graph.h"
-#include "kernels.h"
 #include "profile.h"
 
 #define EXPORT(name) __attribute__((export_name(#name)))
@@ -75,7 +74,6 @@ static int is_graph(const char *config) {
 EXPORT(ei_init) int ei_init(int max_tokens, int max_seq) {
     if (kind != KIND_NONE) return ei_fail("the engine is already initialised");
     if (max_tokens <= 0) return ei_fail("max_tokens must be positive");
-    if (ei_gemm_plan()) return -1;
     const char *config = env_or("EI_CONFIG", MODEL_DIR "/config.json");
     const char *weights = env_or("EI_WEIGHTS", MODEL_DIR "/model.safetensors");
     int graph = is_graph(config);

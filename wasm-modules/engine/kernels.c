@@ -12,13 +12,12 @@
  * has one (x86-64 with FMA3, aarch64), else a multiply and an add. */
 #define FMA(a, b, c) wasm_f32x4_relaxed_madd((a), (b), (c))
 
-/* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j]. B is packed once into
- * panels of EI_NR columns (k-major: each k holds the panel's EI_NR values in two
- * vectors). A is packed on every call, up to PACK_ROWS rows x PACK_K k at a time, with
- * each value broadcast to a whole vector (O(m k) work against the product's O(m n k)). A
- * micro-tile is up to EI_MR rows x 8 columns: per step of 4 k it loads the panel's 8
- * vectors once, then for each row loads its 4 broadcast A values and updates the row's
- * two accumulators (8 multiplies, 8 adds).
+/* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j], A read in place (rows,
+ * k contiguous), B packed once into panels of EI_NR columns (k-major: each k holds the
+ * panel's EI_NR values in two vectors). A micro-tile is up to EI_MR rows x 8 columns: per
+ * step of 4 k it loads the panel's 8 vectors (4 k x 8 columns) once, then for each row
+ * loads one vector of A (4 k), broadcasts its lanes with shuffles and updates the row's
+ * two accumulators (8 fused multiply-adds).
  *
  * Why this shape, measured with wasmtime 50 / Cranelift on x86-64 (see README.md):
  * - the epoch check wasmtime puts at every loop header calls into the runtime on its slow
@@ -30,33 +29,25 @@
  *   first needed. Without a use in between, every load of a step would come first and
  *   the values would not fit the 16 vector registers. The tile is accessed through
  *   volatile pointers, so each row's store pins its arithmetic right after its loads:
- *   8 B vectors, 1 A value, 2 accumulators and a product are live at a time, for any
- *   number of rows;
+ *   8 B vectors, 1 A vector, its broadcasts and 2 accumulators are live at a time, for
+ *   any number of rows;
  * - so the tile can be tall: up to 16 rows share each load of the panel, and a sentence
  *   of up to 16 tokens reads each weight once (the former 6 x 8 register tile made 13
  *   rows three passes of 5 + 4 + 4);
  * - the row loop is unrolled in full (each height is its own function), else the tile
  *   index is dynamic and the loop gets its own epoch check;
- * - broadcasts come from memory, not from shuffles of a loaded vector: the multiplies,
- *   adds and shuffles share the same four vector pipes, the loads do not. Cranelift
- *   folds no vector load into an arithmetic instruction (the v128 -> f32x4 bitcast
- *   prevents it), and v128.load32_splat costs three instructions, so the A values are
- *   stored already broadcast;
- * - separate multiply and add: relaxed-SIMD FMA measured slower here (Cranelift's
- *   vfmadd213ps overwrites a multiplicand, so every reused value is copied first), and
- *   plain SIMD128 keeps results bit-identical on every host. */
+ * - relaxed-SIMD fused multiply-add (vfmadd213ps): half the vector instructions of a
+ *   multiply and an add, and on the FMA pipes, which leaves a pipe free for the
+ *   broadcast shuffles (one instruction each, where v128.load32_splat costs three, and
+ *   Cranelift folds no vector load into an arithmetic instruction: the v128 -> f32x4
+ *   bitcast prevents it). A copy of A stored already broadcast, loaded instead of
+ *   shuffled, measured slower with FMA (faster without). Results differ in the last
+ *   bits between hosts with and without FMA. */
 #define EI_MR 16 /* the micro_1 .. micro_16 instances below */
-/* The packed block of A: PACK_ROWS x PACK_K values, 4 floats each (512 KiB, in L2). The
- * weights of a product stream from memory once per PACK_ROWS rows; k beyond PACK_K is
- * done in slices that add to C. */
-#define PACK_ROWS 64
-#define PACK_K 512
-static float *apack;
-
-int ei_gemm_plan(void) {
-    if (!apack) apack = ei_alloc_floats((size_t)PACK_ROWS * PACK_K * 4);
-    return apack ? 0 : -1;
-}
+/* Rows of A per cache block: MC x k floats of A stay in L2 while every panel of B passes
+ * (a panel, k x EI_NR floats, stays in L1 for k up to ~1000, L2 beyond); up to MC rows,
+ * the weights stream from memory once per product. */
+#define MC 128
 
 static inline int kpad(int k) { return (k + 3) & ~3; }
 
@@ -107,51 +98,35 @@ int ei_packed_matmul(ei_packed *p, const float *b, const float *bias, int k, int
 #define TILE_LOAD(p) (*(const volatile v128_t *)(p))
 #define TILE_STORE(p, v) (*(volatile v128_t *)(p) = (v))
 
-/* One mr x 8 tile of C over k (a multiple of 4), A from its packed block ap
- * ([k/4][mr][4 k][4 copies]). `nc` columns are stored (< 8 at the right edge). The tile
- * starts from the bias, or from C itself (add_c: a later slice of k). mr is a constant
- * in every instance (the row loops unroll). */
-static inline __attribute__((always_inline)) void micro(const int mr, int k, const float *ap,
+/* One mr x 8 tile of C over k (a multiple of 4). `nc` columns are stored (< 8 at the
+ * right edge). mr is a constant in every instance (the row loops unroll). */
+static inline __attribute__((always_inline)) void micro(const int mr, int k, const float *a, int lda,
                                                         const float *b, const float *bias, float *c,
-                                                        int ldc, int nc, int add_c) {
+                                                        int ldc, int nc) {
     v128_t tile[EI_MR * 2];
-    if (add_c) {
+    v128_t bias0 = bias ? wasm_v128_load(bias) : wasm_f32x4_splat(0.0f);
+    v128_t bias1 = bias ? wasm_v128_load(bias + 4) : wasm_f32x4_splat(0.0f);
 #pragma clang loop unroll(full)
-        for (int r = 0; r < mr; r++) {
-            float tmp[EI_NR] __attribute__((aligned(16))) = {0};
-            const float *row = c + (size_t)r * ldc;
-            if (nc == EI_NR) {
-                TILE_STORE(&tile[2 * r], wasm_v128_load(row));
-                TILE_STORE(&tile[2 * r + 1], wasm_v128_load(row + 4));
-            } else {
-                for (int j = 0; j < nc; j++) tmp[j] = row[j];
-                TILE_STORE(&tile[2 * r], wasm_v128_load(tmp));
-                TILE_STORE(&tile[2 * r + 1], wasm_v128_load(tmp + 4));
-            }
-        }
-    } else {
-        v128_t bias0 = bias ? wasm_v128_load(bias) : wasm_f32x4_splat(0.0f);
-        v128_t bias1 = bias ? wasm_v128_load(bias + 4) : wasm_f32x4_splat(0.0f);
-#pragma clang loop unroll(full)
-        for (int r = 0; r < mr; r++) {
-            TILE_STORE(&tile[2 * r], bias0);
-            TILE_STORE(&tile[2 * r + 1], bias1);
-        }
+    for (int r = 0; r < mr; r++) {
+        TILE_STORE(&tile[2 * r], bias0);
+        TILE_STORE(&tile[2 * r + 1], bias1);
     }
-    for (int kk = 0; kk < k; kk += 4, b += 4 * EI_NR, ap += 16 * mr) {
+    for (int kk = 0; kk < k; kk += 4, b += 4 * EI_NR) {
         v128_t bv[8];
 #pragma clang loop unroll(full)
         for (int j = 0; j < 8; j++) bv[j] = wasm_v128_load(b + 4 * j);
 #pragma clang loop unroll(full)
         for (int r = 0; r < mr; r++) {
-            const float *ar = ap + 16 * r;
+            v128_t av = wasm_v128_load(a + (size_t)r * lda + kk);
             v128_t acc0 = TILE_LOAD(&tile[2 * r]), acc1 = TILE_LOAD(&tile[2 * r + 1]);
-#pragma clang loop unroll(full)
-            for (int l = 0; l < 4; l++) {
-                v128_t s = wasm_v128_load(ar + 4 * l);
-                acc0 = FMA(s, bv[2 * l], acc0);
-                acc1 = FMA(s, bv[2 * l + 1], acc1);
-            }
+#define STEP(l)                                        \
+    {                                                  \
+        v128_t s = LANE(av, l);                        \
+        acc0 = FMA(s, bv[2 * (l)], acc0);              \
+        acc1 = FMA(s, bv[2 * (l) + 1], acc1);          \
+    }
+            STEP(0) STEP(1) STEP(2) STEP(3)
+#undef STEP
             TILE_STORE(&tile[2 * r], acc0);
             TILE_STORE(&tile[2 * r + 1], acc1);
         }
@@ -172,59 +147,38 @@ static inline __attribute__((always_inline)) void micro(const int mr, int k, con
     }
 }
 
-#define MICRO(R)                                                                                   \
-    static __attribute__((noinline)) void micro_##R(int k, const float *ap, const float *b,         \
-                                                    const float *bias, float *c, int ldc, int nc,  \
-                                                    int add_c) {                                   \
-        micro(R, k, ap, b, bias, c, ldc, nc, add_c);                                               \
+#define MICRO(R)                                                                                    \
+    static __attribute__((noinline)) void micro_##R(int k, const float *a, int lda, const float *b, \
+                                                    const float *bias, float *c, int ldc, int nc) { \
+        micro(R, k, a, lda, b, bias, c, ldc, nc);                                                   \
     }
 MICRO(1) MICRO(2) MICRO(3) MICRO(4) MICRO(5) MICRO(6) MICRO(7) MICRO(8)
 MICRO(9) MICRO(10) MICRO(11) MICRO(12) MICRO(13) MICRO(14) MICRO(15) MICRO(16)
 #undef MICRO
 
-typedef void (*micro_fn)(int k, const float *ap, const float *b, const float *bias, float *c, int ldc,
-                         int nc, int add_c);
+typedef void (*micro_fn)(int k, const float *a, int lda, const float *b, const float *bias, float *c,
+                         int ldc, int nc);
 static const micro_fn micros[EI_MR + 1] = {
     NULL,     micro_1,  micro_2,  micro_3,  micro_4,  micro_5,  micro_6,  micro_7, micro_8,
     micro_9,  micro_10, micro_11, micro_12, micro_13, micro_14, micro_15, micro_16,
 };
 
-/* rows x k (k a multiple of 4) of A into [k/4][rows][4 k][4 copies]. */
-static void pack_a(const float *a, int lda, int rows, int k, float *dst) {
-    for (int kk = 0; kk < k; kk += 4)
-        for (int r = 0; r < rows; r++, dst += 16) {
-            v128_t v = wasm_v128_load(a + (size_t)r * lda + kk);
-            wasm_v128_store(dst, LANE(v, 0));
-            wasm_v128_store(dst + 4, LANE(v, 1));
-            wasm_v128_store(dst + 8, LANE(v, 2));
-            wasm_v128_store(dst + 12, LANE(v, 3));
-        }
-}
-
 void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, const float *bias,
              float *c, int ldc) {
     k = kpad(k);
     size_t panel_floats = (size_t)EI_NR * k;
-    for (int i0 = 0; i0 < m; i0 += PACK_ROWS) {
-        int i1 = i0 + PACK_ROWS < m ? i0 + PACK_ROWS : m;
-        /* Tiles of equal height (20 rows: 10 + 10, not 16 + 4). */
-        int tiles = (i1 - i0 + EI_MR - 1) / EI_MR, rows[PACK_ROWS / EI_MR];
-        for (int t = 0, left = i1 - i0; t < tiles; t++) {
-            rows[t] = (left + (tiles - t) - 1) / (tiles - t);
-            left -= rows[t];
-        }
-        for (int k0 = 0; k0 < k; k0 += PACK_K) {
-            int kc = k - k0 < PACK_K ? k - k0 : PACK_K;
-            float *dst = apack;
-            for (int t = 0, i = i0; t < tiles; i += rows[t], dst += (size_t)rows[t] * kc * 4, t++)
-                pack_a(a + (size_t)i * lda + k0, lda, rows[t], kc, dst);
-            for (int p = 0; p < n; p += EI_NR) {
-                const float *panel = bp + (size_t)(p / EI_NR) * panel_floats + (size_t)k0 * EI_NR;
-                const float *pbias = bias ? bias + p : NULL;
-                int nc = n - p < EI_NR ? n - p : EI_NR;
-                const float *ap = apack;
-                for (int t = 0, i = i0; t < tiles; i += rows[t], ap += (size_t)rows[t] * kc * 4, t++)
-                    micros[rows[t]](kc, ap, panel, pbias, c + (size_t)i * ldc + p, ldc, nc, k0 > 0);
+    for (int i0 = 0; i0 < m; i0 += MC) {
+        int i1 = i0 + MC < m ? i0 + MC : m;
+        for (int p = 0; p < n; p += EI_NR) {
+            const float *panel = bp + (size_t)(p / EI_NR) * panel_floats;
+            const float *pbias = bias ? bias + p : NULL;
+            int nc = n - p < EI_NR ? n - p : EI_NR;
+            /* Tiles of equal height (20 rows: 10 + 10, not 16 + 4). */
+            int tiles = (i1 - i0 + EI_MR - 1) / EI_MR;
+            for (int t = 0, i = i0; t < tiles; t++) {
+                int rows = (i1 - i + (tiles - t) - 1) / (tiles - t);
+                micros[rows](k, a + (size_t)i * lda, lda, panel, pbias, c + (size_t)i * ldc + p, ldc, nc);
+                i += rows;
             }
         }
     }

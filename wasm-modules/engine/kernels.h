@@ -25,9 +25,6 @@ void ei_pack_kn(const float *b, int ldb, int k, int n, float *dst);
 int ei_packed_linear(ei_packed *p, const float *w, const float *bias, int n, int k);
 int ei_packed_matmul(ei_packed *p, const float *b, const float *bias, int k, int n);
 
-/* Allocates the matrix multiply's packing buffer (once; ei_init calls it before any
- * product). 0 or -1. */
-int ei_gemm_plan(void);
 /* C[m][n] = A[m][k] @ B (+ bias), A row stride lda, C row stride ldc. A's rows are read
  * in whole vectors up to k rounded up to 4: when k is not a multiple of 4 the values
  * past k must be finite (zeros), as NaN * 0 is NaN. */
