@@ -8,8 +8,9 @@
 
 /* a * b + c as a multiply and an add (plain SIMD128, the same bits on every host). */
 #define MADD(a, b, c) wasm_f32x4_add(wasm_f32x4_mul((a), (b)), (c))
-/* a * b + c for the matrix multiply: relaxed SIMD, a fused multiply-add where the host
- * has one (x86-64 with FMA3, aarch64), else a multiply and an add. */
+/* a * b + c for the matrix multiply and the polynomials of exp / erf: relaxed SIMD, a
+ * fused multiply-add where the host has one (x86-64 with FMA3, aarch64), else a
+ * multiply and an add. */
 #define FMA(a, b, c) wasm_f32x4_relaxed_madd((a), (b), (c))
 
 /* The matrix multiply: C[i][j] = sum_k A[i][k] B[k][j] + bias[j], A read in place (rows,
@@ -203,33 +204,36 @@ static inline float hmax(v128_t v) {
 static inline v128_t vexp(v128_t x) {
     x = wasm_f32x4_pmin(wasm_f32x4_splat(88.3762626647949f), x);
     x = wasm_f32x4_pmax(wasm_f32x4_splat(-87.3f), x);
-    v128_t fx = wasm_f32x4_floor(MADD(x, wasm_f32x4_splat(1.44269504088896341f), wasm_f32x4_splat(0.5f)));
-    x = MADD(fx, wasm_f32x4_splat(-0.693359375f), x);
-    x = MADD(fx, wasm_f32x4_splat(2.12194440e-4f), x);
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick: t holds n in its low mantissa bits,
+     * which also give 2^n below with an integer add and shift (no float -> int
+     * conversion, whose saturating form is long on x86). */
+    v128_t t = FMA(x, wasm_f32x4_splat(1.44269504088896341f), wasm_f32x4_splat(12582912.0f));
+    v128_t fx = wasm_f32x4_sub(t, wasm_f32x4_splat(12582912.0f));
+    x = FMA(fx, wasm_f32x4_splat(-0.693359375f), x);
+    x = FMA(fx, wasm_f32x4_splat(2.12194440e-4f), x);
     v128_t y = wasm_f32x4_splat(1.9875691500e-4f);
-    y = MADD(y, x, wasm_f32x4_splat(1.3981999507e-3f));
-    y = MADD(y, x, wasm_f32x4_splat(8.3334519073e-3f));
-    y = MADD(y, x, wasm_f32x4_splat(4.1665795894e-2f));
-    y = MADD(y, x, wasm_f32x4_splat(1.6666665459e-1f));
-    y = MADD(y, x, wasm_f32x4_splat(5.0000001201e-1f));
-    y = MADD(y, wasm_f32x4_mul(x, x), wasm_f32x4_add(x, wasm_f32x4_splat(1.0f)));
-    v128_t n = wasm_i32x4_trunc_sat_f32x4(fx);
-    v128_t pow2 = wasm_i32x4_shl(wasm_i32x4_add(n, wasm_i32x4_splat(127)), 23);
+    y = FMA(y, x, wasm_f32x4_splat(1.3981999507e-3f));
+    y = FMA(y, x, wasm_f32x4_splat(8.3334519073e-3f));
+    y = FMA(y, x, wasm_f32x4_splat(4.1665795894e-2f));
+    y = FMA(y, x, wasm_f32x4_splat(1.6666665459e-1f));
+    y = FMA(y, x, wasm_f32x4_splat(5.0000001201e-1f));
+    y = FMA(y, wasm_f32x4_mul(x, x), wasm_f32x4_add(x, wasm_f32x4_splat(1.0f)));
+    v128_t pow2 = wasm_i32x4_shl(wasm_i32x4_add(t, wasm_i32x4_splat(127 - 0x4B400000)), 23);
     return wasm_f32x4_mul(y, pow2);
 }
 
 /* erf by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7). */
 static inline v128_t verf(v128_t x) {
     v128_t ax = wasm_f32x4_abs(x);
-    v128_t t = wasm_f32x4_div(wasm_f32x4_splat(1.0f), MADD(ax, wasm_f32x4_splat(0.3275911f), wasm_f32x4_splat(1.0f)));
+    v128_t t = wasm_f32x4_div(wasm_f32x4_splat(1.0f), FMA(ax, wasm_f32x4_splat(0.3275911f), wasm_f32x4_splat(1.0f)));
     v128_t p = wasm_f32x4_splat(1.061405429f);
-    p = MADD(p, t, wasm_f32x4_splat(-1.453152027f));
-    p = MADD(p, t, wasm_f32x4_splat(1.421413741f));
-    p = MADD(p, t, wasm_f32x4_splat(-0.284496736f));
-    p = MADD(p, t, wasm_f32x4_splat(0.254829592f));
+    p = FMA(p, t, wasm_f32x4_splat(-1.453152027f));
+    p = FMA(p, t, wasm_f32x4_splat(1.421413741f));
+    p = FMA(p, t, wasm_f32x4_splat(-0.284496736f));
+    p = FMA(p, t, wasm_f32x4_splat(0.254829592f));
     p = wasm_f32x4_mul(p, t);
     v128_t e = vexp(wasm_f32x4_neg(wasm_f32x4_mul(ax, ax)));
-    v128_t y = wasm_f32x4_sub(wasm_f32x4_splat(1.0f), wasm_f32x4_mul(p, e));
+    v128_t y = FMA(wasm_f32x4_neg(p), e, wasm_f32x4_splat(1.0f));
     /* copy the sign of x */
     v128_t sign = wasm_v128_and(x, wasm_i32x4_splat((int)0x80000000));
     return wasm_v128_or(y, sign);
