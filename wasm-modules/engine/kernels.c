@@ -56,17 +56,56 @@ size_t ei_packed_floats(int n, int k) {
     return (size_t)((n + EI_NR - 1) / EI_NR) * EI_NR * (size_t)kpad(k);
 }
 
-/* dst[p][k][c] = B(k, column p EI_NR + c), zero outside n x k (k padded to 4). */
-static void pack(const float *src, size_t col_stride, size_t k_stride, int n, int k, float *dst) {
+/* dst[p][k][c] = B(k, column p EI_NR + c), zero outside n x k (k padded to 4); panels
+ * from column p0 on. */
+static void pack(const float *src, size_t col_stride, size_t k_stride, int p0, int n, int k, float *dst) {
     int k4 = kpad(k);
-    for (int p = 0; p < n; p += EI_NR)
+    dst += (size_t)p0 * k4;
+    for (int p = p0; p < n; p += EI_NR)
         for (int kk = 0; kk < k4; kk++)
             for (int c = 0; c < EI_NR; c++)
                 *dst++ = (p + c < n && kk < k) ? src[(size_t)(p + c) * col_stride + (size_t)kk * k_stride] : 0.0f;
 }
 
-void ei_pack_nk(const float *w, int ldw, int n, int k, float *dst) { pack(w, (size_t)ldw, 1, n, k, dst); }
-void ei_pack_kn(const float *b, int ldb, int k, int n, float *dst) { pack(b, 1, (size_t)ldb, n, k, dst); }
+/* The attention packs K and V of every head on every call, so both have a vector path
+ * for whole panels: W[n][k] is transposed 4 x 4 at a time with shuffles, B[k][n] rows
+ * are copied 8 floats at a time; a ragged last panel goes through pack(). */
+void ei_pack_nk(const float *w, int ldw, int n, int k, float *dst) {
+    int full = k % 4 ? 0 : n / EI_NR * EI_NR;
+    float *out = dst;
+    for (int p = 0; p < full; p += EI_NR, out += (size_t)EI_NR * k)
+        for (int h = 0; h < EI_NR; h += 4) {
+            const float *r0 = w + (size_t)(p + h) * ldw, *r1 = r0 + ldw, *r2 = r1 + ldw, *r3 = r2 + ldw;
+            for (int kk = 0; kk < k; kk += 4) {
+                v128_t a = wasm_v128_load(r0 + kk), b = wasm_v128_load(r1 + kk);
+                v128_t c = wasm_v128_load(r2 + kk), d = wasm_v128_load(r3 + kk);
+                v128_t ab0 = wasm_i32x4_shuffle(a, b, 0, 4, 1, 5), ab1 = wasm_i32x4_shuffle(a, b, 2, 6, 3, 7);
+                v128_t cd0 = wasm_i32x4_shuffle(c, d, 0, 4, 1, 5), cd1 = wasm_i32x4_shuffle(c, d, 2, 6, 3, 7);
+                float *o = out + (size_t)kk * EI_NR + h;
+                wasm_v128_store(o, wasm_i64x2_shuffle(ab0, cd0, 0, 2));
+                wasm_v128_store(o + EI_NR, wasm_i64x2_shuffle(ab0, cd0, 1, 3));
+                wasm_v128_store(o + 2 * EI_NR, wasm_i64x2_shuffle(ab1, cd1, 0, 2));
+                wasm_v128_store(o + 3 * EI_NR, wasm_i64x2_shuffle(ab1, cd1, 1, 3));
+            }
+        }
+    pack(w, (size_t)ldw, 1, full, n, k, dst);
+}
+
+void ei_pack_kn(const float *b, int ldb, int k, int n, float *dst) {
+    int full = n / EI_NR * EI_NR, k4 = kpad(k);
+    float *out = dst;
+    for (int p = 0; p < full; p += EI_NR)
+        for (int kk = 0; kk < k4; kk++, out += EI_NR) {
+            v128_t lo = wasm_f32x4_splat(0.0f), hi = lo;
+            if (kk < k) {
+                lo = wasm_v128_load(b + (size_t)kk * ldb + p);
+                hi = wasm_v128_load(b + (size_t)kk * ldb + p + 4);
+            }
+            wasm_v128_store(out, lo);
+            wasm_v128_store(out + 4, hi);
+        }
+    pack(b, 1, (size_t)ldb, full, n, k, dst);
+}
 
 static int alloc_packed(ei_packed *p, const float *bias, int n, int k) {
     p->n = n;
