@@ -361,6 +361,43 @@ void ei_layernorm(float *x, const float *residual, int rows, int n, const float 
     }
 }
 
+/* Every lane: the max / sum of the four lanes (shuffles, no lane extraction). */
+static inline v128_t allmax(v128_t v) {
+    v = wasm_f32x4_pmax(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+    return wasm_f32x4_pmax(v, wasm_i32x4_shuffle(v, v, 1, 0, 3, 2));
+}
+static inline v128_t allsum(v128_t v) {
+    v = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+    return wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 1, 0, 3, 2));
+}
+
+void ei_softmax_rows(float *s, int rows, int n, int ld, float scale, const float *bias) {
+    int n4 = (n + 3) & ~3;
+    v128_t sc = wasm_f32x4_splat(scale), ninf = wasm_f32x4_splat(-INFINITY);
+    /* The lanes of the last vector that hold columns below n. */
+    v128_t keep = wasm_i32x4_lt(wasm_i32x4_make(0, 1, 2, 3), wasm_i32x4_splat(n - (n4 - 4)));
+    for (int r = 0; r < rows; r++) {
+        float *row = s + (size_t)r * ld;
+        v128_t mx = ninf;
+        for (int i = 0; i < n4; i += 4) {
+            v128_t v = wasm_f32x4_mul(wasm_v128_load(row + i), sc);
+            if (bias) v = wasm_f32x4_add(v, wasm_v128_load(bias + i));
+            if (i == n4 - 4) v = wasm_v128_bitselect(v, ninf, keep);
+            wasm_v128_store(row + i, v);
+            mx = wasm_f32x4_pmax(mx, v);
+        }
+        v128_t m = allmax(mx), acc = wasm_f32x4_splat(0.0f);
+        for (int i = 0; i < n4; i += 4) {
+            v128_t e = vexp(wasm_f32x4_sub(wasm_v128_load(row + i), m));
+            if (i == n4 - 4) e = wasm_v128_and(e, keep);
+            wasm_v128_store(row + i, e);
+            acc = wasm_f32x4_add(acc, e);
+        }
+        v128_t inv = wasm_f32x4_div(wasm_f32x4_splat(1.0f), allsum(acc));
+        for (int i = 0; i < n4; i += 4) wasm_v128_store(row + i, wasm_f32x4_mul(wasm_v128_load(row + i), inv));
+    }
+}
+
 void ei_softmax(float *s, int n, float scale, const float *bias) {
     v128_t sc = wasm_f32x4_splat(scale), mx = wasm_f32x4_splat(-INFINITY);
     int i = 0;
