@@ -32,8 +32,8 @@
  *   volatile pointers, so each row's store pins its arithmetic right after its loads:
  *   8 B vectors, 1 A vector, its broadcasts and 2 accumulators are live at a time, for
  *   any number of rows;
- * - so the tile can be tall: up to 16 rows share each load of the panel, and a sentence
- *   of up to 16 tokens reads each weight once (the former 6 x 8 register tile made 13
+ * - so the tile can be tall: up to 32 rows share each load of the panel, and a sentence
+ *   of up to 32 tokens reads each weight once (the former 6 x 8 register tile made 13
  *   rows three passes of 5 + 4 + 4);
  * - the row loop is unrolled in full (each height is its own function), else the tile
  *   index is dynamic and the loop gets its own epoch check;
@@ -44,7 +44,7 @@
  *   bitcast prevents it). A copy of A stored already broadcast, loaded instead of
  *   shuffled, measured slower with FMA (faster without). Results differ in the last
  *   bits between hosts with and without FMA. */
-#define EI_MR 16 /* the micro_1 .. micro_16 instances below */
+#define EI_MR 32 /* the micro_1 .. micro_32 instances below */
 /* Rows of A per cache block: MC x k floats of A stay in L2 while every panel of B passes
  * (a panel, k x EI_NR floats, stays in L1 for k up to ~1000, L2 beyond); up to MC rows,
  * the weights stream from memory once per product. */
@@ -194,6 +194,8 @@ static inline __attribute__((always_inline)) void micro(const int mr, int k, con
     }
 MICRO(1) MICRO(2) MICRO(3) MICRO(4) MICRO(5) MICRO(6) MICRO(7) MICRO(8)
 MICRO(9) MICRO(10) MICRO(11) MICRO(12) MICRO(13) MICRO(14) MICRO(15) MICRO(16)
+MICRO(17) MICRO(18) MICRO(19) MICRO(20) MICRO(21) MICRO(22) MICRO(23) MICRO(24)
+MICRO(25) MICRO(26) MICRO(27) MICRO(28) MICRO(29) MICRO(30) MICRO(31) MICRO(32)
 #undef MICRO
 
 typedef void (*micro_fn)(int k, const float *a, int lda, const float *b, const float *bias, float *c,
@@ -201,6 +203,8 @@ typedef void (*micro_fn)(int k, const float *a, int lda, const float *b, const f
 static const micro_fn micros[EI_MR + 1] = {
     NULL,     micro_1,  micro_2,  micro_3,  micro_4,  micro_5,  micro_6,  micro_7, micro_8,
     micro_9,  micro_10, micro_11, micro_12, micro_13, micro_14, micro_15, micro_16,
+    micro_17, micro_18, micro_19, micro_20, micro_21, micro_22, micro_23, micro_24,
+    micro_25, micro_26, micro_27, micro_28, micro_29, micro_30, micro_31, micro_32,
 };
 
 void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, const float *bias,
@@ -213,7 +217,7 @@ void ei_gemm(int m, int n, int k, const float *a, int lda, const float *bp, cons
             const float *panel = bp + (size_t)(p / EI_NR) * panel_floats;
             const float *pbias = bias ? bias + p : NULL;
             int nc = n - p < EI_NR ? n - p : EI_NR;
-            /* Tiles of equal height (20 rows: 10 + 10, not 16 + 4). */
+            /* Tiles of equal height (40 rows: 20 + 20, not 32 + 8). */
             int tiles = (i1 - i0 + EI_MR - 1) / EI_MR;
             for (int t = 0, i = i0; t < tiles; t++) {
                 int rows = (i1 - i + (tiles - t) - 1) / (tiles - t);
