@@ -192,11 +192,7 @@ static void attention(int start, int len, const int *mask) {
         /* Rows of the probabilities are padded to a multiple of 4 with zeros: ei_gemm
          * reads A in whole vectors. */
         ei_gemm(len, len, d, q, ld, M.kpack, NULL, M.scores, len4);
-        for (int i = 0; i < len; i++) {
-            float *row = M.scores + (size_t)i * len4;
-            ei_softmax(row, len, scale, M.keybias);
-            for (int j = len; j < len4; j++) row[j] = 0.0f;
-        }
+        ei_softmax_rows(M.scores, len, len, len4, scale, M.keybias);
         ei_gemm(len, d, len, M.scores, len4, M.vpack, NULL, M.ctx + (size_t)start * H + h * d, H);
     }
 }

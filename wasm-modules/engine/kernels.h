@@ -40,6 +40,10 @@ void ei_layernorm(float *x, const float *residual, int rows, int n, const float 
 void ei_gelu_erf(float *x, size_t n);     /* x * 0.5 * (1 + erf(x / sqrt(2))) */
 /* s[0..n) = softmax(s * scale + bias) (bias may be NULL). */
 void ei_softmax(float *s, int n, float scale, const float *bias);
+/* The same over `rows` rows of n values, row stride ld >= n rounded up to 4: rows are
+ * processed in whole vectors and the padding columns come out as zeros (bias, if any,
+ * is read up to n rounded up to 4). */
+void ei_softmax_rows(float *s, int rows, int n, int ld, float scale, const float *bias);
 
 /* Element-wise maps used by the graph engine (in place allowed). */
 void ei_exp(const float *x, float *y, size_t n);
