@@ -57,6 +57,7 @@ def profile_command(
         "tier",
         "status",
         "cold start",
+        "first start",
         "p50/p95 @1",
         "p95 @target",
         "tokens/s",
@@ -70,18 +71,17 @@ def profile_command(
         ):
             p = o.profile
             if p is None:
-                table.add_row(o.model, o.tier, o.status, "", "", "", "", "", o.reason)
+                table.add_row(o.model, o.tier, o.status, "", "", "", "", "", "", o.reason)
                 err.print(f"{o.model} {o.tier}: {o.status} ({o.reason})", highlight=False)
                 continue
             first, last = p.points[0], p.points[-1]
             phases = " ".join(f"{k} {v * 1000:.0f}" for k, v in p.cold_start.items())
-            if p.first_start_s is not None:
-                phases += f"; first start {p.first_start_s * 1000:.0f}"
             table.add_row(
                 o.model,
                 o.tier,
                 o.status,
                 f"{p.cold_start_s * 1000:.0f} ms ({phases})",
+                "-" if p.first_start_s is None else f"{p.first_start_s * 1000:.0f} ms",
                 f"{first.p50_ms:.1f}/{first.p95_ms:.1f} ms",
                 f"{last.p95_ms:.1f} ms @{last.concurrency}" if len(p.points) > 1 else "-",
                 f"{p.tokens_per_s:.1f}" if p.tokens_per_s else "-",

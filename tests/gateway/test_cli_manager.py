@@ -137,7 +137,7 @@ def test_profile_measures_stores_and_reuses(tmp_path: Path) -> None:
         # Two starts: the first (which may fill caches) is kept apart from the cold
         # start the policy plans with.
         assert profile.first_start_s is not None and profile.first_start_s > 0
-        assert f"first start {profile.first_start_s * 1000:.0f}" in r.output
+        assert f"{profile.first_start_s * 1000:.0f} ms" in r.output
         assert [p.concurrency for p in profile.points] == [1, 2]
         assert profile.points[0].requests == 6 and profile.points[0].p95_ms > 0
         assert profile.memory_mib > 0
