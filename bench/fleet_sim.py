@@ -411,6 +411,7 @@ def run(
         by_family[m.family][1] += ok
     managed = policy.startswith("manager")
     own = packed_gpu_hours(intervals) if managed else whole_gpu_hours(intervals)
+    peak = peak_gpus(intervals)
     cpu_core_h = sum((min(e, DAY) - s) * t.cores for s, e, t in intervals if not t.gpu) / 3600
     return {
         "slo_attainment": round(within / max(1, total), 5),
@@ -420,8 +421,8 @@ def run(
         "cpu_core_hours": round(cpu_core_h, 1),
         "requests": total,
         "slo_by_task": {f: round(ok / max(1, n), 4) for f, (n, ok) in by_family.items()},
-        "gpus_peak": peak_gpus(intervals),
-        "fits_gpus": peak_gpus(intervals) <= GPUS,
+        "gpus_peak": peak,
+        "fits_gpus": peak <= GPUS,
         **({"moves": moves} if managed else {}),
     }
 

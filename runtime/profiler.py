@@ -176,8 +176,8 @@ async def measure(
         # The first start may build what later starts find cached (an ONNX graph from
         # safetensors, a compiled WASM module): it is recorded apart, and the cold start
         # the policy plans with is the next one, what a replica scaling from zero sees.
-        first = await _start(spawner, spec, clock, tier, session, ready_timeout)
-        await first[0].stop(grace=10)
+        primer, first = await _start(spawner, spec, clock, tier, session, ready_timeout)
+        await primer.stop(grace=10)
         replica, cold = await _start(spawner, spec, clock, tier, session, ready_timeout)
         try:
             async with session.get(f"{replica.url}/v2/health/ready") as r:
@@ -204,7 +204,7 @@ async def measure(
         measured_at=time.time(),
         workload=work.description,
         cold_start={k: round(v, 4) for k, v in cold.phases.items()},
-        first_start_s=round(sum(first[1].phases.values()), 4),
+        first_start_s=round(sum(first.phases.values()), 4),
         points=tuple(points),
         memory_mib=round(memory, 1),
         rss_mib=round(rss, 1),
