@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from runtime.artifacts import resolve_artifact
 from runtime.devices import cuda_available, resident_memory_bytes
@@ -32,6 +32,7 @@ __all__ = [
     "check_batch",
     "create_runtime",
     "cuda_runtimes",
+    "import_registered",
     "registered_runtimes",
     "resolve_device",
     "runtime_class",
@@ -162,17 +163,22 @@ def cuda_runtimes() -> frozenset[RuntimeName]:
     return frozenset(found)
 
 
-def runtime_class(name: RuntimeName) -> type[Runtime]:
-    """The implementation of a runtime, imported on first use."""
-    target = _REGISTRY.get(name)
+def import_registered(target: str | None, what: str) -> Any:
+    """What a registry entry names as ``module:attribute``, imported on first use;
+    RuntimeUnavailable naming ``what`` when this build has no entry or cannot import it."""
     if target is None:
-        raise RuntimeUnavailable(f"runtime {name.value!r} is not available in this build")
+        raise RuntimeUnavailable(f"{what} is not available in this build")
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RuntimeUnavailable(f"runtime {name.value!r} cannot be imported here: {exc}") from exc
-    cls: type[Runtime] = getattr(module, attr)
+        raise RuntimeUnavailable(f"{what} cannot be imported here: {exc}") from exc
+    return getattr(module, attr)
+
+
+def runtime_class(name: RuntimeName) -> type[Runtime]:
+    """The implementation of a runtime, imported on first use."""
+    cls: type[Runtime] = import_registered(_REGISTRY.get(name), f"runtime {name.value!r}")
     return cls
 
 

@@ -12,11 +12,10 @@ Adding an ABI: add a value to :class:`runtime.wasm.package.Abi`, write a subclas
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncGenerator
 
-from runtime.backend import LoadPhases
-from runtime.errors import RuntimeUnavailable, UnsupportedTask
+from runtime.backend import LoadPhases, import_registered
+from runtime.errors import UnsupportedTask
 from runtime.spec import ModelSpec
 from runtime.types import Embeddings, GenerateRequest, Tensor, TensorSpec, TokenChunk
 from runtime.wasm.host import WasmHost
@@ -83,13 +82,5 @@ class GuestAbi:
 
 
 def abi_class(abi: Abi) -> type[GuestAbi]:
-    target = _ABIS.get(abi)
-    if target is None:
-        raise RuntimeUnavailable(f"WASM ABI {abi.value!r} is not available in this build")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"WASM ABI {abi.value!r} cannot be imported here: {exc}") from exc
-    cls: type[GuestAbi] = getattr(module, attr)
+    cls: type[GuestAbi] = import_registered(_ABIS.get(abi), f"WASM ABI {abi.value!r}")
     return cls
