@@ -204,11 +204,7 @@ class SpinGuest(GuestAbi):
                 _complete(runtime, GenerateRequest(prompt=prompt, params=sampling))
             )
         except EdgeInferError as exc:
-            if isinstance(exc, DeadlineExceeded):
-                state.fail(exc)
-                raise
-            kind = "invalid-input" if isinstance(exc, BadInput) else "runtime-error"
-            return wc.Variant(kind, exc.message)
+            return _llm_error(state, exc)
         return _record(
             text=text,
             usage=_record(prompt_token_count=prompt_tokens, generated_token_count=generated),
@@ -223,11 +219,7 @@ class SpinGuest(GuestAbi):
         try:
             result = state.wait(runtime.embed(list(texts)))
         except EdgeInferError as exc:
-            if isinstance(exc, DeadlineExceeded):
-                state.fail(exc)
-                raise
-            kind = "invalid-input" if isinstance(exc, BadInput) else "runtime-error"
-            return wc.Variant(kind, exc.message)
+            return _llm_error(state, exc)
         return _record(
             embeddings=[[float(x) for x in row] for row in result.vectors],
             usage=_record(prompt_token_count=result.prompt_tokens),
@@ -303,6 +295,16 @@ class SpinGuest(GuestAbi):
         response = await self.pool.call(self._call, body)
         vectors = np.asarray(response["embeddings"], dtype=np.float32)
         return Embeddings(vectors=vectors, prompt_tokens=int(response.get("prompt_tokens", 0)))
+
+
+def _llm_error(state: SpinCall, exc: EdgeInferError) -> Any:
+    """A host model call's failure as fermyon:spin/llm's error variant; past the
+    deadline the call is failed and the error raised instead, which stops the guest."""
+    if isinstance(exc, DeadlineExceeded):
+        state.fail(exc)
+        raise exc
+    kind = "invalid-input" if isinstance(exc, BadInput) else "runtime-error"
+    return wc.Variant(kind, exc.message)
 
 
 async def _complete(runtime: Runtime, request: GenerateRequest) -> tuple[str, int, int]:
