@@ -76,11 +76,12 @@ async def sleeper_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def run_sleeper(port: int) -> None:
+def serve(app: Any, port: int) -> None:
+    """Run an ASGI app on uvicorn (uvloop, httptools) on loopback."""
     import uvicorn
 
     uvicorn.run(
-        sleeper_app,
+        app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
@@ -91,14 +92,16 @@ def run_sleeper(port: int) -> None:
     )
 
 
+def run_sleeper(port: int) -> None:
+    serve(sleeper_app, port)
+
+
 # -- the reference proxies the issue compares against ----------------------------------
 
 
 def run_reference(kind: str, port: int, upstream: str) -> None:
     """A proxy as one would write it with common parts: uvicorn, a pooled aiohttp
     session, and either a bare ASGI app (``bare``) or a FastAPI route (``fastapi``)."""
-    import uvicorn
-
     session: aiohttp.ClientSession | None = None
 
     async def relay(method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
@@ -129,16 +132,7 @@ def run_reference(kind: str, port: int, upstream: str) -> None:
         status, payload, ctype = await relay("POST", "/" + path, await request.body())
         return Response(payload, status_code=status, media_type=ctype)
 
-    uvicorn.run(
-        bare if kind == "bare" else api,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-    )
+    serve(bare if kind == "bare" else api, port)
 
 
 # -- processes ----------------------------------------------------------------------
