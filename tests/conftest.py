@@ -86,22 +86,25 @@ def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workers")
 
 
-def _session_worker(model: str, logs: Path, *args: str) -> Iterator[WorkerProcess]:
-    worker = start_worker(model, logs, *args)
+def running_worker(
+    model: str, logs: Path, *args: str, ready_timeout: float = 180.0
+) -> Iterator[WorkerProcess]:
+    """A worker for a fixture to yield from: started, then stopped cleanly after use."""
+    worker = start_worker(model, logs, *args, ready_timeout=ready_timeout)
     yield worker
     worker.stop_cleanly()
 
 
 @pytest.fixture(scope="session")
 def smollm2_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
-    yield from _session_worker("smollm2", worker_logs)
+    yield from running_worker("smollm2", worker_logs)
 
 
 @pytest.fixture(scope="session")
 def minilm_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
-    yield from _session_worker("minilm", worker_logs)
+    yield from running_worker("minilm", worker_logs)
 
 
 @pytest.fixture(scope="session")
 def magika_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
-    yield from _session_worker("magika", worker_logs)
+    yield from running_worker("magika", worker_logs)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import openai
 import pytest
 
 from runtime.devices import cuda_available
 from tests.conftest import start_worker
+from tests.runtime.worker.conftest import client
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,8 +24,7 @@ def test_llama_offloads_to_the_gpu(tmp_path: Path) -> None:
         pytest.skip("this llama-cpp-python build has no GPU offload (CMAKE_ARGS=-DGGML_CUDA=on)")
     worker = start_worker("smollm2", tmp_path, "--device", "cuda")
     try:
-        client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key="x", max_retries=0)
-        got = client.completions.create(
+        got = client(worker).completions.create(
             model="smollm2", prompt="1, 2, 3,", max_tokens=8, temperature=0
         )
         assert got.usage is not None and got.usage.completion_tokens == 8
@@ -41,8 +40,7 @@ def test_onnx_on_the_cuda_provider(tmp_path: Path) -> None:
         pytest.skip("this onnxruntime build has no CUDAExecutionProvider (onnxruntime-gpu)")
     worker = start_worker("minilm", tmp_path, "--device", "cuda")
     try:
-        client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key="x", max_retries=0)
-        got = client.embeddings.create(model="minilm", input=["a GPU embedding"])
+        got = client(worker).embeddings.create(model="minilm", input=["a GPU embedding"])
         assert len(got.data[0].embedding) == 384
         assert "on onnx/cuda" in worker.output()
     finally:

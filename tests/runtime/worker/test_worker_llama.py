@@ -12,15 +12,12 @@ import openai
 import pytest
 
 from tests.conftest import WorkerProcess, start_worker
+from tests.runtime.worker.conftest import chat_against_raw, client
 
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "Name three colours."}]
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
-
-
-def client(worker: WorkerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{worker.url}/v1", api_key="unused", max_retries=0)
 
 
 def metric(worker: WorkerProcess, name: str) -> float:
@@ -30,20 +27,8 @@ def metric(worker: WorkerProcess, name: str) -> float:
 
 
 def test_chat_matches_raw_llama_cpp(smollm2_worker: WorkerProcess, raw_llama) -> None:  # type: ignore[no-untyped-def]
-    got = client(smollm2_worker).chat.completions.create(
-        model="smollm2",
-        messages=QUESTION,
-        max_tokens=24,
-        temperature=0,  # type: ignore[arg-type]
-    )
-    want = raw_llama.create_chat_completion(
-        QUESTION, max_tokens=24, temperature=0, repeat_penalty=1.0
-    )
-    assert got.choices[0].message.content == want["choices"][0]["message"]["content"]
+    got, want = chat_against_raw(smollm2_worker, "smollm2", QUESTION, raw_llama)
     assert got.choices[0].finish_reason == want["choices"][0]["finish_reason"]
-    assert got.usage is not None
-    assert got.usage.prompt_tokens == want["usage"]["prompt_tokens"]
-    assert got.usage.completion_tokens == want["usage"]["completion_tokens"]
 
 
 def test_streaming_chat_token_by_token(smollm2_worker: WorkerProcess) -> None:

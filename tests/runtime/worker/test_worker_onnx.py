@@ -14,12 +14,9 @@ from tritonclient.utils import InferenceServerException
 
 from tests.conftest import WorkerProcess
 from tests.runtime.test_minilm import MODEL_DIR, SENTENCES, _feeds, reference_embeddings
+from tests.runtime.worker.conftest import client
 
 pytestmark = pytest.mark.slow
-
-
-def client(worker: WorkerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{worker.url}/v1", api_key="unused", max_retries=0)
 
 
 def test_embeddings_match_the_fp32_reference(minilm_worker: WorkerProcess) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import openai
 import pytest
 import yaml
 
@@ -18,7 +17,8 @@ from runtime.errors import GuestLinkError
 from runtime.settings import Settings
 from runtime.spec import load_config
 from runtime.wasm.build import build_guest, guests_dir
-from tests.conftest import WorkerProcess, start_worker
+from tests.conftest import WorkerProcess, running_worker
+from tests.runtime.worker.conftest import chat_against_raw, client
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,8 @@ PACKAGES = guests_dir() / "packages" / "models.yaml"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def client(worker: WorkerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{worker.url}/v1", api_key="unused", max_retries=0)
-
-
 def _worker(model: str, logs: Path, config: Path = PACKAGES) -> Iterator[WorkerProcess]:
-    worker = start_worker(model, logs, "--config", str(config), ready_timeout=600)
-    yield worker
-    worker.stop_cleanly()
+    return running_worker(model, logs, "--config", str(config), ready_timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +46,7 @@ def spin_embed_worker(worker_logs: Path) -> Iterator[WorkerProcess]:
 
 
 def test_wasi_nn_chat_matches_raw_llama_cpp(wasi_nn_worker: WorkerProcess, raw_llama) -> None:  # type: ignore[no-untyped-def]
-    got = client(wasi_nn_worker).chat.completions.create(
-        model="smollm2-wasi-nn",
-        messages=QUESTION,
-        max_tokens=24,
-        temperature=0,  # type: ignore[arg-type]
-    )
-    want = raw_llama.create_chat_completion(
-        QUESTION, max_tokens=24, temperature=0, repeat_penalty=1.0
-    )
-    assert got.choices[0].message.content == want["choices"][0]["message"]["content"]
-    assert got.usage is not None
-    assert got.usage.prompt_tokens == want["usage"]["prompt_tokens"]
-    assert got.usage.completion_tokens == want["usage"]["completion_tokens"]
+    chat_against_raw(wasi_nn_worker, "smollm2-wasi-nn", QUESTION, raw_llama)
 
 
 def test_wasi_nn_streams_token_by_token(wasi_nn_worker: WorkerProcess) -> None:
