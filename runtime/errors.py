@@ -9,6 +9,11 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "BadInput",
     "ConfigError",
@@ -151,6 +156,16 @@ class ConfigError(EdgeInferError):
 
     status = 500
     code = "config_error"
+
+    @classmethod
+    def invalid(cls, where: str, exc: ValidationError, prefix: str = "") -> ConfigError:
+        """``where: field: what is wrong; ...`` for a section that failed validation,
+        each field's dotted path after ``prefix`` (the section's own name, if any)."""
+        problems = "; ".join(
+            f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        return cls(f"{where}: {problems}")
 
 
 class GuestTrap(RuntimeFailure):

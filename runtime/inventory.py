@@ -314,8 +314,4 @@ def load_hardware(path: str | Path) -> Inventory:
     try:
         return Inventory.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"{file}: {problems}") from None
+        raise ConfigError.invalid(str(file), exc) from None

@@ -85,11 +85,7 @@ def policy_config(config: ModelConfig) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(config.manager)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"manager.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"{config.source}: {problems}") from None
+        raise ConfigError.invalid(str(config.source), exc, "manager.") from None
 
 
 # -- queueing -------------------------------------------------------------------------

@@ -64,11 +64,7 @@ class ComputeOptions(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )
-            raise ConfigError(f"{where}: {problems}") from None
+            raise ConfigError.invalid(where, exc, "options.") from None
 
 
 class EngineInstance:
