@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 
 from llama_cpp import Llama  # noqa: E402
 
-from runtime.artifacts import resolve_artifact  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from runtime.spec import ArtifactFormat, load_config  # noqa: E402
 from runtime.wasm.build import build_guest  # noqa: E402
@@ -57,9 +56,7 @@ def main() -> None:
     config = load_config()
     spec = config.get("smollm2")
     assert spec is not None
-    gguf = resolve_artifact(
-        spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
-    )
+    gguf = spec.artifact_path(ArtifactFormat.GGUF, config.base_dir)
 
     raw = Llama(
         str(gguf), n_ctx=CTX, n_threads=args.threads, n_threads_batch=args.threads, verbose=False

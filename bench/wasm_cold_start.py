@@ -121,7 +121,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from runtime.artifacts import resolve_artifact
     from runtime.settings import Settings
     from runtime.spec import ArtifactFormat, load_config
     from runtime.wasm.build import build_guest
@@ -131,9 +130,7 @@ def main() -> None:
     config = load_config()
     spec = config.get("smollm2")
     assert spec is not None
-    gguf = resolve_artifact(
-        spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
-    )
+    gguf = spec.artifact_path(ArtifactFormat.GGUF, config.base_dir)
     names = ("probe", "wasi-nn-ggml", "spin-llm-app")
     guests = {name: build_guest(name, settings) for name in names}
     warm = WasmHost(settings)  # fills the precompiled cache on disk

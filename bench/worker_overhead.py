@@ -106,9 +106,7 @@ def bench_generation(runs: int, tokens: int, threads: int) -> dict[str, float]:
     config = load_config()
     spec = config.get("smollm2")
     assert spec is not None
-    path = resolve_artifact(
-        spec.artifacts[ArtifactFormat.GGUF], config.base_dir, model="smollm2", field="gguf"
-    )
+    path = spec.artifact_path(ArtifactFormat.GGUF, config.base_dir)
     llm = Llama(
         str(path),
         n_ctx=spec.options.context_length,
@@ -174,9 +172,7 @@ def bench_embeddings(runs: int, threads: int) -> dict[str, float]:
     config = load_config()
     spec = config.get("minilm")
     assert spec is not None and spec.tokenizer
-    weights = resolve_artifact(
-        spec.artifacts[ArtifactFormat.SAFETENSORS], config.base_dir, model="minilm", field="st"
-    )
+    weights = spec.artifact_path(ArtifactFormat.SAFETENSORS, config.base_dir)
     settings = Settings.from_env()
     model = ensure_bert_onnx(weights.parent, settings.artifact_cache, name="minilm")
     tok = Tokenizer.from_file(

@@ -19,7 +19,6 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from runtime.artifacts import resolve_artifact
 from runtime.devices import cuda_available, resident_memory_bytes
 from runtime.errors import BadInput, RuntimeUnavailable, UnsupportedTask
 from runtime.settings import Settings
@@ -91,9 +90,7 @@ class Runtime(ABC):
 
     def artifact(self, fmt: ArtifactFormat) -> Path:
         """The resolved file of one of the model's artifacts."""
-        return resolve_artifact(
-            self.spec.artifacts[fmt], self.base_dir, model=self.spec.name, field=f"artifacts.{fmt}"
-        )
+        return self.spec.artifact_path(fmt, self.base_dir)
 
     @classmethod
     def supports_cuda(cls) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime.artifacts import resolve_artifact
 from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
 from runtime.scaling import ScalingRule
@@ -136,6 +137,13 @@ class ModelSpec(_Strict):
     scaling: ScalingRule = ScalingRule()
     resources: Resources = Resources()
     options: RuntimeOptions = RuntimeOptions()
+
+    def artifact_path(self, fmt: ArtifactFormat, base_dir: Path) -> Path:
+        """The file of one of the model's artifacts, resolved against ``base_dir`` (the
+        config's folder); ConfigError, naming the field, when it cannot be found."""
+        return resolve_artifact(
+            self.artifacts[fmt], base_dir, model=self.name, field=f"artifacts.{fmt}"
+        )
 
     @field_validator("runtimes")
     @classmethod

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 from runtime import minilm
-from runtime.artifacts import resolve_artifact
 from runtime.settings import Settings
 from runtime.spec import ArtifactFormat, load_config
 
@@ -24,8 +23,8 @@ def main() -> None:
     config = load_config()
     settings = Settings.from_env()
     for spec in config.models:
-        for fmt, ref in spec.artifacts.items():
-            path = resolve_artifact(ref, config.base_dir, model=spec.name, field=f"artifacts.{fmt}")
+        for fmt in spec.artifacts:
+            path = spec.artifact_path(fmt, config.base_dir)
             print(f"{spec.name}: {fmt.value} at {path}")
             if fmt is ArtifactFormat.SAFETENSORS and ArtifactFormat.ONNX not in spec.artifacts:
                 built = minilm.ensure_bert_onnx(
