@@ -30,25 +30,10 @@ static struct {
     int *row_start, *row_len;
 } M;
 
-static int read_text(const char *path, char **out, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ei_fail("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(buf); return ei_fail("cannot read %s", path); }
-    fclose(f);
-    buf[n] = 0;
-    *out = buf;
-    *len = (size_t)n;
-    return 0;
-}
-
 static int read_config(const char *path) {
     char err[160], *text;
     size_t len;
-    if (read_text(path, &text, &len)) return -1;
+    if (ei_read_file(path, &text, &len)) return -1;
     json_node *cfg = json_parse(text, len, err, sizeof err);
     free(text);
     if (!cfg) return ei_fail("%s: %s", path, err);

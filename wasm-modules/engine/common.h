@@ -1,4 +1,4 @@
-/* Shared by every part of the engine: error reporting and aligned allocation. */
+/* Shared by every part of the engine: error reporting, aligned allocation, reading a file. */
 #ifndef EI_COMMON_H
 #define EI_COMMON_H
 
@@ -14,5 +14,9 @@ int ei_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 float *ei_alloc_floats(size_t count);
 void *ei_alloc_bytes(size_t bytes);
 void ei_free(void *p);
+
+/* A whole file into a malloc'd, NUL-terminated buffer (*len bytes before the NUL; the
+ * caller frees it); -1 with ei_errbuf set when it cannot be opened or read. */
+int ei_read_file(const char *path, char **text, size_t *len);
 
 #endif

@@ -51,6 +51,25 @@ void *ei_alloc_bytes(size_t bytes) {
 float *ei_alloc_floats(size_t count) { return ei_alloc_bytes(count * sizeof(float)); }
 void ei_free(void *p) { free(p); }
 
+int ei_read_file(const char *path, char **text, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ei_fail("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        free(buf);
+        return ei_fail("cannot read %s", path);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *text = buf;
+    *len = (size_t)n;
+    return 0;
+}
+
 /* Which model and where: EI_CONFIG (config.json of a BERT checkpoint, or graph.json of a
  * converted graph) and EI_WEIGHTS (model.safetensors), set by the host in the guest's
  * environment; default /model/config.json and /model/model.safetensors. */

@@ -165,24 +165,11 @@ static int parse_op(json_node *j, op_t *op) {
     return 0;
 }
 
-static int read_file(const char *path, char **text, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ei_fail("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *text = malloc((size_t)n + 1);
-    if (!*text || fread(*text, 1, (size_t)n, f) != (size_t)n) { fclose(f); return ei_fail("cannot read %s", path); }
-    fclose(f);
-    *len = (size_t)n;
-    return 0;
-}
-
 int graph_load(const char *config, const char *weights, int max_batch) {
     (void)max_batch;
     char *text, err[160];
     size_t len;
-    if (read_file(config, &text, &len)) return -1;
+    if (ei_read_file(config, &text, &len)) return -1;
     G.doc = json_parse(text, len, err, sizeof err);
     free(text);
     if (!G.doc) return ei_fail("%s: %s", config, err);
