@@ -36,10 +36,11 @@ def parse_json(body: bytes, model: type[M]) -> M:
         raise BadInput(describe_validation(exc)) from None
 
 
-def describe_validation(exc: ValidationError) -> str:
-    """A pydantic error as one clause per field: where, and what is allowed there."""
+def describe_validation(exc: ValidationError, whole: str = "body") -> str:
+    """A pydantic error as one clause per field: where, and what is allowed there;
+    ``whole`` names the validated object itself when a problem is not in one field."""
     parts = []
     for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"]) or "body"
+        field = ".".join(str(p) for p in err["loc"]) or whole
         parts.append(f"field {field!r}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)

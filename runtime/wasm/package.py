@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from runtime.api.body import describe_validation
 from runtime.artifacts import resolve_artifact
 from runtime.errors import ConfigError
 from runtime.settings import Settings
@@ -186,10 +187,6 @@ def read_manifest(ref: Path, *, model: str) -> tuple[Path, PackageManifest]:
     try:
         manifest = PackageManifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field {'.'.join(str(p) for p in e['loc']) or '(top)'!r}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        )
+        problems = describe_validation(exc, whole="(top)")
         raise ConfigError(f"model {model!r}: {manifest_file}: {problems}") from None
     return manifest_file.parent, manifest
