@@ -1,8 +1,10 @@
 """The gateway's settings: the ``gateway:`` section of a config file.
 
 Like Knative's cluster-wide ``config-autoscaler``, these hold what is not per model:
-how often the autoscaler runs, the scale-to-zero grace period, the queue bound, and
-authentication and limits (``auth:``, see ``gateway.auth``).
+how often the autoscaler runs, the scale-to-zero grace period, the queue bound,
+authentication and limits (``auth:``, see ``gateway.auth``), and the bounds the
+gateway's HTTP server puts on every client connection (``server:``, see
+``gateway.http1``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,42 @@ from gateway.auth import AuthConfig
 from runtime.errors import ConfigError
 from runtime.spec import ModelConfig
 
-__all__ = ["GatewayConfig", "gateway_config"]
+__all__ = ["GatewayConfig", "ServerConfig", "gateway_config"]
+
+
+class ServerConfig(BaseModel):
+    """What a client connection may cost the gateway's HTTP server: time, head bytes,
+    header fields, and how many connections are open at once. The defaults are the
+    ones a deployment facing the internet would use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_alive_seconds: float = Field(
+        5.0, gt=0, le=3600, description="an idle connection (no request begun) is closed"
+    )
+    head_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="from a request's first byte to its head's end; 408"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="no body bytes while the app waits for them; 408"
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="open client connections, then 503; unset: from the fd limit",
+    )
+    max_head_bytes: int = Field(
+        64 * 1024, ge=1024, le=1024 * 1024, description="request line and headers; 431"
+    )
+    max_headers: int = Field(100, ge=8, le=1000, description="header fields; 431")
 
 
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     auth: AuthConfig = AuthConfig()
+    server: ServerConfig = ServerConfig()
     tick_seconds: float = Field(1.0, gt=0, le=60, description="autoscaler period")
     scale_to_zero_grace_seconds: float = Field(
         30.0, ge=0, le=3600, description="Knative's scale-to-zero-grace-period"

@@ -16,6 +16,31 @@ back-pressure on slow readers, ``http.disconnect`` when a client hangs up, 400 f
 malformed requests and 431 for oversized heads, a lifespan, and a graceful shutdown
 on SIGTERM/SIGINT (stop accepting, finish requests in flight up to a limit, close idle
 connections). What it does not: TLS, HTTP/2, WebSocket upgrades (answered 400).
+
+Every client is a stranger, so everything it controls is bounded (``ServerConfig``,
+the ``gateway: server:`` section): the head's raw bytes, counted as they are read, not
+when the parser reports a finished header (431), the number of header fields (431),
+the time from a request's first byte to its head's end (408), the time without body
+bytes while the app waits for them (408, or a close once the answer began), the idle
+time of a kept-alive connection, and the number of open connections (past it a new
+one gets a 503 with ``Retry-After`` and ``connection: close``, written before reading
+anything). One timer per server sweeps the connections' deadlines, so a request
+allocates no timer. A request target holding spaces or control characters, raw or
+percent-encoded (``%00``-``%1f``, ``%7f``) in the path, a missing or repeated ``Host``
+on HTTP/1.1, and HTTP/0.9 request lines are 400s. ``scope["raw_path"]`` is the path
+exactly as the client sent it, still percent-encoded (what a proxy forwards);
+``scope["path"]`` is decoded. Chunked trailers are read and dropped: they never reach
+``scope["headers"]``. ``Expect: 100-continue`` is answered when the app first calls
+``receive()``, so an app that refuses from the head (401, 413) does so before the
+client sends its body.
+
+The contract for an app whose answer fails half-way (a proxy whose upstream is cut):
+**raise** from the app after ``http.response.start`` went out, as plain ASGI has it.
+The server then aborts the client connection: a chunked answer gets no final
+``0\r\n\r\n`` chunk and a sized one stays short, and the connection is closed, so the
+client sees the answer was cut and nothing else is read as its rest. Likewise, an app
+whose bytes do not match the ``Content-Length`` it gave gets its connection closed
+(the excess is not sent; the app's ``send`` raises).
 """
 
 from __future__ import annotations
@@ -25,6 +50,8 @@ import collections
 import contextlib
 import http
 import logging
+import re
+import resource
 import signal
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
@@ -32,7 +59,9 @@ from urllib.parse import unquote
 
 import httptools
 
-__all__ = ["Http1Server"]
+from gateway.config import ServerConfig
+
+__all__ = ["Http1Server", "connection_cap"]
 
 log = logging.getLogger("edgeinfer.http")
 
@@ -40,8 +69,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 App = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Any]
 
-KEEP_ALIVE_SECONDS = 5.0
-MAX_HEAD_BYTES = 64 * 1024
 # Request body bytes buffered for an app that has not read them yet before the
 # server stops reading from the socket (TCP pushes back on the client).
 MAX_BUFFERED_BODY = 256 * 1024
@@ -49,20 +76,41 @@ MAX_BUFFERED_BODY = 256 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _DISCONNECT: Message = {"type": "http.disconnect"}
+# File descriptors kept back from client connections when the cap comes from the fd
+# limit (listening socket, logs, model files, the supervisor's pipes).
+FD_RESERVE = 64
+# Bytes a raw request target may not hold (httptools refuses most of them already),
+# and their percent-encoded forms in the path, which a decoded path would carry.
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+_BAD_ESCAPE = re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF])")
+# What a connection's deadline is for (``_Connection.deadline_kind``).
+_NONE, _IDLE, _HEAD, _BODY = range(4)
 
 
 def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
 
 
-def _plain(status: int, text: str) -> bytes:
+def _plain(status: int, text: str, extra: bytes = b"") -> bytes:
     body = text.encode()
     return (
         _status_line(status)
         + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        + extra
         + b"content-length: %d\r\n\r\n" % len(body)
         + body
     )
+
+
+_REFUSED = _plain(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
+
+
+def connection_cap(fd_limit: int) -> int:
+    """Client connections a process with ``fd_limit`` descriptors can hold: each may
+    need an upstream connection too, and some descriptors are kept back."""
+    if fd_limit == resource.RLIM_INFINITY or fd_limit <= 0:
+        fd_limit = 1 << 20
+    return max(16, (fd_limit - FD_RESERVE) // 2)
 
 
 class _Cycle:
@@ -79,6 +127,7 @@ class _Cycle:
         "expect_continue",
         "head_only",
         "keep_alive",
+        "length_left",
         "response_complete",
         "scope",
         "start",
@@ -101,6 +150,7 @@ class _Cycle:
         self.started = False  # the app sent http.response.start
         self.start: Message | None = None  # ... which waits to go out with the body
         self.chunked = False
+        self.length_left: int | None = None  # body bytes the app's Content-Length owes
         self.response_complete = False
 
     def wake(self) -> None:
@@ -116,6 +166,8 @@ class _Cycle:
                 data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
                 self.body.clear()
                 self.buffered = 0
+                if conn.deadline_kind == _BODY:
+                    conn.clear_deadline()
                 if self.complete:
                     self.delivered = True
                 elif conn.reading_paused and conn.cycle is self:
@@ -125,6 +177,8 @@ class _Cycle:
                 self.continue_sent = True
                 conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             # Body still on its way, or all delivered: wait for more or for a hang-up.
+            if not self.complete and conn.cycle is self:
+                conn.expect_by(_BODY, conn.server.body_timeout)
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
@@ -159,6 +213,11 @@ class _Cycle:
                 body = b"%x\r\n%b\r\n" % (len(body), body)
             if not more:
                 body += b"0\r\n\r\n"
+        elif self.length_left is not None:
+            left = self.length_left - len(body)
+            if left < 0 or (left and not more):
+                self._abort_sized(head, body, left)
+            self.length_left = left
         if head:
             body = head + body
         if body and not conn.closed:
@@ -170,6 +229,21 @@ class _Cycle:
             self.wake()
             conn.cycle_done(self)
 
+    def _abort_sized(self, head: bytes, body: bytes, left: int) -> None:
+        """The app's bytes do not match its Content-Length: send what it owes at most,
+        then close, so that nothing is read as this answer's rest or the next's start."""
+        conn = self.conn
+        assert self.length_left is not None
+        conn.write(head + body[: self.length_left])
+        conn.close()
+        self.response_complete = True
+        self.wake()
+        conn.cycle_done(self)
+        path = self.scope["path"]
+        if left < 0:
+            raise RuntimeError(f"the answer to {path} is longer than its Content-Length")
+        raise RuntimeError(f"the answer to {path} ended {left} bytes short of its Content-Length")
+
     def _head(self, start: Message, length: int | None) -> bytes:
         status: int = start["status"]
         parts = [_status_line(status)]
@@ -178,6 +252,8 @@ class _Cycle:
             lname = name.lower()
             if lname == b"content-length":
                 has_length = True
+                if not self.head_only and status >= 200 and status not in (204, 304):
+                    self.length_left = _declared_length(value, self.length_left)
             elif lname == b"connection" and value.lower() == b"close":
                 self.keep_alive = False
                 continue
@@ -216,28 +292,38 @@ class _Connection(asyncio.Protocol):
         self.cycle: _Cycle | None = None  # the request whose body is being read
         self.active: _Cycle | None = None  # the request being answered
         self.queue: collections.deque[_Cycle] = collections.deque()  # pipelined ones
-        self.idle_timer: asyncio.TimerHandle | None = None
+        # When the server's sweep acts on this connection, and why (_IDLE, _HEAD, _BODY).
+        self.deadline = float("inf")
+        self.deadline_kind = _NONE
         self.server_addr: tuple[str, int] | None = None
         self.client_addr: tuple[str, int] | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # request line and header bytes the parser reported
+        self._in_head = False  # a request has begun and its head has not ended
+        self._began = False  # ... and it began in the read being parsed now
+        self._head_read = 0  # raw bytes read while the head was open (see data_received)
+        self._refusal: tuple[int, str] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            self.write(_REFUSED)  # before reading anything
+            self._linger()
+            return
         self.server_addr = _addr(transport.get_extra_info("sockname"))
         self.client_addr = _addr(transport.get_extra_info("peername"))
-        self.server.connections.add(self)
-        self._arm_idle()
+        server.connections.add(self)
+        self.expect_by(_IDLE, server.keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
         self.server.connections.discard(self)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        self.server.lingering.discard(self)
         for cycle in (self.cycle, self.active, *self.queue):
             if cycle is not None:
                 cycle.wake()
@@ -245,16 +331,29 @@ class _Connection(asyncio.Protocol):
             self._drain.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # refused, or being closed: nothing more is parsed
+        # A head is counted as it is read, not when httptools reports a finished
+        # header (it holds an endless value until its end). A read during which the
+        # head stays open held only head bytes if the head was open when it began; the
+        # read that began the request is not counted, so the limit may be passed by
+        # at most one read, never wrongly reached.
+        counted = self._in_head
+        self._began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
-            # httptools wraps what a callback raised; the cause says which it was.
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
-            else:
-                self._reject(400, f"malformed HTTP request: {exc}")
+            # A callback that refused the request said why; else the parser did.
+            refusal = self._refusal or (400, f"malformed HTTP request: {exc}")
+            self._reject(*refusal)
+            return
+        if self._in_head and counted and not self._began:
+            self._head_read += len(data)
+            if self._head_read > self.server.max_head_bytes:
+                self._reject(431, f"request head larger than {self.server.max_head_bytes} bytes")
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -267,29 +366,55 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.expect_by(_HEAD, self.server.head_timeout)
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._in_head = True
+        self._began = True
+        self._head_read = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        if self._head_bytes > self.server.max_head_bytes:
+            self._refuse(431, f"request head larger than {self.server.max_head_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # After the head, httptools reports a chunked body's trailer fields here: they
+        # are counted against the same limit and dropped, never taken as headers.
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        if self._head_bytes > self.server.max_head_bytes:
+            self._refuse(431, f"request head larger than {self.server.max_head_bytes} bytes")
+        if not self._in_head:
+            return
+        if len(self._headers) >= self.server.max_headers:
+            self._refuse(431, f"more than {self.server.max_headers} header fields")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0  # from here on, the trailers' budget
+        self.clear_deadline()
         parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._refuse(400, f"HTTP/{version} requests are not supported; send HTTP/1.1")
         url = self._url
+        if _BAD_TARGET.search(url):
+            self._refuse(400, "the request target holds a space or a control character")
         raw_path, _, query = url.partition(b"?")
+        if b"%" in raw_path and _BAD_ESCAPE.search(raw_path):
+            self._refuse(400, "the path holds a percent-encoded control character")
+        hosts = 0
+        expect = False
+        for k, v in self._headers:
+            if k == b"host":
+                hosts += 1
+            elif k == b"expect" and v.lower() == b"100-continue":
+                expect = True
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            self._refuse(400, "an HTTP/1.1 request needs exactly one Host header")
         path = raw_path.decode("ascii", "replace")
         if "%" in path:
             path = unquote(path)
@@ -297,7 +422,7 @@ class _Connection(asyncio.Protocol):
         scope: Scope = {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": parser.get_http_version(),
+            "http_version": version,
             "server": self.server_addr,
             "client": self.client_addr,
             "scheme": "http",
@@ -310,7 +435,6 @@ class _Connection(asyncio.Protocol):
         }
         if self.server.state:
             scope["state"] = self.server.state.copy()
-        expect = any(k == b"expect" and v.lower() == b"100-continue" for k, v in self._headers)
         cycle = _Cycle(self, scope, parser.should_keep_alive(), expect)
         self.cycle = cycle
         if self.active is None:
@@ -349,7 +473,8 @@ class _Connection(asyncio.Protocol):
         try:
             await self.app(cycle.scope, cycle.receive, cycle.send)
         except (Exception, asyncio.CancelledError) as exc:
-            if not cycle.started and not self.closed:
+            # Nothing of the answer written yet (its head waits in ``start``): a 500.
+            if (not cycle.started or cycle.start is not None) and not self.closed:
                 log.exception("the app failed before answering %s", cycle.scope["path"])
                 self.write(_plain(500, "Internal Server Error"))
             elif not isinstance(exc, asyncio.CancelledError):
@@ -381,7 +506,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.reading_paused:
             self.resume_reading()
-        self._arm_idle()
+        if self.cycle is None:  # no next request begun: wait for one
+            self.expect_by(_IDLE, self.server.keep_alive)
 
     # -- transport helpers ------------------------------------------------------------
 
@@ -411,25 +537,79 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def idle(self) -> bool:
-        return self.active is None and self.cycle is None
+        return self.active is None and self.cycle is None and not self._in_head
 
-    def _arm_idle(self) -> None:
-        self.idle_timer = self.loop.call_later(KEEP_ALIVE_SECONDS, self._idle_timeout)
+    # -- deadlines (acted on by the server's sweep) -------------------------------------
 
-    def _idle_timeout(self) -> None:
-        self.idle_timer = None
-        if self.idle():
-            self.close()
+    def expect_by(self, kind: int, seconds: float) -> None:
+        self.deadline = self.loop.time() + seconds
+        self.deadline_kind = kind
+
+    def clear_deadline(self) -> None:
+        self.deadline = float("inf")
+        self.deadline_kind = _NONE
+
+    def expire(self) -> None:
+        """The deadline passed: close, saying why where no answer is under way."""
+        kind = self.deadline_kind
+        self.clear_deadline()
+        if self.closed:
+            if self.transport is not None:  # refused or rejected, done lingering
+                self.transport.close()
+        elif kind == _IDLE:
+            if self.idle():
+                self.close()
+        elif kind == _HEAD:
+            if self.reading_paused:  # we stopped reading it, not the client: wait on
+                self.expect_by(_HEAD, self.server.head_timeout)
+            else:
+                seconds = self.server.head_timeout
+                self._reject(408, f"the request head did not arrive within {seconds:g} s")
+        elif kind == _BODY:
+            seconds = self.server.body_timeout
+            self._reject(408, f"no request body bytes arrived for {seconds:g} s")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """From a parser callback: stop parsing; ``data_received`` answers."""
+        self._refusal = (status, reason)
+        raise ValueError(reason)  # httptools wraps it in an HttpParserError
 
     def _reject(self, status: int, reason: str) -> None:
-        # Say why, unless a response is half written (the client sees it cut short).
-        if self.active is None or not self.active.started:
+        # Say why, unless the answer to this request has begun, or the fault is in a
+        # request pipelined behind one not answered yet (the client would take this
+        # answer for that one's): then it sees its connection closed.
+        active = self.active
+        if active is None or (
+            not active.started
+            and not self._in_head
+            and not self.queue
+            and (self.cycle is None or self.cycle is active)
+        ):
             self.write(_plain(status, reason))
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal: send FIN, and read and drop what the client still
+        sends for a second, so that its unread bytes do not reset the connection and
+        lose the answer before the client reads it."""
+        self.closed = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for cycle in (self.cycle, self.active, *self.queue):
+            if cycle is not None:
+                cycle.wake()
+        self.resume_reading()
+        transport.write_eof()
+        self.server.lingering.add(self)
+        self.expect_by(_IDLE, 1.0)
 
 
-class _HeadTooLarge(Exception):
-    pass
+def _declared_length(value: bytes, before: int | None) -> int:
+    """An app's Content-Length, which must be one non-negative integer."""
+    if not value.isdigit() or (before is not None and before != int(value)):
+        raise RuntimeError(f"the app sent an invalid Content-Length {value!r}")
+    return int(value)
 
 
 def _addr(value: Any) -> tuple[str, int] | None:
@@ -440,14 +620,34 @@ def _addr(value: Any) -> tuple[str, int] | None:
 
 class Http1Server:
     """Serve an ASGI ``app`` on ``host:port`` until :meth:`request_exit` (or SIGTERM /
-    SIGINT, when ``serve(install_signals=True)``)."""
+    SIGINT, when ``serve(install_signals=True)``), within ``limits``; without
+    ``limits.max_connections``, the cap follows this process's fd soft limit when
+    serving begins (``connection_cap``)."""
 
-    def __init__(self, app: App, *, host: str, port: int, graceful_seconds: float = 30) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        host: str,
+        port: int,
+        graceful_seconds: float = 30,
+        limits: ServerConfig | None = None,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.graceful_seconds = graceful_seconds
+        limits = limits or ServerConfig()
+        # Read on every request: plain attributes, not a model's.
+        self.keep_alive = limits.keep_alive_seconds
+        self.head_timeout = limits.head_timeout_seconds
+        self.body_timeout = limits.body_timeout_seconds
+        self.max_head_bytes = limits.max_head_bytes
+        self.max_headers = limits.max_headers
+        self.max_connections = limits.max_connections or 0  # set in serve() when 0
         self.connections: set[_Connection] = set()
+        self.lingering: set[_Connection] = set()  # refused, their 503 going out
+        self._sweeper: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.state: dict[str, Any] = {}
         self.closing = False
@@ -464,6 +664,8 @@ class Http1Server:
     async def serve(self, *, install_signals: bool = True) -> None:
         self.loop = asyncio.get_running_loop()
         self._exit = asyncio.Event()
+        if not self.max_connections:
+            self.max_connections = connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         lifespan = _Lifespan(self.app, self.state)
         await lifespan.startup()
         server = await self.loop.create_server(
@@ -474,14 +676,31 @@ class Http1Server:
                 self.loop.add_signal_handler(sig, self._exit.set)
         self.started = True
         log.info("serving on http://%s:%d", self.host, self.port)
+        self._sweep()
         try:
             await self._exit.wait()
         finally:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self.loop.remove_signal_handler(sig)
             await self._shutdown(server)
             await lifespan.shutdown()
+
+    def _sweep(self) -> None:
+        """Act on the connections whose deadline passed; runs every ``_period`` s."""
+        now = self.loop.time()
+        for group in (self.connections, self.lingering):
+            expired = [conn for conn in group if conn.deadline <= now]
+            for conn in expired:
+                conn.expire()
+        self._sweeper = self.loop.call_later(self._period, self._sweep)
+
+    @property
+    def _period(self) -> float:
+        # A deadline is acted on up to a quarter of the shortest limit late, 1 s at most.
+        return min(1.0, self.keep_alive / 4, self.head_timeout / 4, self.body_timeout / 4)
 
     async def _shutdown(self, server: asyncio.AbstractServer) -> None:
         self.closing = True

@@ -7,6 +7,7 @@ framing, keep-alive, pipelining, back-pressure, disconnects, errors and shutdown
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -18,13 +19,17 @@ import httpx
 import pytest
 import uvloop
 
+from gateway.config import ServerConfig
 from gateway.http1 import Http1Server
 from tests.conftest import free_port
 
 
 class EchoApp:
-    """Echoes method, path, query, headers and body as JSON. ``/stream`` sends three
-    chunks; ``/slow`` waits 0.3 s; ``/fail`` raises; ``/hang`` waits for a disconnect."""
+    """Echoes method, path, raw path, query, headers and body as JSON. ``/stream`` sends
+    three chunks; ``/slow`` waits 0.3 s; ``/fail`` raises; ``/hang`` waits for a
+    disconnect; ``/deny`` answers 401 without reading the body; ``/short`` and
+    ``/long`` send fewer or more bytes than their Content-Length; ``/cut-chunked`` and
+    ``/cut-sized`` raise after their answer began."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
@@ -40,12 +45,34 @@ class EchoApp:
                 if message["type"] == "lifespan.shutdown":
                     return
         path = scope["path"]
+        if path == "/deny":
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"no key"})
+            return
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected.set()
+                return
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if path in ("/short", "/long", "/cut-sized"):
+            length = {"/short": b"10", "/long": b"3", "/cut-sized": b"100"}[path]
+            headers = [(b"content-length", length)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+            if path == "/cut-sized":
+                raise RuntimeError("upstream cut")
+            await send(
+                {"type": "http.response.body", "body": b"67890"[: 0 if path == "/short" else 5]}
+            )
+            return
+        if path == "/cut-chunked":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            raise RuntimeError("upstream cut")
         if path == "/fail":
             raise RuntimeError("boom")
         if path == "/hang":
@@ -67,6 +94,7 @@ class EchoApp:
             {
                 "method": scope["method"],
                 "path": path,
+                "raw_path": scope["raw_path"].decode("latin-1"),
                 "query": scope["query_string"].decode(),
                 "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
                 "body": body.decode("latin-1"),
@@ -84,11 +112,13 @@ class EchoApp:
 
 
 class Running:
-    def __init__(self, app: EchoApp) -> None:
+    def __init__(self, app: EchoApp, limits: ServerConfig | None = None) -> None:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = Http1Server(app, host="127.0.0.1", port=self.port, graceful_seconds=5)
+        self.server = Http1Server(
+            app, host="127.0.0.1", port=self.port, graceful_seconds=5, limits=limits
+        )
         self.thread = threading.Thread(
             target=lambda: uvloop.run(self.server.serve(install_signals=False)), daemon=True
         )
@@ -110,17 +140,26 @@ class Running:
             return out
 
 
-@pytest.fixture
-def served() -> Iterator[Running]:
-    running = Running(EchoApp())
+@contextlib.contextmanager
+def serving(limits: ServerConfig | None = None) -> Iterator[Running]:
+    """An EchoApp on the server (with ``limits``), in a thread, until the block ends."""
+    running = Running(EchoApp(), limits)
     running.thread.start()
     deadline = time.monotonic() + 10
     while not running.server.started:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    yield running
-    running.server.request_exit()
-    running.thread.join(10)
+    try:
+        yield running
+    finally:
+        running.server.request_exit()
+        running.thread.join(10)
+
+
+@pytest.fixture
+def served() -> Iterator[Running]:
+    with serving() as running:
+        yield running
 
 
 def test_a_request_reaches_the_app_and_the_answer_comes_back(served: Running) -> None:
@@ -128,6 +167,7 @@ def test_a_request_reaches_the_app_and_the_answer_comes_back(served: Running) ->
     assert r.status_code == 200
     echo = r.json()
     assert echo["path"] == "/a b/c" and echo["query"] == "x=1&y=2"
+    assert echo["raw_path"] == "/a%20b/c"  # as sent: what a proxy forwards
     assert echo["body"] == "hello" and echo["headers"]["x-key"] == "v"
     assert r.headers["content-length"] == str(len(r.content))
 
