@@ -3,7 +3,9 @@ HTTP/1.1 server (``gateway.http1``) and uvloop."""
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +28,9 @@ from runtime.settings import Settings
 from runtime.spec import ModelConfig
 from runtime.supervisor import Supervisor
 
-__all__ = ["build_gateway", "run_gateway"]
+__all__ = ["build_gateway", "raise_fd_limit", "run_gateway"]
+
+log = logging.getLogger("edgeinfer.gateway")
 
 
 def build_gateway(
@@ -104,5 +108,28 @@ def run_gateway(
     clusters: Sequence[str] = (),
 ) -> None:
     app = build_gateway(config, settings, clusters=clusters)
-    server = Http1Server(app, host=host, port=port, graceful_seconds=30)
+    fd_limit = raise_fd_limit()
+    limits = gateway_config(config).server
+    server = Http1Server(app, host=host, port=port, graceful_seconds=30, limits=limits)
+    log.info("file descriptor limit %d", fd_limit)
     uvloop.run(server.serve())
+
+
+def raise_fd_limit(
+    getrlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
+    setrlimit: Callable[[int, tuple[int, int]], None] = resource.setrlimit,
+) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit (each client
+    connection costs a descriptor, and a proxied one two); the soft limit now in force.
+    Where the hard limit is unlimited, ask for 1,048,576 (Linux's default
+    ``nr_open``); where raising fails, keep the soft limit as it is."""
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file descriptor limit from %d: %s", soft, exc)
+            return soft
+        return target
+    return soft
