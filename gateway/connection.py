@@ -32,6 +32,10 @@ App = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awa
 # server stops reading from the socket (TCP pushes back on the client).
 MAX_BUFFERED_BODY = 256 * 1024
 
+# Connections closing after a refusal that may linger at once (each holds a descriptor
+# for a second or two; they come out of the server's reserve, ``FD_RESERVE``).
+MAX_LINGERING = 32
+
 ASGI = {"version": "3.0", "spec_version": "2.3"}
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -440,8 +444,12 @@ class Connection(asyncio.Protocol):
         self.active = None
         if self.closed:
             return
-        if not cycle.keep_alive or not cycle.complete:
-            # An unread remainder of the body would be taken for the next request.
+        if not cycle.complete:
+            # An unread remainder of the body would be taken for the next request; and
+            # a plain close with it unread would reset the connection, losing the answer.
+            self._linger()
+            return
+        if not cycle.keep_alive:
             self.close()
             return
         if self.queue:
@@ -454,7 +462,7 @@ class Connection(asyncio.Protocol):
             return
         if self.reading_paused:
             self.resume_reading()
-        if self.cycle is None:  # no next request begun: wait for one
+        if self.cycle is None and not self._in_head:  # no next request begun: wait
             self.expect_by(_IDLE, self.server.keep_alive)
 
     # -- transport helpers ------------------------------------------------------------
@@ -547,6 +555,9 @@ class Connection(asyncio.Protocol):
         for cycle in (self.cycle, self.active, *self.queue):
             if cycle is not None:
                 cycle.wake()
+        if len(self.server.lingering) >= MAX_LINGERING:
+            transport.close()  # under a flood of refusals, descriptors come first
+            return
         self.resume_reading()
         transport.write_eof()
         self.server.lingering.add(self)

@@ -7,6 +7,7 @@ Each test talks to a real server on loopback with the echo app of ``test_http1``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -118,6 +119,14 @@ def test_a_head_that_trickles_in_past_the_head_timeout_gets_408() -> None:
         assert answer.startswith(b"HTTP/1.1 408") and b"request head did not arrive" in answer
         assert closed
         assert httpx.get(f"{served.url}/after").status_code == 200
+
+
+def test_a_head_pipelined_behind_an_answered_request_still_times_out() -> None:
+    with serving(ServerConfig(head_timeout_seconds=0.5)) as served:
+        answered = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n"
+        answer, closed = exchange(served.port, answered + b"GET /b HTTP/1.1\r\nx-slow: ")
+        assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer
+        assert closed
 
 
 def test_a_body_that_stops_coming_gets_408_and_the_app_a_disconnect() -> None:
@@ -245,3 +254,14 @@ def test_an_app_that_refuses_from_the_head_sends_no_100_continue(served: Running
     answer, closed = exchange(served.port, head, timeout=3)
     assert answer.startswith(b"HTTP/1.1 401") and b"100 Continue" not in answer
     assert closed  # the body it did not read is never taken for the next request
+
+
+def test_a_refused_upload_still_gets_its_answer(served: Running) -> None:
+    body = b"x" * (4 * 1024 * 1024)
+    head = b"POST /deny HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        s.sendall(head)
+        with contextlib.suppress(OSError):  # the server may stop reading
+            s.sendall(body)
+        answer, closed = read_all(s, 5)  # not reset before the 401 was read
+    assert answer.startswith(b"HTTP/1.1 401") and answer.endswith(b"no key") and closed
