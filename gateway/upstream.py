@@ -102,7 +102,8 @@ class _Connection(asyncio.Protocol):
         self.head: asyncio.Future[int] = loop.create_future()
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes received while the head is incomplete
+        self.header_bytes = 0  # names and values of the headers parsed
         self.wakeup: asyncio.Future[None] | None = None
         self.complete = False
         self.keep_alive = False
@@ -156,8 +157,11 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        self.header_bytes += len(name) + len(value)
         if len(self.headers) > MAX_HEADERS:
             raise _HeadTooLarge(f"more than {MAX_HEADERS} headers")
+        if self.header_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge(f"headers over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
