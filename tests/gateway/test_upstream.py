@@ -204,7 +204,7 @@ def test_a_post_is_not_sent_again_once_its_bytes_went_out() -> None:
         server.close()
         return len(seen)
 
-    assert asyncio.run(run()) == 2
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == 2
 
 
 @pytest.mark.parametrize("later", [False, True], ids=["with the answer", "while idle"])
@@ -238,7 +238,7 @@ def test_a_connection_with_bytes_nobody_asked_for_is_not_reused(later: bool) -> 
         server.close()
         return second, connections
 
-    assert asyncio.run(run()) == (b"two", 2)
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == (b"two", 2)
 
 
 def test_interim_answers_are_skipped() -> None:
@@ -259,7 +259,11 @@ def test_interim_answers_are_skipped() -> None:
         server.close()
         return response.status, response.headers, body
 
-    assert asyncio.run(run()) == (201, [(b"x-final", b"1"), (b"content-length", b"4")], b"done")
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == (
+        201,
+        [(b"x-final", b"1"), (b"content-length", b"4")],
+        b"done",
+    )
 
 
 def test_a_head_that_never_ends_fails_without_growing() -> None:
@@ -289,4 +293,4 @@ def test_a_head_that_never_ends_fails_without_growing() -> None:
         server.close()
         return sent
 
-    assert asyncio.run(run()) < 32 * 1024 * 1024
+    assert asyncio.run(asyncio.wait_for(run(), 60)) < 32 * 1024 * 1024
