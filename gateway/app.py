@@ -147,6 +147,10 @@ class Gateway:
                 model, suffix = m.group(1), m.group(2)
                 route = "/v2/models/{name}" + (suffix or "")
                 if suffix == "/ready":
+                    if method not in ("GET", "HEAD"):
+                        raise MethodNotAllowed(
+                            f"{method} {path}: this route takes GET", allow="GET, HEAD"
+                        )
                     status = await self._model_ready(scope, send, model)
                 else:
                     # Never proxied with another method: a HEAD's answer has no body

@@ -40,8 +40,8 @@ class UpstreamError(ConnectionError):
     """The connection failed or closed before the response was complete."""
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _BadHead(Exception):
+    """A response head past the limits, or one nobody could have asked for."""
 
 
 class _Stray(Exception):
@@ -134,8 +134,8 @@ class _Connection(asyncio.Protocol):
             cause = exc.__context__
             if self.complete:  # the answer was whole; what came after it was not asked for
                 self._discard()
-            elif isinstance(cause, _HeadTooLarge):
-                self._fail(UpstreamError(f"the replica's response head is too large: {cause}"))
+            elif isinstance(cause, _BadHead):
+                self._fail(UpstreamError(f"the replica's response head is refused: {cause}"))
             else:
                 self._fail(UpstreamError(f"bad response from the replica: {exc}"))
             return
@@ -159,15 +159,15 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
         self.header_bytes += len(name) + len(value)
         if len(self.headers) > MAX_HEADERS:
-            raise _HeadTooLarge(f"more than {MAX_HEADERS} headers")
+            raise _BadHead(f"more than {MAX_HEADERS} headers")
         if self.header_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge(f"headers over {MAX_HEAD_BYTES} bytes")
+            raise _BadHead(f"headers over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
             if status == 101:
-                raise _HeadTooLarge("a protocol switch (101) nobody asked for")
+                raise _BadHead("a protocol switch (101) nobody asked for")
             # An interim answer (100 Continue, 103 Early Hints): the final one follows.
             self.headers = []
             return

@@ -131,6 +131,7 @@ def test_head_and_wrong_methods_on_proxied_routes_are_405_at_once(
         (b"DELETE", b"/v2/models/echo", b"GET"),
         (b"GET", b"/v1/chat/completions", b"POST"),
         (b"HEAD", b"/v1/embeddings", b"POST"),
+        (b"POST", b"/v2/models/echo/ready", b"GET, HEAD"),
     ]:
         with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as client:
             client.sendall(method + b" " + path + b" HTTP/1.1\r\nhost: gw\r\n\r\n")
