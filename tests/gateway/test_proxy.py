@@ -245,6 +245,31 @@ def test_a_stream_cut_short_ends_with_an_error_event_and_no_final_chunk(
     assert not data.endswith(b"0\r\n\r\n"), data
 
 
+def test_a_stream_past_its_deadline_is_cut_with_an_error_event(served: Served) -> None:
+    """The deadline passes after the answer began: an error event, then the connection
+    is aborted (no final chunk): the client never takes a cut stream for a whole one."""
+    gw, replica = served.gw, served.raw
+
+    async def stalls(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b'transfer-encoding: chunked\r\n\r\nf\r\ndata: {"a":1}\n\n\r\n'
+        )
+        await writer.drain()
+        await reader.read()  # until the gateway hangs up
+
+    replica.handler = stalls
+    request = infer(b"{}", name="raw", extra=b"x-edgeinfer-timeout: 0.3\r\n")
+    data = raw_exchange(gw.port, request, timeout=20)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    events = [line.strip() for line in data.split(b"\r\n") if line.startswith(b"data: ")]
+    assert events[0] == b'data: {"a":1}'
+    assert json.loads(events[-1][6:])["error"]["code"] == "deadline_exceeded"
+    assert not data.endswith(b"0\r\n\r\n"), data
+
+
 @pytest.mark.parametrize(
     "head",
     [
