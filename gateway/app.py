@@ -6,9 +6,12 @@ takes a replica slot from the supervisor and streams the replica's answer back, 
 framework request handling measured 1.2-1.7x slower for that here. Errors use the
 same renderers as the worker, so a client sees one error shape per API.
 
-Request flow: body (<= max size, else 413) -> model (JSON ``model`` field or OIP path)
--> key (401/403) -> rate limit (429) -> replica slot, waiting while one starts (503
-queue full, 504 deadline) -> forward -> release.
+Request flow: target check (400 for control characters or spaces, raw or
+percent-encoded) -> method (405) -> key from the head (401; 429 for an address with
+too many failed keys) -> OIP: model from the path, scope (403) and rate (429), all
+before the body is read -> body (<= max size, else 413) -> OpenAI: model from the
+JSON body, then scope and rate -> replica slot, waiting while one starts (503 queue
+full, 504 deadline) -> forward the raw, still-encoded target -> release.
 """
 
 from __future__ import annotations
@@ -19,21 +22,30 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
-from gateway.proxy import forward
+from gateway.proxy import forward, upstream_headers
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api.body import json_object
 from runtime.api.render import error_response
-from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
+from runtime.errors import (
+    BadInput,
+    EdgeInferError,
+    MethodNotAllowed,
+    ModelNotFound,
+    ResponseCut,
+    RuntimeFailure,
+    Unauthorized,
+)
 from runtime.manager import Manager
 from runtime.replica import ColdStart
-from runtime.spec import ModelConfig
+from runtime.spec import MODEL_NAME, ModelConfig
 from runtime.supervisor import Supervisor
 
 __all__ = ["Gateway"]
@@ -45,7 +57,13 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _OPENAI_PROXY = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
-_OIP_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?(/infer|/ready)?$")
+# Only what a model name (runtime.spec) and a version may hold: nothing a request line
+# could be split on reaches the path a replica sees.
+_VERSION = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
+_OIP_MODEL = re.compile(rf"^/v2/models/({MODEL_NAME})(?:/versions/{_VERSION})?(/infer|/ready)?$")
+# Bytes that never belong in a request target (controls, space, DEL, non-ASCII), also
+# percent-encoded: a decoded CR/LF written upstream would split the request in two.
+_UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|%(?:[01][0-9A-Fa-f]|20|7[Ff])")
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -67,8 +85,9 @@ class Gateway:
         self.supervisor = supervisor
         self.auth = authenticator
         self.limiter = authenticator.rate_limiter()
+        self.failures = authenticator.failure_limiter()
         self.clock = clock
-        self.metrics = GatewayMetrics(supervisor)
+        self.metrics = GatewayMetrics(supervisor, (m.name for m in config.models))
         self.upstream = UpstreamPool()
         self.created = int(time.time())
         supervisor.on_cold_start = self._record_cold_start
@@ -100,30 +119,59 @@ class Gateway:
         start = time.perf_counter()
         model, route, status = "", path, 500
         try:
-            if path in _OPENAI_PROXY and scope["method"] == "POST":
+            target = _target(scope)
+            method = scope["method"]
+            if path in _OPENAI_PROXY:
+                if method != "POST":
+                    raise MethodNotAllowed(f"{method} {path}: this route takes POST", allow="POST")
+                identity = self._authenticate(scope)  # from the head: before the body
                 body = await self._body(scope, receive)
-                request = json_object(body)
+                request = json_object(body, unique_keys=("model",))
                 model = _model_field(request)
+                self._admit(identity, model)
                 tap = UsageTap()
                 if request.get("stream") is True:
-                    options = request.get("stream_options") or {}
-                    if not (isinstance(options, dict) and options.get("include_usage")):
+                    options = request.get("stream_options")
+                    if options is not None and not isinstance(options, dict):
+                        raise BadInput(
+                            "field 'stream_options': must be an object such as "
+                            '{"include_usage": true}, or left out'
+                        )
+                    if not (options and options.get("include_usage")):
                         # Ask for the usage event, count it, and hide it again.
                         tap = UsageTap(strip_usage_event=True)
-                        request["stream_options"] = {**options, "include_usage": True}
+                        request["stream_options"] = {**(options or {}), "include_usage": True}
                         body = json.dumps(request).encode()
-                status = await self._proxy(scope, receive, send, model, body, tap)
+                status = await self._proxy(scope, receive, send, target, model, body, tap)
             elif (m := _OIP_MODEL.match(path)) is not None:
                 model, suffix = m.group(1), m.group(2)
                 route = "/v2/models/{name}" + (suffix or "")
                 if suffix == "/ready":
+                    if method not in ("GET", "HEAD"):
+                        raise MethodNotAllowed(
+                            f"{method} {path}: this route takes GET", allow="GET, HEAD"
+                        )
                     status = await self._model_ready(scope, send, model)
                 else:
-                    body = await self._body(scope, receive)
-                    status = await self._proxy(scope, receive, send, model, body)
+                    # Never proxied with another method: a HEAD's answer has no body
+                    # to wait for, and the replica would only refuse it anyway.
+                    allow = "POST" if suffix == "/infer" else "GET"
+                    if method != allow:
+                        raise MethodNotAllowed(
+                            f"{method} {path}: this route takes {allow}", allow=allow
+                        )
+                    self._admit(self._authenticate(scope), model)  # all before the body
+                    body = await self._body(scope, receive) if allow == "POST" else b""
+                    status = await self._proxy(scope, receive, send, target, model, body)
             else:
                 model, route = "-", _route_label(path)
                 status = await self._local(scope, send, path)
+        except ResponseCut as exc:
+            # The status line is out: the server must abort the connection, so the
+            # client sees the answer cut, never complete (a raise is how ASGI says it).
+            status = exc.status
+            log.warning("%s: %s", path, exc.message)
+            raise
         except EdgeInferError as exc:
             status = exc.status
             if isinstance(exc, ModelNotFound):
@@ -140,7 +188,7 @@ class Gateway:
             if model:
                 seconds = time.perf_counter() - start
                 self.metrics.observe_request(model, route, status, seconds)
-                if self.manager is not None:
+                if self.manager is not None and model in self.metrics.models:
                     self.manager.observe(model, status, seconds)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -158,30 +206,42 @@ class Gateway:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _identity(self, scope: Scope, model: str) -> KeyIdentity:
-        identity = self.auth.authenticate(_header(scope, b"authorization"))
+    def _authenticate(self, scope: Scope, *, admin: bool = False) -> KeyIdentity:
+        """The key in the head (401), unless the client's address has sent too many
+        missing or unknown keys lately (429 before its key is even looked at)."""
+        client = scope.get("client")
+        address = client[0] if client else "-"
+        now = self.clock()
+        self.failures.check(address, now)
+        header = _header(scope, b"authorization")
+        try:
+            if admin:
+                return self.auth.authenticate_admin(header)
+            return self.auth.authenticate(header)
+        except Unauthorized:
+            self.failures.failed(address, now)
+            raise
+
+    def _admit(self, identity: KeyIdentity, model: str) -> None:
+        """The key's model scope (403) and its rate (429)."""
         self.auth.authorize(identity, model)
         self.limiter.check(identity.name, self.clock())
-        return identity
 
     async def _proxy(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
+        target: str,
         model: str,
         body: bytes,
         tap: UsageTap | None = None,
     ) -> int:
-        self._identity(scope, model)
         pool = self.supervisor.pool(model)
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
         deadline = self.clock() + timeout
         replica = pool.try_acquire() or await pool.acquire(deadline)
         try:
-            target = scope["path"]
-            if scope.get("query_string"):
-                target += "?" + scope["query_string"].decode("latin-1")
             host, port = replica.address
             started = time.perf_counter()
             result = await forward(
@@ -190,7 +250,9 @@ class Gateway:
                 port,
                 target,
                 scope["method"],
-                scope["headers"],
+                upstream_headers(
+                    scope["headers"], scope.get("client"), scope.get("scheme", "http")
+                ),
                 body,
                 send,
                 receive,
@@ -223,7 +285,7 @@ class Gateway:
         return min(value, default)
 
     async def _model_ready(self, scope: Scope, send: Send, model: str) -> int:
-        self._identity(scope, model)
+        self._admit(self._authenticate(scope), model)
         self.supervisor.pool(model)  # 404 for an unknown model
         # A model scaled to zero is ready: the first request starts a replica.
         return await _send_json(send, 200, {"name": model, "ready": True})
@@ -235,7 +297,7 @@ class Gateway:
         if path == "/v2/health/ready" and method == "GET":
             return await _send_json(send, 200, {"ready": True})
         if path == "/v1/models" and method == "GET":
-            identity = self.auth.authenticate(_header(scope, b"authorization"))
+            identity = self._authenticate(scope)
             names = [
                 m.name
                 for m in self.config.models
@@ -248,7 +310,7 @@ class Gateway:
             return await _send_json(send, 200, {"object": "list", "data": data})
         if path.startswith("/v1/models/") and method == "GET":
             name = path.removeprefix("/v1/models/")
-            self._identity(scope, name)
+            self._admit(self._authenticate(scope), name)
             self.supervisor.pool(name)
             return await _send_json(
                 send,
@@ -256,7 +318,7 @@ class Gateway:
                 {"id": name, "object": "model", "created": self.created, "owned_by": "edgeinfer"},
             )
         if path == "/metrics" and method == "GET":
-            self.auth.authenticate_admin(_header(scope, b"authorization"))
+            self._authenticate(scope, admin=True)
             payload = generate_latest(self.metrics.registry)
             await send(
                 {
@@ -268,7 +330,7 @@ class Gateway:
             await send({"type": "http.response.body", "body": payload})
             return 200
         if path == "/admin/models" and method == "GET":
-            self.auth.authenticate_admin(_header(scope, b"authorization"))
+            self._authenticate(scope, admin=True)
             return await _send_json(send, 200, {"models": self._admin_models()})
         raise _NotFound(f"{method} {path}: no such route")
 
@@ -346,6 +408,23 @@ def _route_label(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "/v1/models/{name}"
     return "(unmatched)"
+
+
+def _target(scope: Scope) -> str:
+    """The request target as the client sent it, still percent-encoded: what goes to a
+    replica, so it parses the path exactly as the gateway's server did. 400 for a
+    control character or a space in it, raw or percent-encoded (query included)."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:  # a server without raw_path (optional in ASGI): encode it again
+        raw = quote(scope["path"]).encode("ascii")
+    query: bytes = scope.get("query_string", b"")
+    if _UNSAFE_TARGET.search(raw) or (query and _UNSAFE_TARGET.search(query)):
+        raise BadInput(
+            "the request target holds a control character, a space or a non-ASCII byte "
+            "(raw or percent-encoded): send a plain path"
+        )
+    target = raw.decode("ascii")
+    return f"{target}?{query.decode('ascii')}" if query else target
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from gateway.ratelimit import Limit, RateLimiter
+from gateway.ratelimit import FailureLimiter, Limit, RateLimiter
 from runtime.errors import PayloadTooLarge, PermissionDenied, Unauthorized
 
 __all__ = ["ANONYMOUS", "ApiKeyConfig", "AuthConfig", "Authenticator", "KeyIdentity"]
@@ -49,6 +49,13 @@ class AuthConfig(BaseModel):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     default_rate_per_s: float | None = Field(None, gt=0)
     default_burst: int | None = Field(None, ge=1)
+    failed_auth_rate_per_s: float = Field(
+        1.0, gt=0, description="401s per client address per second, then 429"
+    )
+    failed_auth_burst: int = Field(20, ge=1, description="401s per address before the rate")
+    failed_auth_clients: int = Field(
+        4096, ge=1, le=1_000_000, description="addresses remembered (least recent dropped)"
+    )
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class KeyIdentity:
 
 
 ANONYMOUS = KeyIdentity("anonymous")
+_FAILURES = Limit(1.0, 20)  # AuthConfig's failed_auth_* defaults
 _ADMIN = KeyIdentity("admin")
 
 
@@ -94,6 +102,8 @@ class Authenticator:
     admin_digest: bytes | None
     max_body_bytes: int
     default_limit: Limit | None = None
+    failure_limit: Limit = _FAILURES
+    failure_clients: int = 4096
 
     @classmethod
     def from_config(cls, config: AuthConfig, environ: Mapping[str, str]) -> Authenticator:
@@ -120,11 +130,22 @@ class Authenticator:
         admin, a_key, a_env = None, config.admin_key, config.admin_key_env
         if a_key is not None or a_env is not None:
             admin = _digest(_secret("admin_key", a_key, a_env, environ))
-        return cls(tuple(keys), admin, config.max_body_bytes, _limit("auth", rate, burst))
+        return cls(
+            tuple(keys),
+            admin,
+            config.max_body_bytes,
+            _limit("auth", rate, burst),
+            Limit(config.failed_auth_rate_per_s, config.failed_auth_burst),
+            config.failed_auth_clients,
+        )
 
     def rate_limiter(self) -> RateLimiter:
         """A limiter with each key's limit; other ids (anonymous) get the default."""
         return RateLimiter({i.name: i.limit for i, _ in self.keys if i.limit}, self.default_limit)
+
+    def failure_limiter(self) -> FailureLimiter:
+        """A limiter of failed authentications (401s) per client address."""
+        return FailureLimiter(self.failure_limit, self.failure_clients)
 
     def authenticate(self, authorization_header: str | None) -> KeyIdentity:
         """The identity behind ``Authorization: Bearer <key>`` (scheme in any case); 401

@@ -1,7 +1,12 @@
-"""The gateway's Prometheus metrics, in a registry of their own (one per app)."""
+"""The gateway's Prometheus metrics, in a registry of their own (one per app).
+
+Label values are a fixed set: configured model names, ``-`` (a route that names no
+model) and ``(unknown)`` for any name a client made up, so no stranger can add series.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -10,7 +15,10 @@ from prometheus_client.registry import Collector
 
 from runtime.supervisor import Supervisor
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["NO_MODEL", "UNKNOWN_MODEL", "GatewayMetrics"]
+
+NO_MODEL = "-"
+UNKNOWN_MODEL = "(unknown)"
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _COLD = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
@@ -60,7 +68,8 @@ class _PoolCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, models: Iterable[str]) -> None:
+        self.models = frozenset(models) | {NO_MODEL}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -106,8 +115,14 @@ class GatewayMetrics:
         r.register(_PoolCollector(supervisor))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
+    def model_label(self, model: str) -> str:
+        """``model`` when it is configured (or ``-``), else ``(unknown)``."""
+        return model if model in self.models else UNKNOWN_MODEL
+
     def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
-        """Count one request and its latency (label children cached: this is per request)."""
+        """Count one request and its latency (label children cached: this is per
+        request). ``route`` must be one of the app's fixed route names."""
+        model = self.model_label(model)
         key = (model, route, str(status))
         children = self._children.get(key)
         if children is None:

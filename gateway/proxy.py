@@ -19,26 +19,30 @@ from typing import Any
 
 from gateway.upstream import UpstreamError, UpstreamPool
 from gateway.usage import UsageTap
-from runtime.errors import DeadlineExceeded, EdgeInferError
+from runtime.errors import DeadlineExceeded, EdgeInferError, ReplicaFailed, ResponseCut
 
-__all__ = ["ForwardResult", "ReplicaFailed", "forward"]
+__all__ = ["ForwardResult", "forward", "upstream_headers"]
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# Headers that describe one hop, or the client's credentials: never forwarded.
+# Headers that describe one hop, or the client's credentials: never forwarded. The
+# client's own X-Forwarded-* / Forwarded go too: the gateway says who the peer was.
 _DROP_REQUEST = frozenset(
     {
         b"host",
         b"connection",
         b"keep-alive",
+        b"proxy-connection",
         b"authorization",
         b"transfer-encoding",
         b"te",
+        b"trailer",
         b"upgrade",
         b"proxy-authorization",
         b"content-length",
         b"expect",
+        b"forwarded",
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})
@@ -49,17 +53,32 @@ _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", 
 _WATCH_AFTER = 1.0
 
 
-class ReplicaFailed(EdgeInferError):
-    """The replica went away while serving the request (502)."""
-
-    status = 502
-    code = "replica_failed"
+def upstream_headers(
+    headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None, scheme: str
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the replica gets them: without hop-by-hop ones (the
+    standard set and any the client's ``Connection`` names) and forwarding claims the
+    client made up; with ``X-Forwarded-For``/``-Proto`` from the real peer."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    out = [
+        (k, v)
+        for k, v in headers
+        if k not in _DROP_REQUEST and k not in named and not k.startswith(b"x-forwarded-")
+    ]
+    if client is not None:
+        out.append((b"x-forwarded-for", client[0].encode("latin-1")))
+    out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    return out
 
 
 @dataclass
 class ForwardResult:
     status: int
     started: bool  # whether the response start was sent to the client
+    streaming: bool = False  # server-sent events
     first_byte: float | None = None  # perf_counter of the first body chunk
     last_byte: float | None = None
     chunks: int = 0
@@ -81,10 +100,12 @@ async def forward(
     seconds_left: float,
     tap: UsageTap | None = None,
 ) -> ForwardResult:
-    """Proxy one request. Raises ReplicaFailed / DeadlineExceeded only before anything
-    was sent to the client; after that, failures end the response early (for SSE with
-    an error event) because the status line is already gone. A client that hangs up
-    cancels the work and the upstream connection is closed."""
+    """Proxy one request (``headers`` as the replica gets them: ``upstream_headers``).
+    Raises ReplicaFailed / DeadlineExceeded before anything was sent to the client;
+    after that the status line is gone, so a failure raises :class:`ResponseCut` (for
+    SSE after an error event) and the server aborts the client's connection: a cut
+    answer never looks complete. A client that hangs up cancels the work and the
+    upstream connection is closed."""
     result = ForwardResult(status=0, started=False)
     task = asyncio.current_task()
     assert task is not None
@@ -99,9 +120,8 @@ async def forward(
     # One timer per request: the watcher it starts sees both a client that hangs up and
     # the deadline, so the many requests that finish sooner never pay for either.
     handle = loop.call_at(min(deadline, loop.time() + _WATCH_AFTER), watch)
-    upstream = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
     try:
-        await _forward(pool, host, port, target, method, upstream, body, send, result, tap)
+        await _forward(pool, host, port, target, method, headers, body, send, result, tap)
     except asyncio.CancelledError:
         if not (result.disconnected or result.timed_out):
             raise
@@ -111,7 +131,15 @@ async def forward(
                 raise DeadlineExceeded(
                     f"the model did not answer within {seconds_left:.1f}s"
                 ) from None
-            await _end(send)
+            late = DeadlineExceeded(f"the model did not finish within {seconds_left:.1f}s")
+            if result.streaming:
+                await _error_event(send, late)
+            raise ResponseCut(late.message) from None
+    except Exception as exc:
+        if not result.started or isinstance(exc, ResponseCut):
+            raise
+        # Anything else failing once the status line is out: the answer is cut.
+        raise ResponseCut(f"the answer failed after it began: {exc!r}") from exc
     finally:
         handle.cancel()
         if watcher is not None:
@@ -137,6 +165,15 @@ async def _end(send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def _error_event(send: Send, failure: EdgeInferError) -> None:
+    """An SSE error event, in OpenAI's error shape, before a stream is cut."""
+    event = {
+        "error": {"message": failure.message, "type": failure.error_type, "code": failure.code}
+    }
+    body = b"data: " + json.dumps(event).encode() + b"\n\n"
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
 async def _forward(
     pool: UpstreamPool,
     host: str,
@@ -157,6 +194,7 @@ async def _forward(
         result.status = response.status
         out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE]
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+        result.streaming = streaming
         if tap is not None:
             tap.headers(
                 {
@@ -183,22 +221,10 @@ async def _forward(
                     chunk = tap.chunk(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
+            failure = ReplicaFailed(f"the replica stopped mid-answer: {exc}")
             if streaming:
-                failure = ReplicaFailed(f"the replica stopped mid-stream: {exc}")
-                event = {
-                    "error": {
-                        "message": failure.message,
-                        "type": failure.error_type,
-                        "code": failure.code,
-                    }
-                }
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"data: " + json.dumps(event).encode() + b"\n\n",
-                        "more_body": True,
-                    }
-                )
+                await _error_event(send, failure)
+            raise ResponseCut(failure.message) from None
         await _end(send)
     finally:
         response.close()

@@ -1,15 +1,17 @@
-"""Per-key rate limits: token buckets fed the time (``now``, monotonic seconds) by the
-caller; nothing here reads the clock. For one asyncio thread; not thread-safe."""
+"""Per-key rate limits, and a limit on failed authentications per client address:
+token buckets fed the time (``now``, monotonic seconds) by the caller; nothing here
+reads the clock. For one asyncio thread; not thread-safe."""
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runtime.errors import RateLimited
 
-__all__ = ["Limit", "RateLimiter", "TokenBucket"]
+__all__ = ["FailureLimiter", "Limit", "RateLimiter", "TokenBucket"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class TokenBucket:
     def take(self, now: float, n: float = 1) -> float:
         """0.0 when ``n`` tokens are taken at ``now``, else the seconds until they can be
         (nothing taken). Time going backwards adds nothing; ``n > burst`` is a ValueError."""
+        wait = self.wait(now, n)
+        if wait == 0.0:
+            self._tokens -= n
+        return wait
+
+    def wait(self, now: float, n: float = 1) -> float:
+        """0.0 when ``n`` tokens could be taken at ``now``, else the seconds until they
+        can; takes nothing. ``n > burst`` is a ValueError."""
         if n > self.burst:
             raise ValueError(f"cannot take {n} tokens from a bucket of burst {self.burst}")
         if now > self._last:
@@ -39,7 +49,6 @@ class TokenBucket:
             self._tokens, self._last = min(float(self.burst), self._tokens + refill), now
         # Waiting exactly the returned time must succeed though now + wait is rounded.
         if self._tokens + 1e-9 + 4 * math.ulp(now) * self.rate_per_s >= n:
-            self._tokens -= n
             return 0.0
         return (n - self._tokens) / self.rate_per_s
 
@@ -67,3 +76,45 @@ class RateLimiter:
                 f"burst {bucket.burst}): retry after {wait:.3g} s, or ask for a higher rate",
                 retry_after=wait,
             )
+
+
+class FailureLimiter:
+    """Failed authentications per client address: each failure takes a token from the
+    address's bucket (``limit``), and an address with none left is refused before its
+    key is even looked at (429). Addresses that never failed cost nothing; the table
+    keeps the ``max_clients`` most recently failing ones (LRU), so a stranger cannot
+    grow it without bound."""
+
+    def __init__(self, limit: Limit, max_clients: int) -> None:
+        if max_clients < 1:
+            raise ValueError(f"need max_clients >= 1, got {max_clients}")
+        self.limit, self.max_clients = limit, max_clients
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def check(self, client: str, now: float) -> None:
+        """Raise :class:`RateLimited` while ``client`` has no failures left."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return
+        wait = bucket.wait(now)
+        if wait > 0:
+            raise RateLimited(
+                f"too many requests with a missing or unknown key from this address "
+                f"({self.limit.rate_per_s:g}/s, burst {self.limit.burst}): retry after "
+                f"{wait:.3g} s with a valid key",
+                retry_after=wait,
+            )
+
+    def failed(self, client: str, now: float) -> None:
+        """Count one failed authentication from ``client``."""
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= self.max_clients:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[client] = TokenBucket(self.limit.rate_per_s, self.limit.burst)
+        else:
+            self._buckets.move_to_end(client)
+        bucket.take(now)

@@ -19,13 +19,33 @@ from typing import cast
 
 import httptools
 
+from runtime.errors import BadInput
+
 __all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "request_bytes"]
 
 _IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse one it may be closing
+# A replica's response head: the same bounds the gateway's server puts on a client's.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+# Body bytes received from a replica and not yet taken by the proxy before the
+# connection stops reading (TCP then pushes back on the replica), so an answer larger
+# than the client reads is never buffered whole. Reading resumes below the low mark.
+MAX_BUFFERED = 256 * 1024
+_LOW_BUFFERED = MAX_BUFFERED // 4
+# Methods safe to send twice: the only ones re-sent after their bytes went out.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class UpstreamError(ConnectionError):
     """The connection failed or closed before the response was complete."""
+
+
+class _BadHead(Exception):
+    """A response head past the limits, or one nobody could have asked for."""
+
+
+class _Stray(Exception):
+    """Bytes after a complete response that nobody asked for."""
 
 
 @dataclass
@@ -33,6 +53,7 @@ class UpstreamResponse:
     status: int
     headers: list[tuple[bytes, bytes]]
     _conn: _Connection = field(repr=False)
+    _use: int = field(repr=False, default=0)  # which request on the connection is ours
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -56,8 +77,10 @@ class UpstreamResponse:
         return body
 
     def close(self) -> None:
-        """Abandon the response: the connection is closed, not reused."""
-        self._conn.abandon()
+        """Abandon the response: the connection is closed, not reused (unless the whole
+        answer was read and the connection already serves another request)."""
+        if self._conn.uses == self._use:
+            self._conn.abandon()
 
 
 class _Connection(asyncio.Protocol):
@@ -67,17 +90,27 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.idle_since = time.monotonic()
+        self.busy = False  # a request was written and its response is not all read
+        self.paused = False  # reading paused: the proxy has not taken what is here
+        self.uses = 0
         self._reset()
 
     def _reset(self) -> None:
         loop = asyncio.get_running_loop()
+        self.uses += 1
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: asyncio.Future[int] = loop.create_future()
         self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.head_bytes = 0  # raw bytes received while the head is incomplete
+        self.header_bytes = 0  # names and values of the headers parsed
         self.wakeup: asyncio.Future[None] | None = None
         self.complete = False
         self.keep_alive = False
         self.error: Exception | None = None
+
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -86,32 +119,74 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy or self.complete:
+            # Bytes nobody asked for (an answer to a request someone smuggled in, or a
+            # replica gone wrong): whatever follows on this connection can no longer be
+            # matched to a request, so it is never reused.
+            self._discard()
+            return
+        head_pending = not self.head.done()
+        if head_pending:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"bad response from the replica: {exc}"))
+            cause = exc.__context__
+            if self.complete:  # the answer was whole; what came after it was not asked for
+                self._discard()
+            elif isinstance(cause, _BadHead):
+                self._fail(UpstreamError(f"the replica's response head is refused: {cause}"))
+            else:
+                self._fail(UpstreamError(f"bad response from the replica: {exc}"))
+            return
+        # Counted in raw bytes, so a header line that never ends is caught too (the
+        # parser reports a header only once it is complete). One read is bounded.
+        if head_pending and not self.head.done() and self.head_bytes > MAX_HEAD_BYTES:
+            self._fail(UpstreamError(f"the replica's response head is over {MAX_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if not self.complete:
+        if self.busy and not self.complete:
             self._fail(UpstreamError(f"the replica closed the connection: {exc or 'EOF'}"))
 
     # -- httptools callbacks ----------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Stray
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        self.header_bytes += len(name) + len(value)
+        if len(self.headers) > MAX_HEADERS:
+            raise _BadHead(f"more than {MAX_HEADERS} headers")
+        if self.header_bytes > MAX_HEAD_BYTES:
+            raise _BadHead(f"headers over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise _BadHead("a protocol switch (101) nobody asked for")
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows.
+            self.headers = []
+            return
         # Only meaningful while parsing: httptools resets it once the message ends.
         self.keep_alive = self.parser.should_keep_alive()
         if not self.head.done():
-            self.head.set_result(self.parser.get_status_code())
+            self.head.set_result(status)
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > MAX_BUFFERED and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
+        if not self.head.done():
+            return  # the end of an interim (1xx) answer
         self.complete = True
         self._wake()
 
@@ -119,9 +194,15 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: Exception) -> None:
         self.error = error
+        self.keep_alive = False
         if not self.head.done():
             self.head.set_exception(error)
         self._wake()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _discard(self) -> None:
+        self.keep_alive = False
         if self.transport is not None:
             self.transport.close()
 
@@ -129,22 +210,34 @@ class _Connection(asyncio.Protocol):
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
 
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
     async def body(self) -> AsyncIterator[bytes]:
         while True:
             while self.chunks:
-                yield self.chunks.popleft()
+                chunk = self.chunks.popleft()
+                self.buffered -= len(chunk)
+                if self.buffered <= _LOW_BUFFERED:
+                    self._resume()
+                yield chunk
             if self.complete:
                 self._release()
                 return
             if self.error is not None:
                 raise self.error
+            self._resume()
             self.wakeup = asyncio.get_running_loop().create_future()
             await self.wakeup
             self.wakeup = None
 
     def _release(self) -> None:
-        keep = self.transport is not None and self.keep_alive
-        if keep:
+        self.busy = False
+        self._resume()  # idle, it must still see (and refuse) bytes nobody asked for
+        if self.usable() and self.keep_alive:
             self.idle_since = time.monotonic()
             self.pool._idle[self.key].append(self)
         elif self.transport is not None:
@@ -163,14 +256,21 @@ def request_bytes(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
 ) -> bytes:
-    """One HTTP/1.1 request, head and body, as it goes on the wire."""
+    """One HTTP/1.1 request, head and body, as it goes on the wire. :class:`BadInput`
+    when the target or a header holds CR, LF or NUL: the last line of defence against
+    a request smuggled inside another (callers refuse such input before)."""
     # Knative's ingress routes by Host: no ":80" on the default port (RFC 9110 7.2).
     authority = host if port == 80 else f"{host}:{port}"
-    head = [f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()]
+    parts = [f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()]
     for name, value in headers:
-        head.append(name + b": " + value + b"\r\n")
-    head.append(b"content-length: %d\r\n\r\n" % len(body))
-    return b"".join(head) + body
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"content-length: %d\r\n\r\n" % len(body))
+    head = b"".join(parts)
+    # Exactly the line ends written above, and no NUL: three scans at C speed.
+    lines = len(headers) + 4
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
+        raise BadInput("a request target or header holds CR, LF or NUL: refused")
+    return head + body
 
 
 class UpstreamPool:
@@ -186,7 +286,7 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if conn.transport is not None and now - conn.idle_since < _IDLE_SECONDS:
+            if conn.usable() and now - conn.idle_since < _IDLE_SECONDS:
                 conn._reset()
                 return conn, True
             if conn.transport is not None:
@@ -204,21 +304,24 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> UpstreamResponse:
-        """Send one request; returns once the status line and headers have arrived."""
+        """Send one request; returns once the status line and headers have arrived.
+        Once its bytes were written, a request is sent again (on a fresh connection)
+        only when its method is idempotent: the replica may have run it."""
         payload = request_bytes(host, port, method, target, headers, body)
         for attempt in (0, 1):
             conn, reused = await self._connection((host, port))
-            if conn.transport is None:  # closed between connecting and now
+            if conn.transport is None or not conn.usable():  # closed before a byte went out
                 if attempt == 0:
                     continue
                 raise UpstreamError("the replica closed the connection at once")
+            conn.busy = True
             conn.transport.write(payload)
             try:
                 status = await conn.head
             except UpstreamError:
-                # A reused connection the server had just closed: nothing was processed,
-                # so sending once more on a fresh one is safe.
-                if reused and attempt == 0 and not conn.chunks:
+                # A reused connection the server had just closed. Sending once more is
+                # safe only for a request that changes nothing when run twice.
+                if reused and attempt == 0 and not conn.chunks and method in _IDEMPOTENT:
                     continue
                 raise
             except asyncio.CancelledError:
@@ -226,7 +329,7 @@ class UpstreamPool:
                 # began: hanging up is how the replica learns to stop the work.
                 conn.abandon()
                 raise
-            return UpstreamResponse(status, conn.headers, conn)
+            return UpstreamResponse(status, conn.headers, conn, conn.uses)
         raise UpstreamError("unreachable")
 
     def close(self) -> None:

@@ -33,13 +33,10 @@ class UsageTap:
         kept = []
         for event in data.split(b"\n\n"):
             if event.startswith(b"data: {") and b'"usage"' in event:
-                try:
-                    usage = json.loads(event[6:]).get("usage") or {}
-                except ValueError:
-                    usage = {}
+                usage = _usage(event[6:])
                 if usage:
-                    self.prompt = int(usage.get("prompt_tokens", self.prompt))
-                    self.completion = int(usage.get("completion_tokens", self.completion))
+                    self.prompt = _count(usage.get("prompt_tokens"), self.prompt)
+                    self.completion = _count(usage.get("completion_tokens"), self.completion)
                     if self.strip:
                         continue
             kept.append(event)
@@ -48,3 +45,20 @@ class UsageTap:
 
 def _int(value: str | None, default: int) -> int:
     return int(value) if value is not None and value.isdigit() else default
+
+
+def _usage(data: bytes) -> dict[str, object]:
+    """The ``usage`` object of one event, or {} for anything else (a replica's bytes
+    are read, never trusted to be well formed)."""
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):
+        return {}
+    usage = event.get("usage") if isinstance(event, dict) else None
+    return usage if isinstance(usage, dict) else {}
+
+
+def _count(value: object, default: int) -> int:
+    return (
+        value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+    )

@@ -23,12 +23,15 @@ __all__ = [
     "GuestLinkError",
     "GuestOutOfMemory",
     "GuestTrap",
+    "MethodNotAllowed",
     "ModelNotFound",
     "ModelNotReady",
     "Overloaded",
     "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
+    "ReplicaFailed",
+    "ResponseCut",
     "RuntimeFailure",
     "RuntimeUnavailable",
     "Unauthorized",
@@ -98,6 +101,19 @@ class RateLimited(EdgeInferError):
     error_type = "rate_limit_error"
 
 
+class MethodNotAllowed(EdgeInferError):
+    """The route exists but not for this method; ``allow`` lists the methods it takes
+    and is sent as the ``Allow`` header (405)."""
+
+    status = 405
+    code = "method_not_allowed"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class PayloadTooLarge(BadInput):
     """The request body is larger than the configured maximum (413)."""
 
@@ -132,6 +148,21 @@ class DeadlineExceeded(EdgeInferError):
 
     status = 504
     code = "deadline_exceeded"
+
+
+class ReplicaFailed(EdgeInferError):
+    """The replica went away or answered garbage while serving the request (502)."""
+
+    status = 502
+    code = "replica_failed"
+
+
+class ResponseCut(ReplicaFailed):
+    """The replica failed after the answer's status line had gone to the client: no
+    error response can follow, so the server aborts the client's connection (no final
+    chunk, no complete ``Content-Length``) and the client sees the answer is cut."""
+
+    code = "response_cut"
 
 
 class RuntimeFailure(EdgeInferError):

@@ -26,6 +26,7 @@ from runtime.errors import ConfigError
 from runtime.scaling import ScalingRule
 
 __all__ = [
+    "MODEL_NAME",
     "ArtifactFormat",
     "LatencyGoal",
     "ModelConfig",
@@ -70,6 +71,8 @@ RUNTIME_FORMATS: dict[RuntimeName, tuple[ArtifactFormat, ...]] = {
     RuntimeName.WASM: (ArtifactFormat.WASM,),
 }
 GENERATIVE_TASKS = frozenset({Task.CHAT, Task.COMPLETION})
+# A model's name: a DNS label (it names a Knative Service), so also safe in a URL path.
+MODEL_NAME = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
 
 
 class _Strict(BaseModel):
@@ -121,7 +124,7 @@ class RuntimeOptions(_Strict):
 class ModelSpec(_Strict):
     """One model: what it does, where its files are, how it may run and scale."""
 
-    name: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+    name: str = Field(pattern=rf"^{MODEL_NAME}$")
     task: Task
     description: str = ""
     artifacts: dict[ArtifactFormat, str] = Field(default_factory=dict)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime.api import oip, openai
-from runtime.errors import BadInput, EdgeInferError, RuntimeFailure
+from runtime.errors import BadInput, EdgeInferError, MethodNotAllowed, RuntimeFailure
 
 __all__ = ["error_response", "install_error_handlers", "json_response"]
 
@@ -42,6 +42,8 @@ def error_response(path: str, exc: EdgeInferError) -> Response:
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, MethodNotAllowed):
+        headers["Allow"] = exc.allow
     return json_response(body, exc.status, headers)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import Limit, RateLimiter, TokenBucket
+from gateway.ratelimit import FailureLimiter, Limit, RateLimiter, TokenBucket
 from runtime.errors import RateLimited
 
 # (rate_per_s, burst, [(now, n, expected wait)]): waits chosen exact in binary floats.
@@ -110,3 +110,27 @@ def test_ids_without_their_own_limit(default: Limit | None, requests_allowed: in
         with pytest.raises(RateLimited):
             limiter.check("anonymous", 0.0)
         limiter.check("other", 0.0)  # each id gets its own bucket of the default
+
+
+def test_failed_keys_are_limited_per_address_and_refused_before_the_key() -> None:
+    limiter = FailureLimiter(Limit(rate_per_s=1.0, burst=2), max_clients=10)
+    limiter.check("10.0.0.1", 0.0)  # never failed: free
+    limiter.failed("10.0.0.1", 0.0)
+    limiter.check("10.0.0.1", 0.0)  # one failure left
+    limiter.failed("10.0.0.1", 0.0)
+    with pytest.raises(RateLimited) as refused:
+        limiter.check("10.0.0.1", 0.0)
+    assert refused.value.retry_after == 1.0
+    limiter.check("10.0.0.2", 0.0)  # other addresses are not held back
+    limiter.check("10.0.0.1", 1.0)  # refilled: checking takes nothing
+    limiter.check("10.0.0.1", 1.0)
+
+
+def test_the_failure_table_keeps_only_the_latest_addresses() -> None:
+    limiter = FailureLimiter(Limit(rate_per_s=0.001, burst=1), max_clients=100)
+    for i in range(5000):
+        limiter.failed(f"10.0.{i // 256}.{i % 256}", 0.0)
+    assert len(limiter) == 100
+    with pytest.raises(RateLimited):
+        limiter.check("10.0.19.135", 0.0)  # the latest (4999) is still held
+    limiter.check("10.0.0.0", 0.0)  # the first was dropped: it starts afresh

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from gateway.upstream import UpstreamError, UpstreamPool, request_bytes
+from runtime.errors import BadInput
 
 
 class Server:
@@ -148,3 +150,147 @@ def test_the_host_header_names_the_port_only_when_it_is_not_80() -> None:
     assert local == (
         b"POST /x HTTP/1.1\r\nhost: 127.0.0.1:8080\r\na: b\r\ncontent-length: 2\r\n\r\nhi"
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/x\r\nx-smuggled: 1", []),
+        ("/x\n", []),
+        ("/x\x00", []),
+        ("/x", [(b"x-a", b"1\r\nx-smuggled: 1")]),
+        ("/x", [(b"x-a\n", b"1")]),
+        ("/x", [(b"x-a", b"\x00")]),
+    ],
+)
+def test_request_bytes_refuses_cr_lf_and_nul(
+    target: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    with pytest.raises(BadInput, match="CR, LF or NUL"):
+        request_bytes("127.0.0.1", 8080, "POST", target, headers, b"")
+
+
+async def serve(handler: Any) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return await reader.readexactly(length)
+
+
+def test_a_post_is_not_sent_again_once_its_bytes_went_out() -> None:
+    """The replica took the request on a reused connection, then closed it without an
+    answer: it may have run it, so it is not run again on a fresh connection."""
+
+    async def run() -> int:
+        seen: list[bytes] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            seen.append(await read_request(reader))
+            writer.close()  # took the second one, answered nothing
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        assert await read_all(pool, port, b"first") == (200, b"ok")
+        with pytest.raises(UpstreamError):
+            await pool.request("127.0.0.1", port, "POST", "/x", [], b"second")
+        pool.close()
+        server.close()
+        return len(seen)
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == 2
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["with the answer", "while idle"])
+def test_a_connection_with_bytes_nobody_asked_for_is_not_reused(later: bool) -> None:
+    """A second answer to one request (what a smuggled request produces) is never given
+    to the next request on the connection: the connection is closed."""
+
+    async def run() -> tuple[bytes, int]:
+        connections = 0
+        stray = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray"
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            while True:
+                body = await read_request(reader)
+                answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                writer.write(answer if later else answer + stray)
+                await writer.drain()
+                if later:
+                    await asyncio.sleep(0.05)
+                    writer.write(stray)
+                    await writer.drain()
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        assert await read_all(pool, port, b"one") == (200, b"one")
+        await asyncio.sleep(0.2)  # let the stray bytes arrive
+        _, second = await read_all(pool, port, b"two")
+        pool.close()
+        server.close()
+        return second, connections
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == (b"two", 2)
+
+
+def test_interim_answers_are_skipped() -> None:
+    async def run() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n")
+            await writer.drain()
+            writer.write(b"HTTP/1.1 201 Created\r\nx-final: 1\r\ncontent-length: 4\r\n\r\ndone")
+            await writer.drain()
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        response = await pool.request("127.0.0.1", port, "POST", "/x", [], b"")
+        body = b"".join([chunk async for chunk in response.chunks()])
+        pool.close()
+        server.close()
+        return response.status, response.headers, body
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) == (
+        201,
+        [(b"x-final", b"1"), (b"content-length", b"4")],
+        b"done",
+    )
+
+
+def test_a_head_that_never_ends_fails_without_growing() -> None:
+    """A header value that never ends is counted in raw bytes: the request fails once
+    the head passes the limit, long before the replica stops sending."""
+
+    async def run() -> int:
+        sent = 0
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal sent
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nx-endless: ")
+            try:
+                for _ in range(64 * 1024):  # up to 64 MiB
+                    writer.write(b"a" * 1024)
+                    await writer.drain()
+                    sent += 1024
+            except ConnectionError:
+                pass
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        with pytest.raises(UpstreamError, match="head"):
+            await pool.request("127.0.0.1", port, "GET", "/x", [], b"")
+        pool.close()
+        server.close()
+        return sent
+
+    assert asyncio.run(asyncio.wait_for(run(), 60)) < 32 * 1024 * 1024

@@ -1,0 +1,56 @@
+"""Reading a request body as a JSON object: what the parser cannot take is a 400."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.api.body import MAX_DEPTH, json_object
+from runtime.errors import BadInput
+
+
+def nested(depth: int) -> bytes:
+    return b'{"a": ' + b"[" * (depth - 1) + b"1" + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 200_000, "nested deeper"),
+        (nested(MAX_DEPTH + 1), "nested deeper"),
+        (b'{"n": ' + b"1" * 5000 + b"}", "cannot be read"),
+        (b'{"n": 1', "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1]", "must be a JSON object"),
+        (b"", "empty"),
+    ],
+)
+def test_bodies_the_parser_refuses_are_bad_input(body: bytes, says: str) -> None:
+    with pytest.raises(BadInput, match=says):
+        json_object(body)
+
+
+def test_depth_is_counted_outside_strings_and_up_to_the_limit() -> None:
+    assert json_object(nested(MAX_DEPTH))["a"] is not None
+    brackets = b"[{" * 10_000
+    assert json_object(b'{"text": "' + brackets + b'"}')["text"] == brackets.decode()
+    wide = b'{"data": [' + b",".join([b"[1, 2]"] * 10_000) + b"]}"
+    assert len(json_object(wide)["data"]) == 10_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "a", "model": "b"}',
+        b'{"model": "a", "mod\\u0065l": "b"}',
+        b'{"x": {"model": "a", "model": "b"}, "model": "c"}',
+    ],
+)
+def test_a_unique_key_given_twice_is_refused(body: bytes) -> None:
+    with pytest.raises(BadInput, match="'model' is given twice"):
+        json_object(body, unique_keys=("model",))
+    assert isinstance(json_object(body), dict)  # other callers: the last one wins
+
+
+def test_one_model_key_and_escapes_elsewhere_pass() -> None:
+    body = b'{"model": "a", "input": "caf\\u00e9", "x": {"model": "a"}}'
+    assert json_object(body, unique_keys=("model",))["input"] == "café"
