@@ -9,19 +9,28 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.errors import BadInput
 
-__all__ = ["describe_validation", "json_object", "parse_json"]
+__all__ = ["describe_validation", "json_object", "load_json", "parse_json"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def load_json(body: bytes) -> Any:
+    """``body`` parsed as JSON; :class:`BadInput` for anything the parser refuses:
+    malformed text, bad UTF-8, nesting past the parser's recursion limit, or an integer
+    past Python's digit limit (``sys.set_int_max_str_digits``, 4300 by default)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise BadInput("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise BadInput(f"request body is not valid JSON: {exc}") from None
 
 
 def json_object(body: bytes) -> dict[str, Any]:
     """``body`` as a JSON object; :class:`BadInput` saying what is wrong otherwise."""
     if not body:
         raise BadInput("the request body is empty; send a JSON object")
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"request body is not valid JSON: {exc}") from None
+    raw = load_json(body)
     if not isinstance(raw, dict):
         raise BadInput("the request body must be a JSON object")
     return raw
