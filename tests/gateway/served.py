@@ -69,9 +69,14 @@ def bundled_models(*names: str) -> list[dict[str, Any]]:
 
 
 def start_gateway(
-    log_dir: Path, models: list[dict[str, Any]], gateway: dict[str, Any] | None = None
+    log_dir: Path,
+    models: list[dict[str, Any]],
+    gateway: dict[str, Any] | None = None,
+    server: str = "ours",
 ) -> ServedGateway:
-    """``edgeinfer serve --config`` with one user key (all models) and an admin key."""
+    """``edgeinfer serve --config`` with one user key (all models) and an admin key;
+    ``server="uvicorn-h11"`` serves the same gateway app with uvicorn's h11 parser
+    instead (the reference column of ``bench/hostile.py``)."""
     port = free_port()
     config = log_dir / f"gateway-{port}.yaml"
     settings = {
@@ -84,6 +89,8 @@ def start_gateway(
     config.write_text(yaml.safe_dump({"models": models, "gateway": settings}))
     log = log_dir / f"gateway-{port}.log"
     cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    if server == "uvicorn-h11":
+        cmd = [sys.executable, "-m", "tests.gateway.served", str(config), str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -105,3 +112,19 @@ def start_gateway(
         time.sleep(0.2)
     served.stop()
     raise RuntimeError(f"gateway not live in 120s:\n{served.output()}")
+
+
+def run_uvicorn_h11(config: Path, port: int) -> None:
+    """The gateway app of ``config`` on uvicorn with ``http="h11"``, loopback."""
+    import uvicorn
+
+    from gateway.server import build_gateway
+    from runtime.settings import Settings
+    from runtime.spec import load_config
+
+    app = build_gateway(load_config(config), Settings.from_env())
+    uvicorn.run(app, host="127.0.0.1", port=port, http="h11", lifespan="on", log_level="warning")
+
+
+if __name__ == "__main__":
+    run_uvicorn_h11(Path(sys.argv[1]), int(sys.argv[2]))

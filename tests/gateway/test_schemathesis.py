@@ -27,6 +27,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 
 from tests.conftest import WorkerProcess, running_worker
 from tests.gateway.served import ADMIN_KEY, API_KEY, ServedGateway, bundled_models, start_gateway
@@ -79,6 +80,7 @@ def fuzz(base_url: str, headers_for: Any, examples: int) -> Counter[str]:
     seen: Counter[str] = Counter()
     session = requests.Session()
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the served document is invalid: {result!r}"
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
