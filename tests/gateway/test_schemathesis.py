@@ -134,26 +134,6 @@ def _gateway_headers(path: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_gateway_openapi_describes_its_routes(gateway: ServedGateway) -> None:
-    doc = httpx.get(f"{gateway.url}/openapi.json").json()
-    paths = doc["paths"]
-    for route in (
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v2/models/{name}/infer",
-        "/admin/models",
-    ):
-        assert route in paths, route
-    chat = doc["components"]["schemas"]["ChatCompletionRequest"]
-    assert chat["properties"]["model"]["enum"] == ["smollm2", "minilm", "magika"]
-    assert paths["/admin/models"]["get"]["security"] == [{"bearer": []}]
-    # Every documented GET without parameters answers as documented.
-    for route, ops in paths.items():
-        if "{" not in route and "get" in ops:
-            r = httpx.get(gateway.url + route, headers=_gateway_headers(route))
-            assert str(r.status_code) in ops["get"]["responses"], (route, r.status_code)
-
-
 def test_schemathesis_gateway(gateway: ServedGateway) -> None:
     seen = fuzz(gateway.url, _gateway_headers, EXAMPLES)
     print(json.dumps({"target": "gateway", **seen}))
