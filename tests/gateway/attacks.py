@@ -470,3 +470,10 @@ def replica_models(replica: FakeReplica) -> list[dict[str, Any]]:
         }
         for name in ("echo", "early", "big")
     ]
+
+
+def stream_options_not_an_object(t: Target, wait: float = 5.0) -> Outcome:
+    """``stream: true`` with ``stream_options`` a list (found reading the gateway's
+    usage rewrite, which spreads it as a mapping): a 400, not a 500."""
+    body = b'{"model": "echo", "prompt": "x", "stream": true, "stream_options": [1]}'
+    return exchange(t, post("/v1/completions", body, t.auth()), wait)

@@ -164,3 +164,10 @@ def test_an_http09_request_line_is_refused(target: Target) -> None:
 def test_a_flood_of_wrong_keys_is_throttled(target: Target) -> None:
     out = attacks.unauthorized_flood(target, count=300)
     assert out.extra["statuses"].get("429", 0) > 0, out.extra
+
+
+@_pending("3 (a body field of the wrong type is a 400; schemathesis's 0-5xx rule)")
+def test_stream_options_of_the_wrong_type_is_a_400(target: Target) -> None:
+    out = attacks.stream_options_not_an_object(target)
+    assert out.status == 400, out
+    _openai_error(out)
