@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -115,6 +116,7 @@ def main() -> None:
                 gw = start_gateway(Path(tmp), replica_models(replica), server=server)
                 try:
                     results[name][server] = attack(gw, name)
+                    print(server, name, results[name][server], file=sys.stderr, flush=True)
                 finally:
                     gw.stop()
     replica.stop()
