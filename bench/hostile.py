@@ -5,7 +5,8 @@ own server and against the same gateway app served by uvicorn with h11, both sta
 here with the same config (models served by a fake replica on loopback): the outcome
 (status / closed / timeout), the gateway process's RSS before, at its peak during, and
 after the attack, and the latency of normal requests (an authenticated OIP infer, one
-client, back to back) sent DURING the attack: p50/p99 and how many failed.
+client, back to back) sent DURING the attack: p50/p99 and how many failed. An attack
+that ends within 2 s is repeated until 2 s have passed (``repeats``).
 
 Everything shares this machine's cores. Prints one JSON line.
 Run from the repository root (it imports the test suite's attacks):
@@ -28,6 +29,7 @@ import httpx
 from tests.gateway.attacks import ATTACKS, FakeReplica, Target, replica_models
 from tests.gateway.served import ADMIN_KEY, API_KEY, ServedGateway, start_gateway
 
+MIN_SECONDS = 2.0
 # Bigger than the CI suite's: the bench shows costs, the tests show behaviour.
 _ARGS: dict[str, dict[str, Any]] = {
     "5000_made_up_models_then_metrics": {"count": 5000, "wait": 10.0},
@@ -77,11 +79,20 @@ def attack(gw: ServedGateway, name: str) -> dict[str, Any]:
     probe = Probe(gw)
     probe.start()
     started = time.perf_counter()
-    try:
-        out = ATTACKS[name](target, **_ARGS.get(name, {}))
-        outcome, extra = out.label(), out.extra
-    except OSError as exc:
-        outcome, extra = f"error: {exc!r}", {}
+    repeats = 0
+    # A quick attack is repeated for MIN_SECONDS so normal requests overlap it; the
+    # outcome is the first run's.
+    while repeats == 0 or time.perf_counter() - started < MIN_SECONDS:
+        try:
+            out = ATTACKS[name](target, **_ARGS.get(name, {}))
+            label, more = out.label(), out.extra
+        except OSError as exc:
+            label, more = f"error: {exc!r}", {}
+        if repeats == 0:
+            outcome, extra = label, more
+        repeats += 1
+        if not gw.alive():
+            break
     seconds = time.perf_counter() - started
     probe.stop.set()
     probe.join(15)
@@ -90,6 +101,7 @@ def attack(gw: ServedGateway, name: str) -> dict[str, Any]:
         "outcome": outcome,
         **({"extra": extra} if extra else {}),
         "seconds": round(seconds, 2),
+        "repeats": repeats,
         "rss_mib_before": round(before / 2**20, 1),
         "rss_mib_peak": round(probe.peak_rss / 2**20, 1),
         "rss_mib_after": round(gw.rss_bytes() / 2**20, 1) if alive else None,

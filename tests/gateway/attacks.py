@@ -90,6 +90,11 @@ def read_answer(sock: socket.socket, wait: float) -> Outcome:
                 data = rest  # an interim answer: the final one follows
                 continue
             length = _content_length(head)
+            if _chunked(head):
+                if rest.endswith(b"0\r\n\r\n"):
+                    out.head, out.body = head, _dechunk(rest)
+                    break
+                continue
             if length is None or len(rest) >= length:
                 out.head, out.body = head, rest[: length or 0] if length is not None else rest
                 break
@@ -112,6 +117,24 @@ def _content_length(head: bytes) -> int | None:
         if name.strip().lower() == b"content-length" and value.strip().isdigit():
             return int(value.strip())
     return None
+
+
+def _chunked(head: bytes) -> bool:
+    return any(
+        line.lower().replace(b" ", b"") == b"transfer-encoding:chunked"
+        for line in head.split(b"\r\n")[1:]
+    )
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, pos = b"", 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += data[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
 
 
 def exchange(target: Target, raw: bytes, wait: float = 5.0) -> Outcome:
