@@ -34,7 +34,7 @@ from tests.gateway.served import ADMIN_KEY, API_KEY, ServedGateway, bundled_mode
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("EDGEINFER_FUZZ_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("EDGEINFER_FUZZ_EXAMPLES", "10"))
 CASE_TIMEOUT = 60.0  # seconds; a case that takes longer is a hang
 _BOUNDED = ("max_tokens", "max_completion_tokens")
 _GENERATING = ("/v1/chat/completions", "/v1/completions")
