@@ -500,3 +500,10 @@ def stream_options_not_an_object(t: Target, wait: float = 5.0) -> Outcome:
     usage rewrite, which spreads it as a mapping): a 400, not a 500."""
     body = b'{"model": "echo", "prompt": "x", "stream": true, "stream_options": [1]}'
     return exchange(t, post("/v1/completions", body, t.auth()), wait)
+
+
+def control_char_in_version(t: Target, wait: float = 5.0) -> Outcome:
+    """``GET /v2/models/NAME/versions/%1F`` (found by schemathesis): the decoded control
+    character reaches the replica's request line, whose plain-text 400 is relayed."""
+    raw = b"GET /v2/models/echo/versions/%1F HTTP/1.1\r\nHost: gw\r\n" + t.auth() + b"\r\n"
+    return exchange(t, raw, wait)

@@ -155,3 +155,19 @@ def test_schemathesis_worker(model: str, worker_logs: Path) -> None:
         print(json.dumps({"target": f"worker:{model}", **seen}))
         assert seen["2xx"] > 0 and seen["4xx"] > 0, seen
         assert worker.proc.poll() is None, worker.output()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="worker bug found by schemathesis (EDGEINFER_FUZZ_EXAMPLES=40): this completion "
+    "body never answers on smollm2; the single fields alone do not hang; not yet diagnosed",
+)
+def test_a_fuzzed_completion_that_hangs_the_smollm2_worker(smollm2_worker: WorkerProcess) -> None:
+    body = (Path(__file__).parent / "schemathesis_hang_body.json").read_bytes()
+    r = httpx.post(
+        f"{smollm2_worker.url}/v1/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=CASE_TIMEOUT,
+    )
+    assert r.status_code < 500
