@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import gateway_document
 from gateway.proxy import forward, upstream_headers
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
@@ -296,6 +297,8 @@ class Gateway:
             return await _send_json(send, 200, {"live": True})
         if path == "/v2/health/ready" and method == "GET":
             return await _send_json(send, 200, {"ready": True})
+        if path == "/openapi.json" and method == "GET":
+            return await _send_json(send, 200, gateway_document(self.config, bool(self.auth.keys)))
         if path == "/v1/models" and method == "GET":
             identity = self._authenticate(scope)
             names = [
@@ -395,7 +398,14 @@ class _NotFound(ModelNotFound):
 
 
 _LOCAL_ROUTES = frozenset(
-    {"/v2/health/live", "/v2/health/ready", "/v1/models", "/metrics", "/admin/models"}
+    {
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v1/models",
+        "/metrics",
+        "/admin/models",
+        "/openapi.json",
+    }
 )
 
 

@@ -34,6 +34,15 @@ class ServerConfig(BaseModel):
     body_timeout_seconds: float = Field(
         30.0, gt=0, le=3600, description="no body bytes while the app waits for them; 408"
     )
+    min_body_bytes_per_second: float = Field(
+        256.0,
+        ge=0,
+        le=1 << 30,
+        description=(
+            "after body_timeout_seconds of a body, its average rate must reach this "
+            "(a trickle of bytes is no progress); 408; 0: no floor"
+        ),
+    )
     max_connections: int | None = Field(
         None,
         ge=1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import http
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -44,25 +45,27 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_ESCAPE = re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF])")
 # What a connection's deadline is for (``Connection.deadline_kind``).
-_NONE, _IDLE, _HEAD, _BODY = range(4)
+_NONE, _IDLE, _HEAD, _BODY, _SLOW_BODY = range(5)
 
 
 def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
 
 
-def _plain(status: int, text: str, extra: bytes = b"") -> bytes:
-    body = text.encode()
+def _refusal(status: int, text: str, extra: bytes = b"") -> bytes:
+    """A response the server writes itself, then closes: the OIP error shape
+    (``{"error": text}``), since no route has been chosen that could pick another."""
+    body = json.dumps({"error": text}).encode()
     return (
         _status_line(status)
-        + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+        + b"content-type: application/json\r\nconnection: close\r\n"
         + extra
         + b"content-length: %d\r\n\r\n" % len(body)
         + body
     )
 
 
-_REFUSED = _plain(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
+_REFUSED = _refusal(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
 
 
 class Cycle:
@@ -70,6 +73,8 @@ class Cycle:
 
     __slots__ = (
         "body",
+        "body_bytes",
+        "body_since",
         "buffered",
         "chunked",
         "complete",
@@ -96,6 +101,8 @@ class Cycle:
         self.head_only = scope["method"] == "HEAD"
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0  # body bytes received and not yet given to the app
+        self.body_bytes = 0  # body bytes received in all
+        self.body_since = conn.loop.time()  # the head's end: the body's start
         self.complete = False  # the whole request body has arrived
         self.delivered = False  # ... and has been given to the app
         self.waiter: asyncio.Future[None] | None = None
@@ -118,7 +125,7 @@ class Cycle:
                 data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
                 self.body.clear()
                 self.buffered = 0
-                if conn.deadline_kind == _BODY:
+                if conn.deadline_kind in (_BODY, _SLOW_BODY):
                     conn.clear_deadline()
                 if self.complete:
                     self.delivered = True
@@ -130,7 +137,7 @@ class Cycle:
                 conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             # Body still on its way, or all delivered: wait for more or for a hang-up.
             if not self.complete and conn.cycle is self:
-                conn.expect_by(_BODY, conn.server.body_timeout)
+                conn.expect_body(self)
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
@@ -401,6 +408,7 @@ class Connection(asyncio.Protocol):
             return  # a request already answered (e.g. 413) whose body is discarded
         cycle.body.append(body)
         cycle.buffered += len(body)
+        cycle.body_bytes += len(body)
         if cycle.buffered > MAX_BUFFERED_BODY and not self.reading_paused:
             self.pause_reading()
         cycle.wake()
@@ -428,7 +436,7 @@ class Connection(asyncio.Protocol):
             # Nothing of the answer written yet (its head waits in ``start``): a 500.
             if (not cycle.started or cycle.start is not None) and not self.closed:
                 log.exception("the app failed before answering %s", cycle.scope["path"])
-                self.write(_plain(500, "Internal Server Error"))
+                self.write(_refusal(500, "Internal Server Error"))
             elif not isinstance(exc, asyncio.CancelledError):
                 log.exception("the app failed while answering %s", cycle.scope["path"])
             self.close()
@@ -436,7 +444,7 @@ class Connection(asyncio.Protocol):
         if not cycle.response_complete and not self.closed:
             log.error("the app returned without completing the response to %s", cycle.scope["path"])
             if not cycle.started:
-                self.write(_plain(500, "Internal Server Error"))
+                self.write(_refusal(500, "Internal Server Error"))
             self.close()
 
     def cycle_done(self, cycle: Cycle) -> None:
@@ -501,6 +509,18 @@ class Connection(asyncio.Protocol):
         self.deadline = self.loop.time() + seconds
         self.deadline_kind = kind
 
+    def expect_body(self, cycle: Cycle) -> None:
+        """The app waits for body bytes: they must come within ``body_timeout``, and,
+        once the body is that old, on average at ``min_body_rate`` at least."""
+        server = self.server
+        self.expect_by(_BODY, server.body_timeout)
+        if server.min_body_rate > 0:
+            owed = cycle.body_bytes / server.min_body_rate
+            slow_at = cycle.body_since + max(server.body_timeout, owed)
+            if slow_at < self.deadline:
+                self.deadline = slow_at
+                self.deadline_kind = _SLOW_BODY
+
     def clear_deadline(self) -> None:
         self.deadline = float("inf")
         self.deadline_kind = _NONE
@@ -524,6 +544,9 @@ class Connection(asyncio.Protocol):
         elif kind == _BODY:
             seconds = self.server.body_timeout
             self._reject(408, f"no request body bytes arrived for {seconds:g} s")
+        elif kind == _SLOW_BODY:
+            rate = self.server.min_body_rate
+            self._reject(408, f"the request body arrives slower than {rate:g} bytes/s")
 
     def _refuse(self, status: int, reason: str) -> None:
         """From a parser callback: stop parsing; ``data_received`` answers."""
@@ -541,7 +564,7 @@ class Connection(asyncio.Protocol):
             and not self.queue
             and (self.cycle is None or self.cycle is active)
         ):
-            self.write(_plain(status, reason))
+            self.write(_refusal(status, reason))
         self._linger()
 
     def _linger(self) -> None:

@@ -96,6 +96,7 @@ class Http1Server:
         self.keep_alive = limits.keep_alive_seconds
         self.head_timeout = limits.head_timeout_seconds
         self.body_timeout = limits.body_timeout_seconds
+        self.min_body_rate = limits.min_body_bytes_per_second
         self.max_head_bytes = limits.max_head_bytes
         self.max_headers = limits.max_headers
         self.max_connections = limits.max_connections or 0  # set in serve() when 0

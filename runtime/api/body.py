@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.errors import BadInput
 
-__all__ = ["describe_validation", "json_object", "parse_json"]
+__all__ = ["describe_validation", "json_object", "load_json", "parse_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,13 +24,12 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _BLOCK = 1 << 20
 
 
-def json_object(body: bytes, *, unique_keys: Collection[str] = ()) -> dict[str, Any]:
-    """``body`` as a JSON object; :class:`BadInput` saying what is wrong otherwise:
-    not JSON, nested deeper than :data:`MAX_DEPTH`, an integer too long to convert, or
-    one of ``unique_keys`` given twice in one object (which one counts is a guess two
-    parsers may make differently)."""
-    if not body:
-        raise BadInput("the request body is empty; send a JSON object")
+def load_json(body: bytes, *, unique_keys: Collection[str] = ()) -> Any:
+    """``body`` parsed as JSON; :class:`BadInput` saying what is wrong otherwise:
+    malformed text or bad UTF-8, nested deeper than :data:`MAX_DEPTH`, an integer past
+    Python's digit limit (``sys.set_int_max_str_digits``), or one of ``unique_keys``
+    given twice in one object (which one counts is a guess two parsers may make
+    differently)."""
     if _too_deep(body, MAX_DEPTH):
         raise BadInput(f"request body is nested deeper than {MAX_DEPTH} arrays/objects")
     hook = None
@@ -41,11 +40,19 @@ def json_object(body: bytes, *, unique_keys: Collection[str] = ()) -> dict[str, 
     ):
         hook = _unique(frozenset(unique_keys))
     try:
-        raw = json.loads(body, object_pairs_hook=hook)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(body, object_pairs_hook=hook)
+    except RecursionError:
+        raise BadInput("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         raise BadInput(f"request body is not valid JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of 5000 digits
-        raise BadInput(f"request body cannot be read as JSON: {exc}") from None
+
+
+def json_object(body: bytes, *, unique_keys: Collection[str] = ()) -> dict[str, Any]:
+    """``body`` as a JSON object (see :func:`load_json`); :class:`BadInput` saying what
+    is wrong otherwise."""
+    if not body:
+        raise BadInput("the request body is empty; send a JSON object")
+    raw = load_json(body, unique_keys=unique_keys)
     if not isinstance(raw, dict):
         raise BadInput("the request body must be a JSON object")
     return raw

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.api.body import describe_validation
+from runtime.api.body import describe_validation, load_json
 from runtime.datatypes import OIP_TO_NUMPY
 from runtime.errors import BadInput, EdgeInferError
 from runtime.types import Tensor, TensorSpec
@@ -76,10 +76,7 @@ def decode_request(body: bytes, header_length: int | None) -> tuple[InferenceReq
         header, binary = body[:header_length], body[header_length:]
     else:
         header, binary = body, b""
-    try:
-        raw = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"request body is not valid JSON: {exc}") from None
+    raw = load_json(header)
     try:
         request = InferenceRequest.model_validate(raw)
     except ValidationError as exc:

@@ -150,6 +150,9 @@ class CompletionRequest(_Sampling):
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("exactly one prompt per request is supported")
+        # llama.cpp fails on a prompt of no tokens (found by schemathesis).
+        if not (value if isinstance(value, str) else value[0]):
+            raise ValueError("the prompt must not be empty")
         return value
 
     @field_validator("suffix")

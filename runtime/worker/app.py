@@ -16,7 +16,8 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from runtime.api.render import install_error_handlers
+from runtime.api import openapi
+from runtime.api.render import install_error_handlers, json_response
 from runtime.backend import Runtime
 from runtime.spec import ModelSpec
 from runtime.worker import oip_routes, openai_routes
@@ -55,6 +56,23 @@ def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(oip_routes.router)
+
+    # Our own document rather than FastAPI's: the routes read their bodies themselves,
+    # so FastAPI would describe none of the request bodies.
+    described = openapi.document(
+        f"edgeinfer worker: {spec.name}",
+        [spec.name],
+        [
+            *openapi.openai_operations(secured=False),
+            *openapi.oip_operations(secured=False),
+            openapi.Operation("get", "/v2", "Server metadata"),
+            openapi.Operation("get", "/metrics", "Prometheus metrics", media_type="text/plain"),
+        ],
+    )
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        return json_response(described)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

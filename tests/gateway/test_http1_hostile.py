@@ -137,6 +137,44 @@ def test_a_body_that_stops_coming_gets_408_and_the_app_a_disconnect() -> None:
         assert closed and served.app.disconnected.wait(5)
 
 
+def _trickle_body(port: int, every: float, seconds: float) -> tuple[bytes, bool]:
+    """A POST whose 100 000-byte body comes one byte each ``every`` seconds, for at
+    most ``seconds``; what the server answered, and whether it closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+        answer = b""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not answer:
+            try:
+                s.sendall(b"a")
+                s.settimeout(every)
+                answer += s.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        if not answer:  # still open and unanswered while it trickled
+            return b"", False
+        rest, closed = read_all(s, 2)
+        return answer + rest, closed
+
+
+def test_a_body_that_trickles_in_below_the_floor_rate_gets_408() -> None:
+    limits = ServerConfig(body_timeout_seconds=0.5, min_body_bytes_per_second=100)
+    with serving(limits) as served:
+        answer, closed = _trickle_body(served.port, every=0.05, seconds=5)  # ~20 bytes/s
+        assert answer.startswith(b"HTTP/1.1 408") and b"slower than 100 bytes/s" in answer
+        assert closed and served.app.disconnected.wait(5)
+        assert httpx.get(f"{served.url}/after").status_code == 200
+
+
+def test_without_a_floor_a_trickle_is_progress() -> None:
+    limits = ServerConfig(body_timeout_seconds=0.5, min_body_bytes_per_second=0)
+    with serving(limits) as served:
+        answer, closed = _trickle_body(served.port, every=0.05, seconds=2)
+        assert answer == b"" and not closed
+
+
 def test_connections_past_the_cap_get_503_before_sending_anything() -> None:
     with (
         serving(ServerConfig(max_connections=2)) as served,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.api.body import MAX_DEPTH, json_object
+from runtime.api.body import MAX_DEPTH, json_object, load_json
+from runtime.api.oip import decode_request
 from runtime.errors import BadInput
 
 
@@ -17,7 +18,7 @@ def nested(depth: int) -> bytes:
     [
         (b"[" * 200_000, "nested deeper"),
         (nested(MAX_DEPTH + 1), "nested deeper"),
-        (b'{"n": ' + b"1" * 5000 + b"}", "cannot be read"),
+        (b'{"n": ' + b"1" * 5000 + b"}", "digits"),
         (b'{"n": 1', "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
         (b"[1]", "must be a JSON object"),
@@ -54,3 +55,43 @@ def test_a_unique_key_given_twice_is_refused(body: bytes) -> None:
 def test_one_model_key_and_escapes_elsewhere_pass() -> None:
     body = b'{"model": "a", "input": "caf\\u00e9", "x": {"model": "a"}}'
     assert json_object(body, unique_keys=("model",))["input"] == "café"
+
+
+HUGE_INT = (
+    b'{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": ['
+    + b"9" * 5000
+    + b"]}]}"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper"),
+        (HUGE_INT, "digits"),
+        (b'{"a": ', "not valid JSON"),
+        (b'{"a": "\xff"}', "not valid JSON"),
+    ],
+)
+def test_every_json_reader_refuses_alike(body: bytes, says: str) -> None:
+    for parse in (load_json, json_object, lambda b: decode_request(b, None)):
+        with pytest.raises(BadInput, match=says) as err:
+            parse(body)
+        assert err.value.status == 400
+
+
+def test_a_deep_tensor_within_the_limit_is_judged_by_its_shape() -> None:
+    depth = MAX_DEPTH - 3  # the body object, "inputs" and the tensor object
+    body = (
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": '
+        + b"[" * depth
+        + b"1"
+        + b"]" * depth
+        + b"}]}"
+    )
+    _, tensors = decode_request(body, None)
+    assert tensors[0].data.tolist() == [1.0]
+
+
+def test_a_big_integer_within_the_digit_limit_still_parses() -> None:
+    assert json_object(b'{"n": 12345678901234567890}') == {"n": 12345678901234567890}

@@ -89,6 +89,9 @@ def test_completion_defaults_and_refusals() -> None:
         parse_json(b'{"model": "m", "prompt": ["a", "b"]}', CompletionRequest)
     with pytest.raises(BadInput, match="suffix"):
         parse_json(b'{"model": "m", "prompt": "a", "suffix": "b"}', CompletionRequest)
+    for empty in (b'""', b'[""]'):  # llama.cpp fails on no tokens: a 400 first
+        with pytest.raises(BadInput, match="must not be empty"):
+            parse_json(b'{"model": "m", "prompt": %s}' % empty, CompletionRequest)
 
 
 def test_embedding_encodings() -> None:
