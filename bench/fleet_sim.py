@@ -58,11 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime.inventory import CpuInfo, GpuInfo, Inventory  # noqa: E402
-from runtime.placement import Device  # noqa: E402
 from runtime.policy import PolicyConfig, choose_runtime  # noqa: E402
 from runtime.profiles import LoadPoint, Profile, ProfileStore, estimate_cuda  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
-from runtime.spec import ModelSpec, RuntimeName, load_config  # noqa: E402
+from runtime.spec.model import ModelSpec, RuntimeName, load_config  # noqa: E402
+from runtime.spec.placement import Device  # noqa: E402
 
 DAY = 86400.0
 KEEPALIVE = 90.0  # Knative: stable window 60 s + scale-to-zero grace 30 s

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from llama_cpp import Llama  # noqa: E402
 
 from runtime.settings import Settings  # noqa: E402
-from runtime.spec import ArtifactFormat, load_config  # noqa: E402
+from runtime.spec.model import ArtifactFormat, load_config  # noqa: E402
 from runtime.wasm.build import build_guest  # noqa: E402
 from runtime.wasm.host import Sandbox, wasm_host  # noqa: E402
 from runtime.wasm.package import Preload  # noqa: E402

@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from runtime.settings import Settings
-    from runtime.spec import ArtifactFormat, load_config
+    from runtime.spec.model import ArtifactFormat, load_config
     from runtime.wasm.build import build_guest
     from runtime.wasm.host import WasmHost
 

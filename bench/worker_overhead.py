@@ -32,11 +32,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.artifacts import resolve_artifact  # noqa: E402
 from runtime.minilm import ensure_bert_onnx  # noqa: E402
 from runtime.replica import free_port  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
-from runtime.spec import ArtifactFormat, load_config  # noqa: E402
+from runtime.spec.artifacts import resolve_artifact  # noqa: E402
+from runtime.spec.model import ArtifactFormat, load_config  # noqa: E402
 
 # A prompt greedy decoding continues well past --tokens without an end-of-sequence token,
 # so both sides generate exactly --tokens tokens (checked below).

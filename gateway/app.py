@@ -33,7 +33,7 @@ from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
 from runtime.manager import Manager
 from runtime.replica import ColdStart
-from runtime.spec import ModelConfig
+from runtime.spec.model import ModelConfig
 from runtime.supervisor import Supervisor
 
 __all__ = ["Gateway"]

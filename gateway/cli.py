@@ -15,7 +15,7 @@ from gateway import cli_manager
 from gateway.cli_wasm import wasm_app
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
-from runtime.spec import RuntimeName, load_config
+from runtime.spec.model import RuntimeName, load_config
 
 __all__ = ["app", "main"]
 

@@ -19,14 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.backend import registered_runtimes
-from runtime.clusters import ClusterSpec
 from runtime.errors import EdgeInferError
 from runtime.inventory import Inventory, load_hardware, probe_cluster, probe_local
 from runtime.policy import Decision, plan, policy_config
 from runtime.profiler import profile_config
 from runtime.profiles import ProfileStore
 from runtime.settings import Settings
-from runtime.spec import ModelConfig, load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig, load_config
 
 __all__ = ["plan_command", "profile_command"]
 

@@ -23,7 +23,7 @@ from runtime.manager import Manager
 from runtime.policy import policy_config
 from runtime.profiles import ProfileStore
 from runtime.settings import Settings
-from runtime.spec import ModelConfig
+from runtime.spec.model import ModelConfig
 from runtime.supervisor import Supervisor
 
 __all__ = ["build_gateway", "run_gateway"]

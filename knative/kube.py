@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.clusters import ClusterSpec
 from runtime.errors import EdgeInferError
+from runtime.spec.clusters import ClusterSpec
 
 __all__ = ["KINDS", "ApplyConflict", "Cluster", "KubeError", "connect", "kube_errors"]
 

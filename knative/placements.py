@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.placement import Device, Placement, Tier, TierRole
-from runtime.spec import ModelSpec, RuntimeName
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelSpec, RuntimeName
+from runtime.spec.placement import Device, Placement, Tier, TierRole
 
 __all__ = ["CUDA_RUNTIMES", "check_placement", "default_placement", "placements_from_plan"]
 

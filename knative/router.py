@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from knative.status import ServiceStatus
-from runtime.clusters import ClusterSpec
 from runtime.errors import ModelNotFound, ModelNotReady
 from runtime.replica import ColdStart, Replica, ReplicaState
-from runtime.spec import ModelConfig, ModelSpec
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig, ModelSpec
 from runtime.supervisor import PoolStatus
 
 __all__ = ["ClusterPool", "ClusterRouter", "Route", "TierView", "route"]

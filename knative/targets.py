@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from knative.placements import default_placement
 from knative.render import Rendered, render_model
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.placement import Placement
-from runtime.spec import ModelConfig
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig
+from runtime.spec.placement import Placement
 
 __all__ = ["Overrides", "render_config", "select_clusters"]
 

@@ -25,7 +25,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from runtime.scaling import ScalingRule
+from runtime.spec.scaling import ScalingRule
 
 __all__ = [
     "ConcurrencyWindow",

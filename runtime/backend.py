@@ -22,8 +22,15 @@ from typing import Any, ClassVar
 from runtime.devices import cuda_available, resident_memory_bytes
 from runtime.errors import BadInput, RuntimeUnavailable, UnsupportedTask
 from runtime.settings import Settings
-from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
-from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, TensorSpec, TokenChunk
+from runtime.spec.model import ArtifactFormat, ModelSpec, RuntimeName
+from runtime.spec.types import (
+    Embeddings,
+    GenerateRequest,
+    LoadReport,
+    Tensor,
+    TensorSpec,
+    TokenChunk,
+)
 
 __all__ = [
     "LoadPhases",

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.placement import Tier
 from runtime.replica import ProcessHandle, WorkerProcess
-from runtime.spec import ModelSpec
+from runtime.spec.model import ModelSpec
+from runtime.spec.placement import Tier
 
 __all__ = ["ForkServer", "ForkedProcess"]
 
@@ -166,7 +166,7 @@ class ForkServer:
 def _child(request: dict[str, Any]) -> int:
     """In the forked child: become the worker. Returns its exit code."""
     from runtime.settings import Settings
-    from runtime.spec import load_config
+    from runtime.spec.model import load_config
     from runtime.worker.server import run_worker
 
     os.setsid()  # signals to the fork server's group do not reach workers

@@ -31,8 +31,8 @@ from runtime.errors import (
     RuntimeUnavailable,
     UnsupportedTask,
 )
-from runtime.spec import ArtifactFormat, RuntimeName
-from runtime.types import GenerateRequest, LoadReport, TokenChunk
+from runtime.spec.model import ArtifactFormat, RuntimeName
+from runtime.spec.types import GenerateRequest, LoadReport, TokenChunk
 
 __all__ = ["LlamaRuntime", "gguf_chat_template"]
 

@@ -26,7 +26,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from runtime.types import Tensor, TensorSpec
+from runtime.spec.types import Tensor, TensorSpec
 
 __all__ = [
     "OUTPUT_SPECS",

@@ -33,10 +33,10 @@ from typing import Any
 
 from runtime.gpu_packing import Resident
 from runtime.inventory import Inventory
-from runtime.placement import Device
 from runtime.policy import Decision, PolicyConfig, choose_runtime
 from runtime.profiles import Profile
-from runtime.spec import ModelConfig, ModelSpec, RuntimeName
+from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
+from runtime.spec.placement import Device
 from runtime.supervisor import Supervisor, same_tier
 
 __all__ = ["Manager", "Observed", "ReplanState", "Watch", "accept_move", "replan_reason"]

@@ -26,9 +26,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from runtime import magika_features, minilm
-from runtime.artifacts import resolve_artifact
 from runtime.backend import LoadPhases, Runtime, check_batch
-from runtime.datatypes import from_onnx_type, numpy_dtype
 from runtime.errors import (
     BadInput,
     ConfigError,
@@ -36,7 +34,10 @@ from runtime.errors import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
-from runtime.spec import ArtifactFormat, RuntimeName, Task
+from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.datatypes import from_onnx_type, numpy_dtype
+from runtime.spec.model import ArtifactFormat, RuntimeName, Task
+from runtime.spec.types import Embeddings, LoadReport, Tensor, TensorSpec
 from runtime.tensor_inputs import (
     CONTENT_INPUT,
     TEXT_INPUT,
@@ -45,7 +46,6 @@ from runtime.tensor_inputs import (
     tensor_text,
 )
 from runtime.text_batch import encode_texts
-from runtime.types import Embeddings, LoadReport, Tensor, TensorSpec
 
 __all__ = ["OnnxRuntime"]
 

@@ -25,13 +25,13 @@ from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.decision import Candidate, Decision
 from runtime.errors import ConfigError
 from runtime.gpu_packing import Resident, fit
 from runtime.inventory import Inventory
-from runtime.placement import Device, Placement, Tier, TierRole
 from runtime.profiles import Profile, estimate_cuda
-from runtime.spec import ModelConfig, ModelSpec, RuntimeName
+from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
+from runtime.spec.placement import Device, Placement, Tier, TierRole
+from runtime.spec.placement_decision import Candidate, Decision
 
 __all__ = [
     "Candidate",

@@ -28,11 +28,11 @@ from runtime.backend import registered_runtimes, runtime_class
 from runtime.devices import cuda_available
 from runtime.errors import ModelNotFound, RuntimeUnavailable
 from runtime.forkserver import ForkServer
-from runtime.placement import Device, Tier
 from runtime.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
 from runtime.replica import ColdStart, Replica, Spawner, spawn_worker
 from runtime.settings import Settings
-from runtime.spec import ModelConfig, ModelSpec, Task, bundled_config_path
+from runtime.spec.model import ModelConfig, ModelSpec, Task, bundled_config_path
+from runtime.spec.placement import Device, Tier
 
 __all__ = [
     "Outcome",

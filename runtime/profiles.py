@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.artifacts import resolve_artifact
-from runtime.spec import RUNTIME_FORMATS, ModelSpec, RuntimeName
+from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.model import RUNTIME_FORMATS, ModelSpec, RuntimeName
 
 __all__ = [
     "LoadPoint",

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from runtime.errors import ModelNotReady
-from runtime.placement import Tier
-from runtime.spec import ModelSpec
+from runtime.spec.model import ModelSpec
+from runtime.spec.placement import Tier
 
 __all__ = ["ColdStart", "Replica", "ReplicaState", "Spawner", "WorkerProcess", "spawn_worker"]
 

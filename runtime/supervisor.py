@@ -36,9 +36,9 @@ import aiohttp
 
 from runtime.autoscaler import ConcurrencyWindow, Decision, ScalerState, decide, initial_replicas
 from runtime.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded
-from runtime.placement import Placement, Tier, TierRole
 from runtime.replica import ColdStart, Replica, ReplicaState, Spawner, spawn_worker
-from runtime.spec import ModelConfig, ModelSpec
+from runtime.spec.model import ModelConfig, ModelSpec
+from runtime.spec.placement import Placement, Tier, TierRole
 
 __all__ = ["ModelPool", "PoolStatus", "Supervisor"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.errors import BadInput
-from runtime.types import Tensor
+from runtime.spec.types import Tensor
 
 __all__ = ["CONTENT_INPUT", "TEXT_INPUT", "only_input", "tensor_bytes", "tensor_text"]
 

@@ -16,7 +16,7 @@ import sys
 
 from runtime import minilm
 from runtime.settings import Settings
-from runtime.spec import ArtifactFormat, load_config
+from runtime.spec.model import ArtifactFormat, load_config
 
 
 def main() -> None:

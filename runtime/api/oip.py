@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.api.body import describe_validation
-from runtime.datatypes import OIP_TO_NUMPY
 from runtime.errors import BadInput, EdgeInferError
-from runtime.types import Tensor, TensorSpec
+from runtime.spec.datatypes import OIP_TO_NUMPY
+from runtime.spec.types import Tensor, TensorSpec
 
 __all__ = [
     "HEADER_LENGTH",

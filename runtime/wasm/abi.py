@@ -16,8 +16,8 @@ from collections.abc import AsyncGenerator
 
 from runtime.backend import LoadPhases, import_registered
 from runtime.errors import UnsupportedTask
-from runtime.spec import ModelSpec
-from runtime.types import Embeddings, GenerateRequest, Tensor, TensorSpec, TokenChunk
+from runtime.spec.model import ModelSpec
+from runtime.spec.types import Embeddings, GenerateRequest, Tensor, TensorSpec, TokenChunk
 from runtime.wasm.host import WasmHost
 from runtime.wasm.package import Abi, Package
 

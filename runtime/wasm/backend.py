@@ -9,8 +9,15 @@ from collections.abc import AsyncGenerator
 
 from runtime.backend import LoadPhases, Runtime
 from runtime.errors import ModelNotReady
-from runtime.spec import ArtifactFormat, RuntimeName
-from runtime.types import Embeddings, GenerateRequest, LoadReport, Tensor, TensorSpec, TokenChunk
+from runtime.spec.model import ArtifactFormat, RuntimeName
+from runtime.spec.types import (
+    Embeddings,
+    GenerateRequest,
+    LoadReport,
+    Tensor,
+    TensorSpec,
+    TokenChunk,
+)
 from runtime.wasm.abi import GuestAbi, abi_class
 from runtime.wasm.host import wasm_host
 from runtime.wasm.package import load_package

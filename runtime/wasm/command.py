@@ -12,7 +12,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.artifacts import resolve_artifact
 from runtime.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -22,6 +21,7 @@ from runtime.errors import (
     GuestTrap,
 )
 from runtime.settings import Settings
+from runtime.spec.artifacts import resolve_artifact
 from runtime.wasm.host import Sandbox, wasm_host
 from runtime.wasm.package import Preload
 from runtime.wasm.wasi_nn import NnCall, NnHost, define_wasi_nn

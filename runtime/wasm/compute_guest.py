@@ -29,13 +29,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from runtime import magika_features
-from runtime.artifacts import resolve_artifact
 from runtime.backend import LoadPhases, check_batch
 from runtime.errors import ConfigError, ModelNotReady
-from runtime.spec import Task
+from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.model import Task
+from runtime.spec.types import Embeddings, Tensor, TensorSpec
 from runtime.tensor_inputs import CONTENT_INPUT, TEXT_INPUT, only_input, tensor_bytes, tensor_text
 from runtime.text_batch import TokenBatch, encode_texts
-from runtime.types import Embeddings, Tensor, TensorSpec
 from runtime.wasm.abi import GuestAbi
 from runtime.wasm.compute import (
     KIND_BERT,

@@ -20,7 +20,7 @@ The manifest, ``edgeinfer-wasm.yaml``::
     options: {}                   # the ABI's own settings (free-form, checked by the ABI)
 
 References (``guest``, preload paths, ``files``) are paths relative to the package
-folder, ``pkg://<package>/<path>`` or ``py://<module>:<function>`` (``runtime.artifacts``).
+folder, ``pkg://<package>/<path>`` or ``py://<module>:<function>`` (``runtime.spec.artifacts``).
 The guest sees the package folder read-only at ``/model``; a file outside it is seen
 read-only in ``/files/<name>/`` (its folder is preopened there). Placeholders in ``args``
 (``{max_tokens}``, ``{temperature}``, ``{top_p}``, ``{seed}``, ``{file:NAME}``) are
@@ -37,9 +37,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runtime.api.body import describe_validation
-from runtime.artifacts import resolve_artifact
 from runtime.errors import ConfigError
 from runtime.settings import Settings
+from runtime.spec.artifacts import resolve_artifact
 
 __all__ = [
     "MANIFEST_NAME",

@@ -41,8 +41,8 @@ from runtime.errors import (
     GuestTrap,
     UnsupportedTask,
 )
-from runtime.spec import ArtifactFormat, ModelSpec, RuntimeOptions, Task
-from runtime.types import Embeddings, GenerateRequest, SamplingParams, TokenChunk
+from runtime.spec.model import ArtifactFormat, ModelSpec, RuntimeOptions, Task
+from runtime.spec.types import Embeddings, GenerateRequest, SamplingParams, TokenChunk
 from runtime.wasm.abi import GuestAbi
 from runtime.wasm.component import ComponentTemplate, HostInterfaces
 from runtime.wasm.host import CallState, Sandbox, current_call

@@ -28,7 +28,7 @@ from runtime.errors import (
     GuestTrap,
     UnsupportedTask,
 )
-from runtime.types import GenerateRequest, TokenChunk
+from runtime.spec.types import GenerateRequest, TokenChunk
 from runtime.wasm.abi import GuestAbi
 from runtime.wasm.host import Sandbox, Template
 from runtime.wasm.nn_types import CONTEXT_FULL, PROMPT_TOO_LONG

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from runtime.api.render import install_error_handlers
 from runtime.backend import Runtime
-from runtime.spec import ModelSpec
+from runtime.spec.model import ModelSpec
 from runtime.worker import oip_routes, openai_routes
 from runtime.worker.metrics import RequestMetrics
 from runtime.worker.state import WorkerState

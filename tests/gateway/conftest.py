@@ -23,7 +23,7 @@ from gateway.app import Gateway
 from gateway.http1 import Http1Server
 from gateway.server import build_gateway
 from runtime.settings import Settings
-from runtime.spec import load_config
+from runtime.spec.model import load_config
 from runtime.supervisor import ModelPool
 from tests.conftest import free_port
 

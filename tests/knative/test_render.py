@@ -14,10 +14,10 @@ from knative.naming import service_name
 from knative.placements import check_placement, default_placement
 from knative.render import render_model
 from knative.targets import Overrides, render_config, select_clusters
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.placement import Device, Placement, Tier, TierRole
-from runtime.spec import ModelSpec, RuntimeName, load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelSpec, RuntimeName, load_config
+from runtime.spec.placement import Device, Placement, Tier, TierRole
 from tests.knative.conftest import WASM_MODEL, write_config
 
 GPU = ClusterSpec(name="core", labels=["gpu"], namespace="ml")

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from knative.targets import Overrides, render_config, select_clusters
-from runtime.spec import load_config
+from runtime.spec.model import load_config
 from tests.knative.conftest import WASM_MODEL, write_config
 
 CLUSTERS: list[dict[str, Any]] = [

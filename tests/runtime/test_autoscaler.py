@@ -16,7 +16,7 @@ from runtime.autoscaler import (
     effective_target,
     initial_replicas,
 )
-from runtime.scaling import ScalingRule
+from runtime.spec.scaling import ScalingRule
 
 # Target 10 at 100% utilization: a replica per 10 requests in flight keeps the sums simple.
 BASE: dict[str, Any] = {"target": 10, "target-utilization-percentage": 100}

@@ -11,7 +11,7 @@ from runtime.backend import create_runtime, resolve_device, runtime_class
 from runtime.errors import RuntimeUnavailable
 from runtime.onnx_backend import OnnxRuntime
 from runtime.settings import Settings
-from runtime.spec import ModelSpec, RuntimeName
+from runtime.spec.model import ModelSpec, RuntimeName
 
 SETTINGS = Settings(state_dir=Path("/nonexistent"))
 
@@ -90,7 +90,7 @@ def test_wasm_is_registered() -> None:
 def test_a_batch_over_max_batch_is_a_400_naming_the_limit() -> None:
     from runtime.backend import check_batch
     from runtime.errors import BadInput
-    from runtime.spec import load_config
+    from runtime.spec.model import load_config
 
     spec = load_config().get("minilm")
     assert spec is not None

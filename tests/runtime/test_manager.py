@@ -206,7 +206,7 @@ class _NoPools:
 def test_manager_evicts_the_idle_model_for_one_that_misses_its_goal() -> None:
     from runtime.inventory import GpuInfo
     from runtime.manager import Manager
-    from runtime.spec import ModelConfig
+    from runtime.spec.model import ModelConfig
 
     gpu = GpuInfo(index=0, memory_total_mib=3000, memory_free_mib=3000)
     inv = CPU_ONLY.model_copy(update={"gpus": (gpu,)})

@@ -9,10 +9,10 @@ import pytest
 
 from runtime.gpu_packing import Resident
 from runtime.inventory import CpuInfo, GpuInfo, Inventory, NodeInfo
-from runtime.placement import Device, TierRole
 from runtime.policy import PolicyConfig, choose_runtime, erlang_c_wait_p95, plan
 from runtime.profiles import LoadPoint, Profile
-from runtime.spec import ModelConfig, ModelSpec, RuntimeName
+from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
+from runtime.spec.placement import Device, TierRole
 
 CPU_ONLY = Inventory(cpu=CpuInfo(cores=8), memory_total_mib=16384, memory_free_mib=12000)
 ONE_GPU = CPU_ONLY.model_copy(

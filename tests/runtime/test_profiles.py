@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from runtime.profiles import artifact_hash
-from runtime.spec import ModelSpec, RuntimeName
+from runtime.spec.model import ModelSpec, RuntimeName
 
 
 def _spec(artifact: str) -> ModelSpec:

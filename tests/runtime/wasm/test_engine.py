@@ -18,8 +18,8 @@ from runtime.backend import Runtime, create_runtime
 from runtime.errors import BadInput, ContextOverflow
 from runtime.minilm import ensure_bert_onnx
 from runtime.settings import Settings
-from runtime.spec import load_config
-from runtime.types import Tensor
+from runtime.spec.model import load_config
+from runtime.spec.types import Tensor
 from runtime.wasm.compute import KIND_BERT
 from runtime.wasm.compute_guest import ComputeGuest, split_rows
 from tests.runtime.test_magika_features import _inputs as magika_inputs

@@ -15,7 +15,7 @@ import yaml
 
 from runtime.errors import GuestLinkError
 from runtime.settings import Settings
-from runtime.spec import load_config
+from runtime.spec.model import load_config
 from runtime.wasm.build import build_guest, guests_dir
 from tests.conftest import WorkerProcess, running_worker
 from tests.runtime.worker.conftest import chat_against_raw, client

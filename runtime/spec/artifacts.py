@@ -1,6 +1,6 @@
 """Turning artifact references from a model spec into files on disk.
 
-References (see ``runtime.spec``): a path (relative to the config file), a file inside
+References (see ``runtime.spec.model``): a path (relative to the config file), a file inside
 an installed package (``pkg://package/relative/path``), or a function of an installed
 package that produces the file and returns its path (``py://module:function``).
 """

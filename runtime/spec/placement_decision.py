@@ -1,5 +1,5 @@
 """The manager's answer for one model, with its reasons: a :class:`Decision` holds the
-:class:`~runtime.placement.Placement` chosen and every :class:`Candidate` considered
+:class:`~runtime.spec.placement.Placement` chosen and every :class:`Candidate` considered
 (predicted p95, tokens/s, cost, and why each was chosen, a bridge, or rejected).
 Made by ``runtime.policy``, shown by ``edgeinfer plan`` and ``/admin/models``."""
 
@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.placement import Placement, Tier
+from runtime.spec.placement import Placement, Tier
 
 __all__ = ["Candidate", "Decision"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.artifacts import resolve_artifact
 from runtime.errors import ConfigError
+from runtime.spec.artifacts import resolve_artifact
 
 
 def test_relative_path_is_relative_to_the_config(tmp_path: Path) -> None:

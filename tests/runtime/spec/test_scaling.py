@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runtime.scaling import ScalingRule, format_duration, parse_duration
+from runtime.spec.scaling import ScalingRule, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runtime.artifacts import resolve_artifact
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.scaling import ScalingRule
+from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.scaling import ScalingRule
 
 __all__ = [
     "ArtifactFormat",
@@ -189,7 +189,7 @@ class ModelConfig(_Strict):
         default_factory=dict, description="the runtime manager's settings (runtime.policy)"
     )
     clusters: list[ClusterSpec] = Field(
-        default_factory=list, description="Kubernetes clusters with Knative (runtime.clusters)"
+        default_factory=list, description="Kubernetes clusters with Knative (runtime.spec.clusters)"
     )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 
@@ -219,7 +219,7 @@ class ModelConfig(_Strict):
 
 def bundled_config_path() -> Path:
     """The default config: the bundled models, used when no ``--config`` is given."""
-    return Path(str(resources.files("runtime").joinpath("bundled.yaml")))
+    return Path(str(resources.files("runtime.spec").joinpath("bundled.yaml")))
 
 
 def load_config(path: str | Path | None = None) -> ModelConfig:

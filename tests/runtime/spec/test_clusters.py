@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.spec import load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import load_config
 
 MODEL = {
     "name": "tiny",

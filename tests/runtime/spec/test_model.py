@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from runtime.errors import ConfigError
-from runtime.spec import ArtifactFormat, RuntimeName, Task, load_config
+from runtime.spec.model import ArtifactFormat, RuntimeName, Task, load_config
 
 GOOD = {
     "name": "tiny",

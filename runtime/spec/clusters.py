@@ -1,6 +1,6 @@
 """Cluster profiles: the Kubernetes clusters (with Knative Serving) a config may use.
 
-A config's optional ``clusters:`` list (see ``runtime.spec.ModelConfig``) says, per
+A config's optional ``clusters:`` list (see ``runtime.spec.model.ModelConfig``) says, per
 cluster, how to reach it (kubeconfig context, optional kubeconfig file, namespace), what
 kind of site it is (labels such as ``gpu`` or ``edge``; ``cpu_only``), how GPU pods are
 scheduled there (resource name, node selector, tolerations, runtime class), which worker

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from runtime.spec import RuntimeName
+from runtime.spec.model import RuntimeName
 
 __all__ = ["Device", "Placement", "Tier", "TierRole"]
 
