@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from runtime.backend import registered_runtimes
+from runtime.backends.registry import registered_runtimes
 from runtime.errors import EdgeInferError
 from runtime.inventory import Inventory, load_hardware, probe_cluster, probe_local
 from runtime.policy import Decision, plan, policy_config

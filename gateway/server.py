@@ -15,7 +15,7 @@ from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
 from gateway.http1 import Http1Server
-from runtime.backend import cuda_runtimes, registered_runtimes
+from runtime.backends.registry import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
 from runtime.forkserver import ForkServer
 from runtime.inventory import Inventory, probe_local

@@ -218,8 +218,8 @@ def serve(socket_path: str) -> None:
     import llama_cpp  # noqa: F401
     import onnxruntime  # noqa: F401
 
-    import runtime.llama_backend
-    import runtime.onnx_backend
+    import runtime.backends.llama
+    import runtime.backends.onnx
     import runtime.worker.server  # noqa: F401
 
     signal.signal(signal.SIGCHLD, _reap)

@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from runtime.backend import registered_runtimes, runtime_class
-from runtime.devices import cuda_available
+from runtime.backends.devices import cuda_available
+from runtime.backends.registry import registered_runtimes, runtime_class
 from runtime.errors import ModelNotFound, RuntimeUnavailable
 from runtime.forkserver import ForkServer
 from runtime.profiles import LoadPoint, Profile, ProfileStore, artifact_hash

@@ -186,8 +186,8 @@ def _artifact_files(path: Path, model: str) -> list[Path]:
     files, the model files its manifest names and the sources of a guest it builds."""
     if not path.is_dir():
         return [path]
-    from runtime.wasm.build import GuestSource
-    from runtime.wasm.package import MANIFEST_NAME, read_manifest
+    from runtime.backends.wasm.build import GuestSource
+    from runtime.backends.wasm.package import MANIFEST_NAME, read_manifest
 
     _, manifest = read_manifest(path, model=model)
     files = sorted(p for p in path.rglob("*") if p.is_file())

@@ -63,7 +63,7 @@ class RuntimeName(StrEnum):
 
 
 # Which artifact formats each runtime can load (onnx builds a graph from safetensors
-# for BERT-family embedding models; see runtime.minilm).
+# for BERT-family embedding models; see runtime.backends.bert_onnx).
 RUNTIME_FORMATS: dict[RuntimeName, tuple[ArtifactFormat, ...]] = {
     RuntimeName.LLAMA: (ArtifactFormat.GGUF,),
     RuntimeName.ONNX: (ArtifactFormat.ONNX, ArtifactFormat.SAFETENSORS),

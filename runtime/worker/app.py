@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from runtime.api.render import install_error_handlers
-from runtime.backend import Runtime
+from runtime.backends.registry import Runtime
 from runtime.spec.model import ModelSpec
 from runtime.worker import oip_routes, openai_routes
 from runtime.worker.metrics import RequestMetrics

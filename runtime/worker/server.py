@@ -7,7 +7,7 @@ import logging
 
 import uvloop
 
-from runtime.backend import create_runtime
+from runtime.backends.registry import create_runtime
 from runtime.errors import ModelNotFound
 from runtime.http_server import http_server
 from runtime.settings import Settings

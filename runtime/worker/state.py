@@ -8,7 +8,7 @@ import time
 
 from starlette.requests import Request
 
-from runtime.backend import Runtime
+from runtime.backends.registry import Runtime
 from runtime.errors import (
     DeadlineExceeded,
     EdgeInferError,

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from gateway.server import build_gateway
-from runtime.devices import cuda_available
+from runtime.backends.devices import cuda_available
 from runtime.inventory import CpuInfo, GpuInfo, Inventory
 from runtime.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
 from runtime.replica import ProcessHandle, Spawner

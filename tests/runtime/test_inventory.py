@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.devices import cuda_available
+from runtime.backends.devices import cuda_available
 from runtime.errors import ConfigError
 from runtime.gpu_packing import Resident, fit, pick_victims
 from runtime.inventory import GpuInfo, load_hardware, node_info, probe_gpus, probe_local
