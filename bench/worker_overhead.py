@@ -53,7 +53,7 @@ SENTENCES = [
 def start_worker(model: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "worker", "--model", model, "--port", str(port)],
+        [sys.executable, "-m", "runtime.worker", "--model", model, "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -227,8 +227,7 @@ class WorkerProcess:
             return await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "gateway",
-                "worker",
+                "runtime.worker",
                 "--model",
                 spec.name,
                 "--config",

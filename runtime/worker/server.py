@@ -9,10 +9,10 @@ import uvloop
 
 from runtime.backends.registry import create_runtime
 from runtime.errors import ModelNotFound
-from runtime.http_server import http_server
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
 from runtime.worker.app import create_app
+from runtime.worker.http_server import http_server
 
 __all__ = ["run_worker"]
 
