@@ -41,7 +41,7 @@ from fastapi import FastAPI, Request, Response  # module level: FastAPI reads th
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.replica import free_port  # noqa: E402
+from runtime.scaling.replica import free_port  # noqa: E402
 
 SELF = str(Path(__file__).resolve())
 ONE = {"model": "minilm", "input": "The gateway adds as little as it can."}

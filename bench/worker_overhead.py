@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime.backends.bert_onnx import ensure_bert_onnx  # noqa: E402
-from runtime.replica import free_port  # noqa: E402
+from runtime.scaling.replica import free_port  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from runtime.spec.artifacts import resolve_artifact  # noqa: E402
 from runtime.spec.model import ArtifactFormat, load_config  # noqa: E402

@@ -31,10 +31,10 @@ from gateway.usage import UsageTap
 from runtime.api.body import json_object
 from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
-from runtime.manager import Manager
-from runtime.replica import ColdStart
+from runtime.placement.manager import Manager
+from runtime.scaling.replica import ColdStart
+from runtime.scaling.supervisor import Supervisor
 from runtime.spec.model import ModelConfig
-from runtime.supervisor import Supervisor
 
 __all__ = ["Gateway"]
 

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from runtime.supervisor import Supervisor
+from runtime.scaling.supervisor import Supervisor
 
 __all__ = ["GatewayMetrics"]
 

@@ -17,14 +17,14 @@ from gateway.config import gateway_config
 from gateway.http1 import Http1Server
 from runtime.backends.registry import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
-from runtime.forkserver import ForkServer
-from runtime.inventory import Inventory, probe_local
-from runtime.manager import Manager
-from runtime.policy import policy_config
-from runtime.profiles import ProfileStore
+from runtime.placement.inventory import Inventory, probe_local
+from runtime.placement.manager import Manager
+from runtime.placement.policy import policy_config
+from runtime.placement.profiles import ProfileStore
+from runtime.scaling.forkserver import ForkServer
+from runtime.scaling.supervisor import Supervisor
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
-from runtime.supervisor import Supervisor
 
 __all__ = ["build_gateway", "run_gateway"]
 

@@ -31,10 +31,10 @@ import aiohttp
 
 from knative.status import ServiceStatus
 from runtime.errors import ModelNotFound, ModelNotReady
-from runtime.replica import ColdStart, Replica, ReplicaState
+from runtime.scaling.replica import ColdStart, Replica, ReplicaState
+from runtime.scaling.supervisor import PoolStatus
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.model import ModelConfig, ModelSpec
-from runtime.supervisor import PoolStatus
 
 __all__ = ["ClusterPool", "ClusterRouter", "Route", "TierView", "route"]
 

@@ -186,7 +186,8 @@ class ModelConfig(_Strict):
         default_factory=dict, description="the gateway's own settings, validated by gateway"
     )
     manager: dict[str, Any] = Field(
-        default_factory=dict, description="the runtime manager's settings (runtime.policy)"
+        default_factory=dict,
+        description="the runtime manager's settings (runtime.placement.policy)",
     )
     clusters: list[ClusterSpec] = Field(
         default_factory=list, description="Kubernetes clusters with Knative (runtime.spec.clusters)"

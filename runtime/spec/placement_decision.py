@@ -1,7 +1,7 @@
-"""The manager's answer for one model, with its reasons: a :class:`Decision` holds the
+"""The manager's answer for one model, with its reasons: a :class:`PlacementDecision` holds the
 :class:`~runtime.spec.placement.Placement` chosen and every :class:`Candidate` considered
 (predicted p95, tokens/s, cost, and why each was chosen, a bridge, or rejected).
-Made by ``runtime.policy``, shown by ``edgeinfer plan`` and ``/admin/models``."""
+Made by ``runtime.placement.policy``, shown by ``edgeinfer plan`` and ``/admin/models``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime.spec.placement import Placement, Tier
 
-__all__ = ["Candidate", "Decision"]
+__all__ = ["Candidate", "PlacementDecision"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Decision:
+class PlacementDecision:
     model: str
     placement: Placement
     candidates: tuple[Candidate, ...]

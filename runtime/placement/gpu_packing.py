@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.inventory import GpuInfo
+from runtime.placement.inventory import GpuInfo
 
 __all__ = ["Fit", "Resident", "fit", "pick_victims"]
 

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runtime.gpu_packing import Resident
-from runtime.inventory import Inventory
-from runtime.policy import Decision, PolicyConfig, choose_runtime
-from runtime.profiles import Profile
+from runtime.placement.gpu_packing import Resident
+from runtime.placement.inventory import Inventory
+from runtime.placement.policy import PlacementDecision, PolicyConfig, choose_runtime
+from runtime.placement.profiles import Profile
+from runtime.scaling.supervisor import Supervisor, same_tier
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device
-from runtime.supervisor import Supervisor, same_tier
 
 __all__ = ["Manager", "Observed", "ReplanState", "Watch", "accept_move", "replan_reason"]
 
@@ -116,8 +116,8 @@ class Replan:
 
 def replan_reason(
     spec: ModelSpec,
-    current: Decision,
-    fresh: Decision,
+    current: PlacementDecision,
+    fresh: PlacementDecision,
     seen: Observed,
     state: ReplanState,
     cfg: PolicyConfig,
@@ -177,7 +177,7 @@ def replan_reason(
     return Replan(None, state)
 
 
-def _start_failure(current: Decision, error: str | None, ready: int, r: Replan) -> Replan:
+def _start_failure(current: PlacementDecision, error: str | None, ready: int, r: Replan) -> Replan:
     """A primary tier whose replicas fail to start (a CUDA out-of-memory, a driver
     that is not there) and that has none ready: re-plan at once without it."""
     if error is None or ready:
@@ -188,7 +188,9 @@ def _start_failure(current: Decision, error: str | None, ready: int, r: Replan) 
     )
 
 
-def accept_move(current: Decision, new: Decision, replan: Replan, cfg: PolicyConfig) -> bool:
+def accept_move(
+    current: PlacementDecision, new: PlacementDecision, replan: Replan, cfg: PolicyConfig
+) -> bool:
     """Move only to a different primary, and, unless forced, for a real gain."""
     if same_tier(current.placement.primary, new.placement.primary):
         return False
@@ -208,7 +210,7 @@ def accept_move(current: Decision, new: Decision, replan: Replan, cfg: PolicyCon
 class Manager:
     """Places the models of ``config`` on ``supervisor`` and keeps them placed.
 
-    ``probe`` returns the inventory of now (``runtime.inventory.probe_local`` in
+    ``probe`` returns the inventory of now (``runtime.placement.inventory.probe_local`` in
     ``edgeinfer serve``; a written or scripted one in tests); ``profiles`` maps a model
     name to its stored profiles; ``clock`` is monotonic seconds."""
 
@@ -234,7 +236,7 @@ class Manager:
         self.cuda_runtimes = cuda_runtimes
         self.clock = clock
         self.tick = tick
-        self.decisions: dict[str, Decision] = {}
+        self.decisions: dict[str, PlacementDecision] = {}
         self.states: dict[str, ReplanState] = {}
         self.watches = {
             m.name: Watch(policy.replan_window_s) for m in config.models if m.endpoint is None
@@ -278,7 +280,7 @@ class Manager:
             out.append(Resident(name, chosen.gpu, chosen.memory_mib, last, busy))
         return tuple(out)
 
-    def _choose(self, spec: ModelSpec, inv: Inventory, now: float, **kw: Any) -> Decision:
+    def _choose(self, spec: ModelSpec, inv: Inventory, now: float, **kw: Any) -> PlacementDecision:
         return choose_runtime(
             spec,
             self.profiles.get(spec.name, ()),
@@ -291,7 +293,7 @@ class Manager:
             **kw,
         )
 
-    def plan(self) -> dict[str, Decision]:
+    def plan(self) -> dict[str, PlacementDecision]:
         """The first decision for every model, on the inventory of now."""
         now = self.clock()
         self.inventory = inv = self.probe()
@@ -360,13 +362,13 @@ class Manager:
                     f"{r.reason}: stays on {current.placement.primary.key}"
                 )
 
-    def _held_mib(self, model: str, current: Decision, replicas: int) -> int:
+    def _held_mib(self, model: str, current: PlacementDecision, replicas: int) -> int:
         chosen = current.chosen
         if chosen is None or chosen.tier.device is not Device.CPU or chosen.tier.cluster:
             return 0
         return int(chosen.memory_mib * replicas)
 
-    def _apply(self, model: str, decision: Decision, event: str) -> None:
+    def _apply(self, model: str, decision: PlacementDecision, event: str) -> None:
         log.info("%s: %s", model, event)
         moved = model in self.decisions and not same_tier(
             self.decisions[model].placement.primary, decision.placement.primary
@@ -379,7 +381,7 @@ class Manager:
         if pool is not None:
             pool.set_placement(decision.placement)
 
-    def _evict(self, decision: Decision, inv: Inventory, now: float) -> None:
+    def _evict(self, decision: PlacementDecision, inv: Inventory, now: float) -> None:
         """Models the new placement evicts from the GPU go to their best tier without it."""
         chosen = decision.chosen
         if chosen is None or not chosen.evict:

@@ -27,9 +27,9 @@ import aiohttp
 from runtime.backends.devices import cuda_available
 from runtime.backends.registry import registered_runtimes, runtime_class
 from runtime.errors import ModelNotFound, RuntimeUnavailable
-from runtime.forkserver import ForkServer
-from runtime.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
-from runtime.replica import ColdStart, Replica, Spawner, spawn_worker
+from runtime.placement.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
+from runtime.scaling.forkserver import ForkServer
+from runtime.scaling.replica import ColdStart, Replica, Spawner, spawn_worker
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig, ModelSpec, Task, bundled_config_path
 from runtime.spec.placement import Device, Tier
@@ -241,7 +241,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def _cpu_label() -> str:
-    from runtime.inventory import probe_local
+    from runtime.placement.inventory import probe_local
 
     inv = probe_local(gpus=lambda: ())
     return f"{inv.cpu.cores} x {inv.cpu.model}"

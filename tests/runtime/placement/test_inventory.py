@@ -9,8 +9,8 @@ import pytest
 
 from runtime.backends.devices import cuda_available
 from runtime.errors import ConfigError
-from runtime.gpu_packing import Resident, fit, pick_victims
-from runtime.inventory import GpuInfo, load_hardware, node_info, probe_gpus, probe_local
+from runtime.placement.gpu_packing import Resident, fit, pick_victims
+from runtime.placement.inventory import GpuInfo, load_hardware, node_info, probe_gpus, probe_local
 
 
 def test_this_host() -> None:

@@ -29,7 +29,7 @@ from runtime.spec.scaling import ScalingRule
 
 __all__ = [
     "ConcurrencyWindow",
-    "Decision",
+    "ScaleDecision",
     "ScalerState",
     "WindowStats",
     "decide",
@@ -170,7 +170,7 @@ class ScalerState:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class ScaleDecision:
     """Replicas to converge to, the state for the next call, whether panicking, and why."""
 
     desired: int
@@ -204,10 +204,10 @@ def decide(
     now: float,
     *,
     scale_to_zero_grace: float = 30.0,
-) -> Decision:
+) -> ScaleDecision:
     """Decide the replica count for one model; ``ready`` is how many serve requests now.
 
-    Call every tick (about once a second) with ``Decision.state`` from the last call.
+    Call every tick (about once a second) with ``ScaleDecision.state`` from the last call.
     """
     target = effective_target(rule)
     capacity = max(1, ready)
@@ -283,7 +283,7 @@ def decide(
         recent=recent,
         inactive_since=inactive_since,
     )
-    return Decision(desired, new_state, started is not None, "; ".join(notes))
+    return ScaleDecision(desired, new_state, started is not None, "; ".join(notes))
 
 
 def _ceil(x: float) -> int:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from runtime.gpu_packing import Resident
-from runtime.inventory import CpuInfo, GpuInfo, Inventory, NodeInfo
-from runtime.policy import PolicyConfig, choose_runtime, erlang_c_wait_p95, plan
-from runtime.profiles import LoadPoint, Profile
+from runtime.placement.gpu_packing import Resident
+from runtime.placement.inventory import CpuInfo, GpuInfo, Inventory, NodeInfo
+from runtime.placement.policy import PolicyConfig, choose_runtime, erlang_c_wait_p95, plan
+from runtime.placement.profiles import LoadPoint, Profile
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device, TierRole
 

@@ -7,7 +7,7 @@ to its deadline) while the pool starts a replica. Queue full: ``Overloaded`` (50
 Retry-After); deadline passed: ``DeadlineExceeded`` (504).
 
 An autoscaling loop feeds each pool's observed concurrency (in flight + queued) to
-``runtime.autoscaler.decide`` and applies the decision: new replicas are started, and
+``runtime.scaling.kpa.decide`` and applies the decision: new replicas are started, and
 surplus ones are drained first (they take no new request, the ones in flight finish)
 and only then stopped, so no request is lost to a scale-down. A replica whose process
 dies is dropped at once; its requests in flight fail at the proxy, and the next request
@@ -34,9 +34,15 @@ from typing import Any
 
 import aiohttp
 
-from runtime.autoscaler import ConcurrencyWindow, Decision, ScalerState, decide, initial_replicas
 from runtime.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded
-from runtime.replica import ColdStart, Replica, ReplicaState, Spawner, spawn_worker
+from runtime.scaling.kpa import (
+    ConcurrencyWindow,
+    ScaleDecision,
+    ScalerState,
+    decide,
+    initial_replicas,
+)
+from runtime.scaling.replica import ColdStart, Replica, ReplicaState, Spawner, spawn_worker
 from runtime.spec.model import ModelConfig, ModelSpec
 from runtime.spec.placement import Placement, Tier, TierRole
 
@@ -98,7 +104,7 @@ class ModelPool:
         self.ready_timeout = ready_timeout
         self.window = ConcurrencyWindow(horizon=spec.scaling.window)
         self.scaler = ScalerState.start(spec.scaling, clock())
-        self.decision: Decision | None = None
+        self.decision: ScaleDecision | None = None
         self.cold_starts = 0
         self.last_cold_start: ColdStart | None = None
         self.start_error: str | None = None

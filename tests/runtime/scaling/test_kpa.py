@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from runtime.autoscaler import (
+from runtime.scaling.kpa import (
     ConcurrencyWindow,
-    Decision,
+    ScaleDecision,
     ScalerState,
     WindowStats,
     decide,
@@ -226,14 +226,14 @@ def simulate(
     *,
     ready: int | None = None,
     grace: float = 30.0,
-) -> dict[int, Decision]:
+) -> dict[int, ScaleDecision]:
     """Decide once a second; ``load`` is (time, in flight) steps, fed before each tick.
 
     With ``ready`` None, replicas come up by the next tick (ready = last decision).
     """
     w = ConcurrencyWindow(r.window)
     pending = sorted(load, key=lambda step: step[0])  # stable: same-time steps keep order
-    out: dict[int, Decision] = {}
+    out: dict[int, ScaleDecision] = {}
     for t in ticks:
         while pending and pending[0][0] <= t:
             w.record(*pending.pop(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.profiles import artifact_hash
+from runtime.placement.profiles import artifact_hash
 from runtime.spec.model import ModelSpec, RuntimeName
 
 

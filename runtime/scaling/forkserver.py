@@ -10,7 +10,7 @@ Protocol, one JSON object per line on the socket: ``{"config", "model", "port", 
 "runtime", "device"}`` -> ``{"pid": N}`` or ``{"error": "..."}``. Children are reaped
 by the server; the supervisor watches them through a pidfd (``ForkedProcess``).
 
-Run as ``python -m runtime.forkserver SOCKET``; :class:`ForkServer` does that.
+Run as ``python -m runtime.scaling.forkserver SOCKET``; :class:`ForkServer` does that.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.replica import ProcessHandle, WorkerProcess
+from runtime.scaling.replica import ProcessHandle, WorkerProcess
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Tier
 
@@ -114,7 +114,7 @@ class ForkServer:
             self._server = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "runtime.forkserver",
+                "runtime.scaling.forkserver",
                 str(self.socket_path),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,

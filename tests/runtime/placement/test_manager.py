@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from runtime.manager import Observed, ReplanState, Watch, accept_move, replan_reason
-from runtime.policy import PolicyConfig, choose_runtime
-from tests.runtime.test_policy import CPU_ONLY, LLAMA_CPU, LLAMA_GPU, ONE_GPU, chat
+from runtime.placement.manager import Observed, ReplanState, Watch, accept_move, replan_reason
+from runtime.placement.policy import PolicyConfig, choose_runtime
+from tests.runtime.placement.test_policy import CPU_ONLY, LLAMA_CPU, LLAMA_GPU, ONE_GPU, chat
 
 CFG = PolicyConfig(replan_window_s=30, replan_cooldown_s=60, load_change_factor=2)
 SPEC = chat(latency={"p95_ms": 300})
@@ -204,8 +204,8 @@ class _NoPools:
 
 
 def test_manager_evicts_the_idle_model_for_one_that_misses_its_goal() -> None:
-    from runtime.inventory import GpuInfo
-    from runtime.manager import Manager
+    from runtime.placement.inventory import GpuInfo
+    from runtime.placement.manager import Manager
     from runtime.spec.model import ModelConfig
 
     gpu = GpuInfo(index=0, memory_total_mib=3000, memory_free_mib=3000)

@@ -4,7 +4,7 @@
 inventory, the GPU ledger, the policy config, the expected load and ``now``):
 
 1. candidates are the model's runtimes x the devices the hardware allows (``wasm`` on
-   CPU only; CUDA where the inventory has a GPU with room, by :mod:`runtime.gpu_packing`);
+   CPU only; CUDA where the inventory has a GPU with room, by :mod:`runtime.placement.gpu_packing`);
 2. each candidate's p95 at the expected load is predicted from its profile: the warm
    p95 at the concurrency each replica carries, plus the p95 of queueing (Erlang C,
    M/M/c, with c = replicas x the parallelism the profile measured), with as few
@@ -26,17 +26,17 @@ from dataclasses import replace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.errors import ConfigError
-from runtime.gpu_packing import Resident, fit
-from runtime.inventory import Inventory
-from runtime.profiles import Profile, estimate_cuda
+from runtime.placement.gpu_packing import Resident, fit
+from runtime.placement.inventory import Inventory
+from runtime.placement.profiles import Profile, estimate_cuda
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
-from runtime.spec.placement_decision import Candidate, Decision
+from runtime.spec.placement_decision import Candidate, PlacementDecision
 
 __all__ = [
     "Candidate",
     "CostModel",
-    "Decision",
+    "PlacementDecision",
     "PolicyConfig",
     "choose_runtime",
     "erlang_c_wait_p95",
@@ -338,7 +338,7 @@ def choose_runtime(
     available: frozenset[RuntimeName] | None = None,
     observed_p95: dict[str, float] | None = None,
     cuda_runtimes: frozenset[RuntimeName] | None = None,
-) -> Decision:
+) -> PlacementDecision:
     """Where ``spec`` runs now, and why. ``resident`` is the GPU ledger (models already
     holding GPU memory); ``available`` the runtimes this build can run (None: all);
     ``observed_p95`` replaces a tier's prediction where the gateway saw worse;
@@ -423,7 +423,7 @@ def choose_runtime(
             )
     cands += _without_gpu(spec, inventory, cuda_runtimes, cands)
     placement = Placement(spec.name, tuple(tiers), reason=why)
-    return Decision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
+    return PlacementDecision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
 
 
 def _without_gpu(
@@ -502,7 +502,7 @@ def plan(
     *,
     available: frozenset[RuntimeName] | None = None,
     resident: tuple[Resident, ...] = (),
-) -> tuple[Decision, ...]:
+) -> tuple[PlacementDecision, ...]:
     """Every model's decision, in config order. Models placed on a GPU join the ledger
     (as busy: a plan never evicts a model it has just placed), so later ones see the
     room that is left and no GPU is over-committed."""
