@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.api.body import describe_validation
-from runtime.errors import BadInput, EdgeInferError
+from runtime.errors import BadInput, EdgeInferError, describe_validation
 from runtime.spec.datatypes import OIP_TO_NUMPY
 from runtime.spec.types import Tensor, TensorSpec
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from runtime.errors import ConfigError
+from runtime.spec.frozen import Frozen
 
 __all__ = [
     "CpuInfo",
@@ -57,18 +58,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SITE_LABELS = ("edgeinfer.dev/site", "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CpuInfo(_Frozen):
+class CpuInfo(Frozen):
     model: str = "unknown"
     cores: int = Field(1, ge=1)
     architecture: str = "x86_64"
     simd: tuple[str, ...] = ()
 
 
-class GpuInfo(_Frozen):
+class GpuInfo(Frozen):
     index: int = Field(0, ge=0)
     name: str = "GPU"
     memory_total_mib: int = Field(gt=0)
@@ -76,7 +73,7 @@ class GpuInfo(_Frozen):
     utilization_pct: float = Field(0.0, ge=0, le=100)
 
 
-class NodeInfo(_Frozen):
+class NodeInfo(Frozen):
     """One cluster node, as its Kubernetes Node object describes it."""
 
     name: str
@@ -90,7 +87,7 @@ class NodeInfo(_Frozen):
     gpu_memory_mib: int | None = Field(None, gt=0, description="per GPU, from its label")
 
 
-class Inventory(_Frozen):
+class Inventory(Frozen):
     """Everything the policy may place a model on, at one moment."""
 
     cpu: CpuInfo = CpuInfo()

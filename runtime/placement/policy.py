@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from runtime.errors import ConfigError
 from runtime.placement.gpu_packing import Resident, fit
 from runtime.placement.inventory import Inventory
 from runtime.placement.profiles import Profile, estimate_cuda
+from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
 from runtime.spec.placement_decision import Candidate, PlacementDecision
@@ -47,11 +48,7 @@ __all__ = [
 CUDA_CAPABLE = frozenset({RuntimeName.LLAMA, RuntimeName.ONNX})
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CostModel(_Frozen):
+class CostModel(Frozen):
     """Prices (any currency) per second of a resource held."""
 
     gpu_second: float = Field(0.0008, ge=0, description="one whole GPU (~2.9/hour)")
@@ -59,7 +56,7 @@ class CostModel(_Frozen):
     gib_second: float = Field(0.0000014, ge=0, description="one GiB of host memory")
 
 
-class PolicyConfig(_Frozen):
+class PolicyConfig(Frozen):
     """The ``manager:`` section of a config file."""
 
     cost: CostModel = CostModel()

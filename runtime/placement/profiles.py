@@ -19,9 +19,10 @@ import itertools
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.frozen import Frozen
 from runtime.spec.model import RUNTIME_FORMATS, ModelSpec, RuntimeName
 
 __all__ = [
@@ -33,11 +34,7 @@ __all__ = [
 ]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LoadPoint(_Frozen):
+class LoadPoint(Frozen):
     """Warm latency at one concurrency (requests kept in flight at once)."""
 
     concurrency: int = Field(ge=1)
@@ -50,7 +47,7 @@ class LoadPoint(_Frozen):
     )
 
 
-class Profile(_Frozen):
+class Profile(Frozen):
     model: str
     runtime: RuntimeName
     device: str

@@ -19,7 +19,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from runtime.spec.frozen import Frozen
 
 __all__ = [
     "ClusterSpec",
@@ -42,11 +44,7 @@ QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]
 IMAGE_REF = r"^[a-z0-9][a-z0-9._\-/:@{}]*[a-zA-Z0-9_.\-}]$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Toleration(_Strict):
+class Toleration(Frozen):
     """A Kubernetes toleration (``spec.tolerations[]`` of a pod)."""
 
     key: str | None = Field(None, pattern=QUALIFIED_NAME)
@@ -70,7 +68,7 @@ class Toleration(_Strict):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class GpuProfile(_Strict):
+class GpuProfile(Frozen):
     """How a GPU tier's pods ask for and land on GPU nodes of this cluster."""
 
     resource: str = Field(
@@ -105,7 +103,7 @@ class GpuProfile(_Strict):
         return self
 
 
-class Images(_Strict):
+class Images(Frozen):
     """The worker images (see ``knative/images/``) and how to pull them."""
 
     cpu: str = Field(
@@ -128,7 +126,7 @@ class Images(_Strict):
     )
 
 
-class SpinKubeProfile(_Strict):
+class SpinKubeProfile(Frozen):
     """Render Spin guests as SpinKube ``SpinApp`` s instead of Knative Services."""
 
     executor: str = Field("containerd-shim-spin", pattern=DNS_LABEL)
@@ -145,7 +143,7 @@ class SpinKubeProfile(_Strict):
     )
 
 
-class WasmProfile(_Strict):
+class WasmProfile(Frozen):
     """How WASM tiers run: the CPU image (wasmtime inside), optionally a runtime class."""
 
     runtime_class_name: str | None = Field(
@@ -154,14 +152,14 @@ class WasmProfile(_Strict):
     spinkube: SpinKubeProfile | None = None
 
 
-class PvcDelivery(_Strict):
+class PvcDelivery(Frozen):
     """Model files on a PersistentVolumeClaim (ReadOnlyMany, filled once)."""
 
     claim: str = Field(..., pattern=DNS_LABEL, description="claim name in the namespace")
     sub_path: str | None = Field(None, description="folder inside the volume")
 
 
-class ImageDelivery(_Strict):
+class ImageDelivery(Frozen):
     """Model files in an OCI image, mounted as a Kubernetes ``image`` volume."""
 
     reference: str = Field(
@@ -170,7 +168,7 @@ class ImageDelivery(_Strict):
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
-class ModelDelivery(_Strict):
+class ModelDelivery(Frozen):
     """Where pods find model files the config gives as paths: mounted read-only at
     ``mount_path``, laid out as under ``root`` (a folder relative to the config file).
 
@@ -194,7 +192,7 @@ class ModelDelivery(_Strict):
         return "pvc" if self.pvc is not None else "image"
 
 
-class KnativeProfile(_Strict):
+class KnativeProfile(Frozen):
     """What this cluster's Knative Serving is set up to allow: its ``config-autoscaler``,
     ``config-defaults`` and ``config-features``, as far as rendering must know them."""
 
@@ -228,7 +226,7 @@ class KnativeProfile(_Strict):
     )
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(Frozen):
     """One Kubernetes cluster with Knative Serving (or an edge site running one)."""
 
     name: str = Field(..., pattern=DNS_LABEL)

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, field_problem
 from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.clusters import ClusterSpec
+from runtime.spec.frozen import Frozen
 from runtime.spec.scaling import ScalingRule
 
 __all__ = [
@@ -72,11 +73,7 @@ RUNTIME_FORMATS: dict[RuntimeName, tuple[ArtifactFormat, ...]] = {
 GENERATIVE_TASKS = frozenset({Task.CHAT, Task.COMPLETION})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class LatencyGoal(_Strict):
+class LatencyGoal(Frozen):
     """The goal the manager places a model to meet."""
 
     p95_ms: float = Field(1000.0, gt=0, description="95th percentile request latency, ms")
@@ -85,7 +82,7 @@ class LatencyGoal(_Strict):
     )
 
 
-class Resources(_Strict):
+class Resources(Frozen):
     """Hints for placement; the manager replaces them with measured values."""
 
     memory_mib: int | None = Field(None, gt=0)
@@ -93,7 +90,7 @@ class Resources(_Strict):
     cpu: float | None = Field(None, gt=0, description="cores one replica uses")
 
 
-class RuntimeOptions(_Strict):
+class RuntimeOptions(Frozen):
     """Knobs passed to the runtime that loads the model."""
 
     context_length: int = Field(2048, ge=64, le=131072, description="llama: n_ctx")
@@ -118,7 +115,7 @@ class RuntimeOptions(_Strict):
     preprocess_config: str | None = Field(None, description="classify: config for preprocess")
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Frozen):
     """One model: what it does, where its files are, how it may run and scale."""
 
     name: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -178,7 +175,7 @@ class ModelSpec(_Strict):
         return self.task in GENERATIVE_TASKS
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Frozen):
     """A config file: the models this deployment serves."""
 
     models: list[ModelSpec] = Field(min_length=1)
@@ -262,7 +259,5 @@ def _describe(file: Path, raw: dict[str, Any], exc: ValidationError) -> str:
             name = entry.get("name") if isinstance(entry, dict) else None
             where = f"{kind} {name!r}" if name else f"{kind} #{index + 1}"
             loc = loc[2:]
-        field = ".".join(str(part) for part in loc) or f"(the {kind} itself)"
-        message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{file}: {where}: field {field!r}: {message}")
+        lines.append(f"{file}: {where}: {field_problem(loc, err['msg'], f'(the {kind} itself)')}")
     return "\n".join(lines)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
+
+from runtime.spec.frozen import Frozen
 
 __all__ = ["ScalingRule", "format_duration", "parse_duration"]
 
@@ -74,10 +76,8 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-class ScalingRule(BaseModel):
+class ScalingRule(Frozen):
     """Per-model autoscaling, Knative KPA semantics. Field aliases are Knative's names."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
     min_scale: int = Field(0, alias="min-scale", ge=0)
     max_scale: int = Field(0, alias="max-scale", ge=0, description="0 means unbounded")

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from runtime.api.body import describe_validation
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, describe_validation
 from runtime.settings import Settings
 from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.frozen import Frozen
 
 __all__ = [
     "MANIFEST_NAME",
@@ -65,11 +65,7 @@ class Abi(StrEnum):
     COMPUTE = "compute"  # a pure-compute engine: no host ML library, weights from files
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Preload(_Strict):
+class Preload(Frozen):
     """One wasi-nn graph loaded by the host before any call, as WasmEdge's
     ``--nn-preload NAME:ENCODING:TARGET:PATH``."""
 
@@ -95,14 +91,14 @@ class Preload(_Strict):
         return value.upper()
 
 
-class Limits(_Strict):
+class Limits(Frozen):
     """The sandbox of one call."""
 
     timeout_s: float = Field(60.0, gt=0, le=3600, description="deadline of one call")
     max_memory_mib: int = Field(1024, ge=1, le=65536, description="guest linear memory cap")
 
 
-class PackageManifest(_Strict):
+class PackageManifest(Frozen):
     """``edgeinfer-wasm.yaml``."""
 
     abi: Abi

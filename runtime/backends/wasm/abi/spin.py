@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from wasmtime import component as wc
 
 from runtime.backends.registry import LoadPhases, Runtime, create_runtime
@@ -45,6 +45,7 @@ from runtime.errors import (
     GuestTrap,
     UnsupportedTask,
 )
+from runtime.spec.frozen import Frozen
 from runtime.spec.model import ArtifactFormat, ModelSpec, RuntimeOptions, Task
 from runtime.spec.types import Embeddings, GenerateRequest, SamplingParams, TokenChunk
 
@@ -54,24 +55,21 @@ LLM_INTERFACE = "fermyon:spin/llm@2.0.0"
 T = TypeVar("T")
 
 
-class _LlmModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _LlmModel(Frozen):
     gguf: str
     context_length: int = Field(2048, ge=64)
 
 
-class _EmbeddingModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _EmbeddingModel(Frozen):
     safetensors: str | None = None
     onnx: str | None = None
     tokenizer: str | None = None
     max_input_tokens: int | None = None
 
 
-class SpinOptions(BaseModel):
+class SpinOptions(Frozen):
     """``options`` of a spin-llm package manifest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     llm_models: dict[str, _LlmModel] = Field(default_factory=dict, alias="llm-models")
     embedding_models: dict[str, _EmbeddingModel] = Field(
         default_factory=dict, alias="embedding-models"
