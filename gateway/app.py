@@ -33,7 +33,7 @@ from runtime.api.render import error_response
 from runtime.errors import BadInput, EdgeInferError, ModelNotFound, RuntimeFailure
 from runtime.placement.manager import Manager
 from runtime.scaling.replica import ColdStart
-from runtime.scaling.supervisor import Supervisor
+from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import ModelConfig
 
 __all__ = ["Gateway"]
@@ -56,7 +56,7 @@ class Gateway:
         self,
         config: ModelConfig,
         settings: GatewayConfig,
-        supervisor: Supervisor,
+        supervisor: ReplicaSource,
         authenticator: Authenticator,
         clock: Callable[[], float] = time.monotonic,
         manager: Manager | None = None,

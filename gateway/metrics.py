@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from runtime.scaling.supervisor import Supervisor
+from runtime.scaling.source import ReplicaSource
 
 __all__ = ["GatewayMetrics"]
 
@@ -19,7 +19,7 @@ _COLD = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
 class _PoolCollector(Collector):
     """Replicas, queue depth and in-flight per model, read from the supervisor on scrape."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: ReplicaSource) -> None:
         self.supervisor = supervisor
 
     def collect(self):  # type: ignore[no-untyped-def]
@@ -60,7 +60,7 @@ class _PoolCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: ReplicaSource) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(

@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 import uvloop
 
@@ -22,6 +21,7 @@ from runtime.placement.manager import Manager
 from runtime.placement.policy import policy_config
 from runtime.placement.profiles import ProfileStore
 from runtime.scaling.forkserver import ForkServer
+from runtime.scaling.source import ReplicaSource
 from runtime.scaling.supervisor import Supervisor
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
@@ -84,7 +84,7 @@ def build_gateway(
 
 def _cluster_router(
     config: ModelConfig, names: Sequence[str], grace: float, clock: Callable[[], float]
-) -> Supervisor:
+) -> ReplicaSource:
     """Cluster mode (knative.router): the same surface as the supervisor."""
     from knative.router import ClusterRouter
     from knative.targets import Overrides, select_clusters
@@ -92,7 +92,7 @@ def _cluster_router(
     chosen = select_clusters(config, Overrides(clusters=tuple(names)))
     router = ClusterRouter(config, chosen, scale_to_zero_grace=grace, clock=clock)
     router.connect()
-    return cast(Supervisor, router)
+    return router
 
 
 def run_gateway(
