@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from knative.apply import Change
-from knative.placements import placements_from_plan
+from knative.placement_checks import placements_from_plan
 from knative.render import Rendered
 from knative.targets import Overrides, render_config, select_clusters
 from knative.yamldump import dump, dump_all

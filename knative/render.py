@@ -33,7 +33,7 @@ from knative.naming import (
     config_map_name,
     service_name,
 )
-from knative.placements import check_placement
+from knative.placement_checks import check_placement
 from knative.pod import CONFIG_MOUNT, PORT, cores, resources, worker_args
 from knative.spinapp import is_spin_tier, render_spinapp
 from runtime.spec.clusters import ClusterSpec
