@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.replica import free_port  # noqa: E402
+from runtime.scaling.replica import free_port  # noqa: E402
 
 REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm2": (

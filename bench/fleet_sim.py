@@ -7,7 +7,7 @@ their warm minimum). Policies:
 
 - ``always_gpu``: every model on a GPU, one replica always warm (KServe/Kaito style).
 - ``static_format``: by artifact format: GGUF on a GPU, ONNX on a CPU; scale to zero.
-- ``manager``: ``runtime.policy.choose_runtime`` every hour on the load seen in the
+- ``manager``: ``runtime.placement.policy.choose_runtime`` every hour on the load seen in the
   hour before (the first hour: the expected load), with its bridge / warm minimum for
   cold starts; a move starts the new tier before the old one goes.
 
@@ -16,7 +16,7 @@ host (``smollm2`` for chat, ``gemma3-270m`` for completion, ``minilm`` for
 embeddings, ``magika`` for classification), scaled to each synthetic model's size:
 latency, cold-start load/warm-up and memory linear in parameters (a replica computes
 on the same cores as this host's). GPU profiles are not measured (no GPU here): they
-are ``runtime.profiles.estimate_cuda`` of the scaled CPU profile, with the factors
+are ``runtime.placement.profiles.estimate_cuda`` of the scaled CPU profile, with the factors
 ``edgeinfer plan`` uses. Latency goals are multiples of the base model's measured p50,
 so the mix of CPU-able and GPU-only models does not depend on how busy the measuring
 host was (a profile's p95 comes from few requests, and one stall moves it).
@@ -57,12 +57,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.inventory import CpuInfo, GpuInfo, Inventory  # noqa: E402
-from runtime.placement import Device  # noqa: E402
-from runtime.policy import PolicyConfig, choose_runtime  # noqa: E402
-from runtime.profiles import LoadPoint, Profile, ProfileStore, estimate_cuda  # noqa: E402
+from runtime.placement.inventory import CpuInfo, GpuInfo, Inventory  # noqa: E402
+from runtime.placement.policy import PolicyConfig, choose_runtime  # noqa: E402
+from runtime.placement.profiles import LoadPoint, Profile, ProfileStore, estimate_cuda  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
-from runtime.spec import ModelSpec, RuntimeName, load_config  # noqa: E402
+from runtime.spec.model import ModelSpec, RuntimeName, load_config  # noqa: E402
+from runtime.spec.placement import Device  # noqa: E402
 
 DAY = 86400.0
 KEEPALIVE = 90.0  # Knative: stable window 60 s + scale-to-zero grace 30 s

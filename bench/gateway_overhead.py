@@ -54,7 +54,7 @@ from fastapi import FastAPI, Request, Response  # module level: FastAPI reads th
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.replica import free_port  # noqa: E402
+from runtime.scaling.replica import free_port  # noqa: E402
 
 SELF = str(Path(__file__).resolve())
 ONE = {"model": "minilm", "input": "The gateway adds as little as it can."}
@@ -160,7 +160,7 @@ def gateway_app() -> Any:
     ``--factory`` target: ``gateway_overhead:gateway_app``)."""
     from gateway.server import build_gateway
     from runtime.settings import Settings
-    from runtime.spec import load_config
+    from runtime.spec.model import load_config
 
     return build_gateway(load_config(os.environ[CONFIG_ENV]), Settings.from_env())
 

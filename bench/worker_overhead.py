@@ -32,11 +32,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.artifacts import resolve_artifact  # noqa: E402
-from runtime.minilm import ensure_bert_onnx  # noqa: E402
-from runtime.replica import free_port  # noqa: E402
+from runtime.backends.bert_onnx import ensure_bert_onnx  # noqa: E402
+from runtime.scaling.replica import free_port  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
-from runtime.spec import ArtifactFormat, load_config  # noqa: E402
+from runtime.spec.artifacts import resolve_artifact  # noqa: E402
+from runtime.spec.model import ArtifactFormat, load_config  # noqa: E402
 
 # A prompt greedy decoding continues well past --tokens without an end-of-sequence token,
 # so both sides generate exactly --tokens tokens (checked below).
@@ -53,7 +53,7 @@ SENTENCES = [
 def start_worker(model: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "worker", "--model", model, "--port", str(port)],
+        [sys.executable, "-m", "runtime.worker", "--model", model, "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -182,7 +182,7 @@ def bench_embeddings(runs: int, threads: int) -> dict[str, float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    # The worker's session options (runtime/onnx_backend.py). Spinning pool threads
+    # The worker's session options (runtime/backends/onnx.py). Spinning pool threads
     # left over from one side would also steal the cores from the other side's turn.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -44,10 +44,10 @@ from runtime.errors import (
     RuntimeFailure,
     Unauthorized,
 )
-from runtime.manager import Manager
-from runtime.replica import ColdStart
-from runtime.spec import MODEL_NAME, ModelConfig
-from runtime.supervisor import Supervisor
+from runtime.placement.manager import Manager
+from runtime.scaling.replica import ColdStart
+from runtime.scaling.source import ReplicaSource
+from runtime.spec.model import MODEL_NAME, ModelConfig
 
 __all__ = ["Gateway"]
 
@@ -75,7 +75,7 @@ class Gateway:
         self,
         config: ModelConfig,
         settings: GatewayConfig,
-        supervisor: Supervisor,
+        supervisor: ReplicaSource,
         authenticator: Authenticator,
         clock: Callable[[], float] = time.monotonic,
         manager: Manager | None = None,

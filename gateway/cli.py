@@ -4,7 +4,6 @@ when ``main`` runs; each command hands off to the package that does the work."""
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -15,7 +14,7 @@ from gateway import cli_manager
 from gateway.cli_wasm import wasm_app
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
-from runtime.spec import RuntimeName, load_config
+from runtime.spec.model import load_config
 
 __all__ = ["app", "main"]
 
@@ -30,18 +29,6 @@ err = Console(stderr=True)
 app.add_typer(wasm_app)
 
 
-# "auto" plus every runtime name the model spec knows.
-RuntimeChoice = StrEnum(  # type: ignore[misc]
-    "RuntimeChoice", {"auto": "auto", **{r.value: r.value for r in RuntimeName}}
-)
-
-
-class DeviceChoice(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -50,36 +37,15 @@ def _setup_logging(settings: Settings) -> None:
     )
 
 
-@app.command()
-def worker(
-    model: str = typer.Option(..., "--model", help="Name of the model to serve."),
-    config: Path | None = typer.Option(
-        None, "--config", help="Model config (YAML); the bundled models when omitted."
-    ),
-    runtime: RuntimeChoice = typer.Option("auto", "--runtime"),
-    device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8080, "--port", min=0, max=65535),
-) -> None:
-    """Serve one model over the OpenAI and OIP v2 HTTP contract."""
-    from runtime.worker.server import run_worker  # imports uvicorn and the runtimes
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def worker(ctx: typer.Context) -> None:
+    """Serve one model over the OpenAI and OIP v2 HTTP contract (--help for its flags)."""
+    from runtime.worker.cli import main as worker_main  # the worker's one parser
 
-    settings = Settings.from_env()
-    _setup_logging(settings)
-    try:
-        code = run_worker(
-            load_config(config),
-            model,
-            runtime=runtime.value,
-            device=device.value,
-            host=host,
-            port=port,
-            settings=settings,
-        )
-    except EdgeInferError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    raise typer.Exit(worker_main(ctx.args, prog="edgeinfer worker"))
 
 
 @app.command()

@@ -18,15 +18,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from runtime.backend import registered_runtimes
-from runtime.clusters import ClusterSpec
+from runtime.backends.registry import registered_runtimes
 from runtime.errors import EdgeInferError
-from runtime.inventory import Inventory, load_hardware, probe_cluster, probe_local
-from runtime.policy import Decision, plan, policy_config
-from runtime.profiler import profile_config
-from runtime.profiles import ProfileStore
+from runtime.placement.inventory import Inventory, load_hardware, probe_cluster, probe_local
+from runtime.placement.policy import PlacementDecision, plan, policy_config
+from runtime.placement.profiler import profile_config
+from runtime.placement.profiles import ProfileStore
 from runtime.settings import Settings
-from runtime.spec import ModelConfig, load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig, load_config
 
 __all__ = ["plan_command", "profile_command"]
 
@@ -121,7 +121,7 @@ def inventory_for(
 
 def decide_all(
     cfg: ModelConfig, inv: Inventory, settings: Settings, rps: dict[str, float] | None = None
-) -> tuple[Decision, ...]:
+) -> tuple[PlacementDecision, ...]:
     store = ProfileStore(settings.state_dir / "profiles")
     profiles = {m.name: store.for_model(m, cfg.base_dir) for m in cfg.models if m.runtimes}
     policy = policy_config(cfg)

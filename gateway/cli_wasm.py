@@ -1,5 +1,5 @@
 """``edgeinfer wasm ...``: run a WebAssembly module as WasmEdge's CLI does, and build
-the guests of ``wasm-modules/``. Parses arguments only; ``runtime.wasm`` does the work."""
+the guests of ``wasm-modules/``. Parses arguments only; ``runtime.backends.wasm`` does the work."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(
     ),
 ) -> None:
     """Run MODULE with ARGS; its stdout/stderr pass through and its exit code is ours."""
-    from runtime.wasm.command import RunOptions, run_module  # imports wasmtime
+    from runtime.backends.wasm.command import RunOptions, run_module  # imports wasmtime
 
     options = RunOptions(
         module=module,
@@ -53,6 +53,6 @@ def run(
 @wasm_app.command("build")
 def build(guests: list[str] | None = typer.Argument(None, help="Guests (default: all).")) -> None:
     """Build guests of wasm-modules/ (cached) and print their paths."""
-    from runtime.wasm.build import main as build_main
+    from runtime.backends.wasm.build import main as build_main
 
     raise typer.Exit(build_main(list(guests or [])))

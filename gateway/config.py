@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.auth import AuthConfig
 from runtime.errors import ConfigError
-from runtime.spec import ModelConfig
+from runtime.spec.model import ModelConfig
 
 __all__ = ["GatewayConfig", "ServerConfig", "gateway_config"]
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from runtime.supervisor import Supervisor
+from runtime.scaling.source import ReplicaSource
 
 __all__ = ["NO_MODEL", "UNKNOWN_MODEL", "GatewayMetrics"]
 
@@ -27,7 +27,7 @@ _COLD = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
 class _PoolCollector(Collector):
     """Replicas, queue depth and in-flight per model, read from the supervisor on scrape."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: ReplicaSource) -> None:
         self.supervisor = supervisor
 
     def collect(self):  # type: ignore[no-untyped-def]
@@ -68,7 +68,7 @@ class _PoolCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, supervisor: Supervisor, models: Iterable[str]) -> None:
+    def __init__(self, supervisor: ReplicaSource, models: Iterable[str]) -> None:
         self.models = frozenset(models) | {NO_MODEL}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

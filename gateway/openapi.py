@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.api.openapi import Operation, document, oip_operations, openai_operations
-from runtime.spec import ModelConfig
+from runtime.spec.model import ModelConfig
 
 __all__ = ["gateway_document"]
 

@@ -9,7 +9,6 @@ import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 import uvloop
 
@@ -17,16 +16,17 @@ from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
 from gateway.http1 import Http1Server
-from runtime.backend import cuda_runtimes, registered_runtimes
+from runtime.backends.registry import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
-from runtime.forkserver import ForkServer
-from runtime.inventory import Inventory, probe_local
-from runtime.manager import Manager
-from runtime.policy import policy_config
-from runtime.profiles import ProfileStore
+from runtime.placement.inventory import Inventory, probe_local
+from runtime.placement.manager import Manager
+from runtime.placement.policy import policy_config
+from runtime.placement.profiles import ProfileStore
+from runtime.scaling.forkserver import ForkServer
+from runtime.scaling.source import ReplicaSource
+from runtime.scaling.supervisor import Supervisor
 from runtime.settings import Settings
-from runtime.spec import ModelConfig
-from runtime.supervisor import Supervisor
+from runtime.spec.model import ModelConfig
 
 __all__ = ["build_gateway", "raise_fd_limit", "run_gateway"]
 
@@ -88,7 +88,7 @@ def build_gateway(
 
 def _cluster_router(
     config: ModelConfig, names: Sequence[str], grace: float, clock: Callable[[], float]
-) -> Supervisor:
+) -> ReplicaSource:
     """Cluster mode (knative.router): the same surface as the supervisor."""
     from knative.router import ClusterRouter
     from knative.targets import Overrides, select_clusters
@@ -96,7 +96,7 @@ def _cluster_router(
     chosen = select_clusters(config, Overrides(clusters=tuple(names)))
     router = ClusterRouter(config, chosen, scale_to_zero_grace=grace, clock=clock)
     router.connect()
-    return cast(Supervisor, router)
+    return router
 
 
 def run_gateway(

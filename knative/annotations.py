@@ -1,7 +1,7 @@
 """Knative's autoscaling annotations: written from a ``ScalingRule``, checked with
 Knative's own rules and bounds.
 
-``runtime.scaling.ScalingRule`` is the one definition of a model's scaling rule; this
+``runtime.spec.scaling.ScalingRule`` is the one definition of a model's scaling rule; this
 module only spells it the way Knative reads it (``autoscaling.knative.dev/*`` on
 ``spec.template.metadata.annotations``) and checks the written annotations, and the
 pod-spec fields that go with them (``containerConcurrency``, ``timeoutSeconds``), the way
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from runtime.clusters import KnativeProfile
-from runtime.scaling import ScalingRule, format_duration, parse_duration
+from runtime.spec.clusters import KnativeProfile
+from runtime.spec.scaling import ScalingRule, format_duration, parse_duration
 
 __all__ = [
     "AUTOSCALING",

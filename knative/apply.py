@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from knative.kube import KINDS, Cluster, KubeError, kube_errors
+from knative.kube import KINDS, Cluster, kube_errors
 from knative.naming import CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY, MODEL_LABEL, owned_selector
 from knative.yamldump import dump
+from runtime.errors import KubeError
 
 __all__ = ["Change", "apply_manifests", "delete_owned", "ensure_namespace", "list_owned"]
 

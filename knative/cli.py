@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from knative.apply import Change
-from knative.placements import placements_from_plan
+from knative.placement_checks import placements_from_plan
 from knative.render import Rendered
 from knative.targets import Overrides, render_config, select_clusters
 from knative.yamldump import dump, dump_all
-from runtime.clusters import ClusterSpec
 from runtime.errors import EdgeInferError
-from runtime.spec import ModelConfig, load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig, load_config
 
 __all__ = ["app"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.clusters import ClusterSpec, ModelDelivery
-from runtime.spec import ModelSpec
+from runtime.spec.clusters import ClusterSpec, ModelDelivery
+from runtime.spec.model import ModelSpec
 
 __all__ = ["VOLUME", "Delivery", "plan_delivery"]
 

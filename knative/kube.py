@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.clusters import ClusterSpec
-from runtime.errors import EdgeInferError
+from runtime.errors import ApplyConflict, KubeError
+from runtime.spec.clusters import ClusterSpec
 
-__all__ = ["KINDS", "ApplyConflict", "Cluster", "KubeError", "connect", "kube_errors"]
+__all__ = ["KINDS", "Cluster", "connect", "kube_errors"]
 
 # (apiVersion, kind) edgeinfer applies, in the order it applies them.
 KINDS = (
@@ -24,26 +24,6 @@ KINDS = (
     ("serving.knative.dev/v1", "Service"),
     ("core.spinkube.dev/v1alpha1", "SpinApp"),
 )
-
-
-class KubeError(EdgeInferError):
-    """The Kubernetes API refused or failed a request; ``status`` is the API's."""
-
-    code = "kubernetes_error"
-
-    def __init__(self, message: str, *, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ApplyConflict(KubeError):
-    """Server-side apply found fields another field manager owns (409)."""
-
-    code = "apply_conflict"
-
-    def __init__(self, message: str, fields: list[tuple[str, str]]) -> None:
-        super().__init__(message, status=409)
-        self.fields = fields  # (field path, owning manager)
 
 
 @dataclass

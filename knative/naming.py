@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from runtime.placement import Tier
+from runtime.spec.placement import Tier
 
 __all__ = [
     "CLUSTER_LABEL",

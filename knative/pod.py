@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.clusters import ClusterSpec
-from runtime.placement import Device, Tier
-from runtime.spec import ModelSpec
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelSpec
+from runtime.spec.placement import Device, Tier
 
 __all__ = ["CONFIG_MOUNT", "PORT", "cores", "resources", "worker_args"]
 

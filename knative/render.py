@@ -33,12 +33,12 @@ from knative.naming import (
     config_map_name,
     service_name,
 )
-from knative.placements import check_placement
+from knative.placement_checks import check_placement
 from knative.pod import CONFIG_MOUNT, PORT, cores, resources, worker_args
 from knative.spinapp import is_spin_tier, render_spinapp
-from runtime.clusters import ClusterSpec
-from runtime.placement import Device, Placement, Tier, TierRole
-from runtime.spec import ModelSpec, RuntimeName
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelSpec, RuntimeName
+from runtime.spec.placement import Device, Placement, Tier, TierRole
 
 __all__ = ["Rendered", "render_model"]
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import aiohttp
 
 from knative.status import ServiceStatus
-from runtime.clusters import ClusterSpec
 from runtime.errors import ModelNotFound, ModelNotReady
-from runtime.replica import ColdStart, Replica, ReplicaState
-from runtime.spec import ModelConfig, ModelSpec
-from runtime.supervisor import PoolStatus
+from runtime.scaling.replica import ColdStart, Replica, ReplicaState
+from runtime.scaling.supervisor import PoolStatus
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig, ModelSpec
 
 __all__ = ["ClusterPool", "ClusterRouter", "Route", "TierView", "route"]
 

@@ -19,9 +19,9 @@ import yaml
 
 from knative.naming import CONFIG_HASH, service_name
 from knative.pod import resources
-from runtime.clusters import ClusterSpec
-from runtime.placement import Tier
-from runtime.spec import ArtifactFormat, ModelSpec, RuntimeName
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ArtifactFormat, ModelSpec, RuntimeName
+from runtime.spec.placement import Tier
 
 __all__ = ["is_spin_tier", "package_abi", "render_spinapp"]
 

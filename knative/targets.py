@@ -4,7 +4,7 @@ A config without ``clusters:`` acts on one implicit cluster named ``default`` (t
 kubeconfig's current context, namespace ``default``; ``--context``/``--namespace``
 change it). With clusters, commands act on all of them or on those named with
 ``--cluster``. Placements come from the manager's plan when one is given; otherwise each
-model gets :func:`knative.placements.default_placement` on every selected cluster.
+model gets :func:`knative.placement_checks.default_placement` on every selected cluster.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from knative.placements import default_placement
+from knative.placement_checks import default_placement
 from knative.render import Rendered, render_model
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.placement import Placement
-from runtime.spec import ModelConfig
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelConfig
+from runtime.spec.placement import Placement
 
 __all__ = ["Overrides", "render_config", "select_clusters"]
 

@@ -1,23 +1,10 @@
-"""Model specs, runtimes, and the single-model worker.
+"""Everything below the gateway: model specs, runtimes, the worker, scaling, placement.
 
-Imports nothing from ``gateway`` or ``knative``; runtimes load lazily (see
-``runtime.backend``), so importing this package needs neither llama.cpp nor CUDA.
+Imports nothing from ``gateway`` or ``knative`` and nothing at import time: each room
+is a subpackage, and the import contract in ``pyproject.toml`` (import-linter) keeps
+the arrows pointing one way::
+
+    placement -> scaling -> worker -> (api | backends) -> spec -> (errors, settings)
+
+``errors`` and ``settings`` are the core every room may read.
 """
-
-from runtime.backend import Runtime, create_runtime
-from runtime.errors import EdgeInferError
-from runtime.scaling import ScalingRule
-from runtime.settings import Settings
-from runtime.spec import ModelConfig, ModelSpec, Task, load_config
-
-__all__ = [
-    "EdgeInferError",
-    "ModelConfig",
-    "ModelSpec",
-    "Runtime",
-    "ScalingRule",
-    "Settings",
-    "Task",
-    "create_runtime",
-    "load_config",
-]

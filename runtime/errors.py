@@ -4,17 +4,43 @@ Every failure a caller can see is an :class:`EdgeInferError` carrying its HTTP s
 and a short machine-readable code. Foreign errors (onnxruntime, llama.cpp, pydantic,
 wasmtime) are translated into this tree where they enter; the HTTP layer renders it
 in the shape of the API that was called (see ``runtime.api.openai`` and
-``runtime.api.oip``) and never has to guess a status.
+``runtime.api.oip``) and never has to guess a status. Every error class lives here::
+
+    EdgeInferError (500)
+    ├── BadInput (400)
+    │   ├── ContextOverflow (400)
+    │   ├── UnsupportedTask (400)
+    │   └── PayloadTooLarge (413)
+    ├── Unauthorized (401)
+    ├── PermissionDenied (403)
+    ├── RateLimited (429)
+    ├── ModelNotFound (404)
+    ├── ModelNotReady (503)
+    ├── Overloaded (503)
+    ├── DeadlineExceeded (504)
+    ├── RuntimeFailure (500)
+    │   ├── GuestTrap (500)
+    │   │   └── GuestOutOfMemory (500)
+    │   └── GuestLinkError (500)
+    ├── RuntimeUnavailable (501)
+    ├── ConfigError (500)
+    └── KubeError (the Kubernetes API's status, else 502)
+        └── ApplyConflict (409)
+
+:func:`describe_validation` is the one wording of a pydantic validation error, for
+request bodies (400) and config files alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
+    "ApplyConflict",
     "BadInput",
     "ConfigError",
     "ContextOverflow",
@@ -23,6 +49,7 @@ __all__ = [
     "GuestLinkError",
     "GuestOutOfMemory",
     "GuestTrap",
+    "KubeError",
     "MethodNotAllowed",
     "ModelNotFound",
     "ModelNotReady",
@@ -36,6 +63,8 @@ __all__ = [
     "RuntimeUnavailable",
     "Unauthorized",
     "UnsupportedTask",
+    "describe_validation",
+    "field_problem",
 ]
 
 
@@ -192,11 +221,7 @@ class ConfigError(EdgeInferError):
     def invalid(cls, where: str, exc: ValidationError, prefix: str = "") -> ConfigError:
         """``where: field: what is wrong; ...`` for a section that failed validation,
         each field's dotted path after ``prefix`` (the section's own name, if any)."""
-        problems = "; ".join(
-            f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        return cls(f"{where}: {problems}")
+        return cls(f"{where}: {describe_validation(exc, whole='(top)', prefix=prefix)}")
 
 
 class GuestTrap(RuntimeFailure):
@@ -217,3 +242,37 @@ class GuestLinkError(RuntimeFailure):
     or is not valid WebAssembly. Reported at load, before any call (500)."""
 
     code = "guest_link_error"
+
+
+class KubeError(EdgeInferError):
+    """The Kubernetes API refused or failed a request; ``status`` is the API's."""
+
+    code = "kubernetes_error"
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApplyConflict(KubeError):
+    """Server-side apply found fields another field manager owns (409)."""
+
+    code = "apply_conflict"
+
+    def __init__(self, message: str, fields: list[tuple[str, str]]) -> None:
+        super().__init__(message, status=409)
+        self.fields = fields  # (field path, owning manager)
+
+
+def field_problem(loc: Sequence[str | int], msg: str, whole: str = "body", prefix: str = "") -> str:
+    """One problem as ``field 'a.b': what is allowed``; ``whole`` names the validated
+    object itself when ``loc`` is empty, ``prefix`` the section the object sits in."""
+    field = prefix + ".".join(str(p) for p in loc) if loc else whole
+    return f"field {field!r}: {msg.removeprefix('Value error, ')}"
+
+
+def describe_validation(exc: ValidationError, whole: str = "body", prefix: str = "") -> str:
+    """A pydantic error as one clause per field (see :func:`field_problem`)."""
+    return "; ".join(
+        field_problem(e["loc"], e["msg"], whole, prefix) for e in exc.errors(include_url=False)
+    )

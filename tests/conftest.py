@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.replica import free_port
+from runtime.scaling.replica import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

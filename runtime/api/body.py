@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from runtime.errors import BadInput
+from runtime.errors import BadInput, describe_validation
 
-__all__ = ["describe_validation", "json_object", "load_json", "parse_json"]
+__all__ = ["json_object", "load_json", "parse_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,13 +98,3 @@ def parse_json(body: bytes, model: type[M]) -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise BadInput(describe_validation(exc)) from None
-
-
-def describe_validation(exc: ValidationError, whole: str = "body") -> str:
-    """A pydantic error as one clause per field: where, and what is allowed there;
-    ``whole`` names the validated object itself when a problem is not in one field."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"]) or whole
-        parts.append(f"field {field!r}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.api.body import describe_validation, load_json
-from runtime.datatypes import OIP_TO_NUMPY
-from runtime.errors import BadInput, EdgeInferError
-from runtime.types import Tensor, TensorSpec
+from runtime.api.body import load_json
+from runtime.errors import BadInput, EdgeInferError, describe_validation
+from runtime.spec.datatypes import OIP_TO_NUMPY
+from runtime.spec.types import Tensor, TensorSpec
 
 __all__ = [
     "HEADER_LENGTH",

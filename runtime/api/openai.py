@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runtime.errors import BadInput, EdgeInferError
-from runtime.types import ChatMessage, Embeddings, GenerateRequest, SamplingParams, TokenChunk
+from runtime.spec.types import ChatMessage, Embeddings, GenerateRequest, SamplingParams, TokenChunk
 
 __all__ = [
     "COMPLETION_TOKENS",

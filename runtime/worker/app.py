@@ -18,8 +18,8 @@ from starlette.responses import Response
 
 from runtime.api import openapi
 from runtime.api.render import install_error_handlers, json_response
-from runtime.backend import Runtime
-from runtime.spec import ModelSpec
+from runtime.backends.registry import Runtime
+from runtime.spec.model import ModelSpec
 from runtime.worker import oip_routes, openai_routes
 from runtime.worker.metrics import RequestMetrics
 from runtime.worker.state import WorkerState

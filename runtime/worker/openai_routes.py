@@ -17,8 +17,8 @@ from runtime.api.body import parse_json
 from runtime.api.openai import COMPLETION_TOKENS, PROMPT_TOKENS
 from runtime.api.render import json_response
 from runtime.errors import EdgeInferError, UnsupportedTask
-from runtime.spec import Task
-from runtime.types import GenerateRequest, TokenChunk
+from runtime.spec.model import Task
+from runtime.spec.types import GenerateRequest, TokenChunk
 from runtime.worker.state import WorkerState, worker_state
 
 __all__ = ["router"]

@@ -7,12 +7,12 @@ import logging
 
 import uvloop
 
-from runtime.backend import create_runtime
+from runtime.backends.registry import create_runtime
 from runtime.errors import ModelNotFound
-from runtime.http_server import http_server
 from runtime.settings import Settings
-from runtime.spec import ModelConfig
+from runtime.spec.model import ModelConfig
 from runtime.worker.app import create_app
+from runtime.worker.http_server import http_server
 
 __all__ = ["run_worker"]
 

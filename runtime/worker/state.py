@@ -8,7 +8,7 @@ import time
 
 from starlette.requests import Request
 
-from runtime.backend import Runtime
+from runtime.backends.registry import Runtime
 from runtime.errors import (
     DeadlineExceeded,
     EdgeInferError,
@@ -16,7 +16,7 @@ from runtime.errors import (
     ModelNotReady,
     RuntimeFailure,
 )
-from runtime.spec import ModelSpec
+from runtime.spec.model import ModelSpec
 from runtime.worker.metrics import WorkerMetrics
 
 __all__ = ["WorkerState", "worker_state"]

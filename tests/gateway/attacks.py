@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.replica import free_port
+from runtime.scaling.replica import free_port
 
 __all__ = ["ATTACKS", "FakeReplica", "Outcome", "Target"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from runtime.replica import free_port
+from runtime.scaling.replica import free_port
 
 Scope = MutableMapping[str, Any]
 

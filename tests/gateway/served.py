@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from runtime.replica import free_port
+from runtime.scaling.replica import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk-suite-user-0123456789"
@@ -58,7 +58,7 @@ class ServedGateway:
 
 def bundled_models(*names: str) -> list[dict[str, Any]]:
     """Entries of the bundled config by name, each with one replica at most."""
-    from runtime.spec import bundled_config_path
+    from runtime.spec.model import bundled_config_path
 
     raw = yaml.safe_load(bundled_config_path().read_text())
     picked = [m for m in raw["models"] if m["name"] in names]
@@ -123,7 +123,7 @@ def run_uvicorn_h11(config: Path, port: int) -> None:
 
     from gateway.server import build_gateway
     from runtime.settings import Settings
-    from runtime.spec import load_config
+    from runtime.spec.model import load_config
 
     app = build_gateway(load_config(config), Settings.from_env())
     uvicorn.run(app, host="127.0.0.1", port=port, http="h11", lifespan="on", log_level="warning")

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from runtime.devices import cuda_available
+from runtime.backends.devices import cuda_available
 from tests.conftest import ROOT
 
 runner = CliRunner()

@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from runtime.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
-from runtime.spec import RuntimeName, load_config
+from runtime.placement.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
+from runtime.spec.model import RuntimeName, load_config
 
 MINILM: dict[str, Any] = {
     "name": "minilm",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.backends.wasm.build import build_guest
 from runtime.settings import Settings
-from runtime.wasm.build import build_guest
 from tests.conftest import ROOT
 
 

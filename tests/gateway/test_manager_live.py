@@ -25,13 +25,13 @@ import pytest
 import yaml
 
 from gateway.server import build_gateway
-from runtime.devices import cuda_available
-from runtime.inventory import CpuInfo, GpuInfo, Inventory
-from runtime.placement import Device, Tier
-from runtime.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
-from runtime.replica import ProcessHandle, Spawner
+from runtime.backends.devices import cuda_available
+from runtime.placement.inventory import CpuInfo, GpuInfo, Inventory
+from runtime.placement.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
+from runtime.scaling.replica import ProcessHandle, Spawner
 from runtime.settings import Settings
-from runtime.spec import ModelSpec, RuntimeName, load_config
+from runtime.spec.model import ModelSpec, RuntimeName, load_config
+from runtime.spec.placement import Device, Tier
 from tests.gateway.conftest import MINILM, FakeClock, GatewayServer
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from gateway.config import ServerConfig, gateway_config
 from gateway.http1 import connection_cap
 from gateway.server import raise_fd_limit
 from runtime.errors import ConfigError
-from runtime.spec import ModelConfig
+from runtime.spec.model import ModelConfig
 from tests.conftest import ROOT, free_port
 
 INF = resource.RLIM_INFINITY

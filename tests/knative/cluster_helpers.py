@@ -10,7 +10,7 @@ from typing import Any
 from knative.apply import list_owned
 from knative.kube import Cluster, connect
 from knative.targets import render_config
-from runtime.spec import ModelConfig, load_config
+from runtime.spec.model import ModelConfig, load_config
 from tests.knative.conftest import write_config
 
 MINILM = {

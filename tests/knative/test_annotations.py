@@ -12,8 +12,8 @@ from knative.annotations import (
     check_pod_limits,
     scaling_annotations,
 )
-from runtime.clusters import KnativeProfile
-from runtime.scaling import ScalingRule
+from runtime.spec.clusters import KnativeProfile
+from runtime.spec.scaling import ScalingRule
 
 PROFILE = KnativeProfile(allow_zero_initial_scale=True)
 

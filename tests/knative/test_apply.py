@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from knative.apply import apply_manifests, list_owned
-from knative.kube import ApplyConflict, KubeError, connect
+from knative.kube import connect
 from knative.naming import FIELD_MANAGER
-from runtime.clusters import ClusterSpec
+from runtime.errors import ApplyConflict, KubeError
+from runtime.spec.clusters import ClusterSpec
 from tests.knative.cluster_helpers import MAGIKA, MINILM, manifests, setup, versions
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from gateway.cli import app
 from knative.apply import apply_manifests
 from knative.kube import connect
 from knative.status import read_status
-from runtime.spec import load_config
+from runtime.spec.model import load_config
 from tests.knative.cluster_helpers import (
     MAGIKA,
     MINILM,

@@ -41,7 +41,8 @@ def test_dockerfile_follows_the_project(dockerfile: Path) -> None:
     )
     # Every package pyproject ships is copied in.
     copied = set(re.findall(r"^COPY (\S+) \1$", text, re.M))
-    packages = {p.split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]}
+    found = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.removesuffix("*") for p in found}
     assert packages <= copied
     for path in copied:
         assert (ROOT / path).exists(), f"{dockerfile.name} copies {path}, which does not exist"

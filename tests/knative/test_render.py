@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 from gateway.cli import app
 from knative.naming import service_name
-from knative.placements import check_placement, default_placement
+from knative.placement_checks import check_placement, default_placement
 from knative.render import render_model
 from knative.targets import Overrides, render_config, select_clusters
-from runtime.clusters import ClusterSpec
 from runtime.errors import ConfigError
-from runtime.placement import Device, Placement, Tier, TierRole
-from runtime.spec import ModelSpec, RuntimeName, load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import ModelSpec, RuntimeName, load_config
+from runtime.spec.placement import Device, Placement, Tier, TierRole
 from tests.knative.conftest import WASM_MODEL, write_config
 
 GPU = ClusterSpec(name="core", labels=["gpu"], namespace="ml")
@@ -401,7 +401,7 @@ def test_manager_warm_minimum_becomes_min_scale(tmp_path: Path) -> None:
     """The manager's Tier.min_scale (its answer to a cold start that breaks the goal)."""
     import json
 
-    from knative.placements import placements_from_plan
+    from knative.placement_checks import placements_from_plan
 
     plan = tmp_path / "plan.json"
     tier = {"tier": "llama-cuda", "role": "primary", "cluster": "core", "min_scale": 2}

@@ -16,8 +16,8 @@ from gateway.auth import Authenticator
 from gateway.config import gateway_config
 from knative.router import ClusterRouter, TierView, route
 from knative.status import ServiceStatus
-from runtime.clusters import ClusterSpec
-from runtime.spec import load_config
+from runtime.spec.clusters import ClusterSpec
+from runtime.spec.model import load_config
 from tests.gateway.conftest import FakeClock, GatewayServer
 
 

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from knative.targets import Overrides, render_config, select_clusters
-from runtime.spec import load_config
-from tests.knative.conftest import WASM_MODEL, write_config
+from runtime.spec.model import load_config
+from tests.knative.conftest import WASM_MODEL, missing_shared, write_config
 
 CLUSTERS: list[dict[str, Any]] = [
     {
@@ -107,3 +107,14 @@ def test_schema_check_catches_bad_services(
     node[path[-1]] = value
     with pytest.raises(jsonschema.ValidationError):
         service_schema.validate(service)
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_a_missing_shared_folder_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="shared folder"):
+        missing_shared("no CRD schemas at /nowhere (the shared folder beside the repository)")

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.api.oip import InferenceRequest, decode_request, encode_response
 from runtime.errors import BadInput
-from runtime.types import Tensor
+from runtime.spec.types import Tensor
 
 
 def body(*inputs: dict[str, object], **extra: object) -> bytes:

@@ -15,7 +15,7 @@ from runtime.api.openai import (
     embedding_response,
 )
 from runtime.errors import BadInput
-from runtime.types import Embeddings
+from runtime.spec.types import Embeddings
 
 CHAT = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]'
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.devices import cuda_available
+from runtime.backends.devices import cuda_available
 from tests.conftest import start_worker
 from tests.runtime.worker.conftest import client
 

@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import WorkerProcess
-from tests.runtime.test_minilm import MODEL_DIR, SENTENCES, _feeds, reference_embeddings
+from tests.runtime.backends.test_bert_onnx import MODEL_DIR, SENTENCES, _feeds, reference_embeddings
 from tests.runtime.worker.conftest import client
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
+from runtime.backends.wasm.build import build_guest, guests_dir
 from runtime.errors import GuestLinkError
 from runtime.settings import Settings
-from runtime.spec import load_config
-from runtime.wasm.build import build_guest, guests_dir
+from runtime.spec.model import load_config
 from tests.conftest import WorkerProcess, running_worker
 from tests.runtime.worker.conftest import chat_against_raw, client
 
@@ -202,7 +202,7 @@ def test_writing_outside_is_refused(hostile_worker: WorkerProcess) -> None:
 def test_missing_import_fails_at_load(tmp_path: Path) -> None:
     import wasmtime
 
-    from runtime.backend import create_runtime
+    from runtime.backends.registry import create_runtime
 
     package = tmp_path / "evil"
     package.mkdir()

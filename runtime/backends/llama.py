@@ -1,0 +1,271 @@
+"""The ``llama`` runtime: GGUF models under llama-cpp-python, on CPU or with CUDA offload.
+
+A llama.cpp context is not thread-safe, so the runtime keeps a pool of
+``options.parallel`` independent ``Llama`` instances (the weights are mmap'd, so they
+share pages) and lends each request one instance for the whole generation. The
+generation itself runs in a worker thread and hands tokens to the event loop one by
+one; closing the stream sets a flag that llama.cpp's stopping criteria checks after
+every token, so a client that goes away stops the work within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+from collections.abc import AsyncGenerator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, cast
+
+import llama_cpp
+from llama_cpp import Llama, StoppingCriteriaList
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from runtime.backends.registry import LoadPhases, Runtime
+from runtime.errors import (
+    BadInput,
+    ContextOverflow,
+    ModelNotReady,
+    RuntimeFailure,
+    RuntimeUnavailable,
+    UnsupportedTask,
+)
+from runtime.spec.model import ArtifactFormat, RuntimeName
+from runtime.spec.types import GenerateRequest, LoadReport, TokenChunk
+
+__all__ = ["LlamaRuntime", "gguf_chat_template"]
+
+_DONE = object()
+
+
+class LlamaRuntime(Runtime):
+    name = RuntimeName.LLAMA
+
+    _instances: asyncio.Queue[Llama] | None = None
+    _all: list[Llama]
+    _pool: ThreadPoolExecutor | None = None
+    _formatter: Jinja2ChatFormatter | None = None
+    _n_ctx: int = 0
+
+    @classmethod
+    def supports_cuda(cls) -> bool:
+        return bool(llama_cpp.llama_supports_gpu_offload())
+
+    async def load(self) -> LoadReport:
+        if self.device == "cuda" and not self.supports_cuda():
+            raise RuntimeUnavailable(
+                "device cuda asked for, but this llama-cpp-python build has no GPU offload "
+                "(build it with CMAKE_ARGS=-DGGML_CUDA=on)"
+            )
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.spec.options.parallel, thread_name_prefix=f"llama-{self.spec.name}"
+        )
+        loop = asyncio.get_running_loop()
+        instances = await loop.run_in_executor(self._pool, self._load_blocking)
+        self._all = instances
+        self._instances = asyncio.Queue()
+        for llm in instances:
+            self._instances.put_nowait(llm)
+        return self.report
+
+    def _load_blocking(self) -> list[Llama]:
+        opts = self.spec.options
+        phases = LoadPhases(self.device)
+        path = self.artifact(ArtifactFormat.GGUF)
+        phases.end("resolve")
+        threads = opts.threads or os.cpu_count() or 1
+        instances = [
+            Llama(
+                model_path=str(path),
+                n_ctx=opts.context_length,
+                n_batch=min(opts.batch_size, opts.context_length),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=opts.gpu_layers if self.device == "cuda" else 0,
+                use_mmap=True,
+                verbose=False,
+            )
+            for _ in range(opts.parallel)
+        ]
+        phases.end("load")
+        first = instances[0]
+        self._n_ctx = first.n_ctx()
+        self._formatter = _chat_formatter(first)
+        for llm in instances:  # one token through each context: allocates its buffers
+            llm.create_completion(" ", max_tokens=1, temperature=0.0)
+            llm.reset()
+        phases.end("warmup")
+        self.report = phases.report()
+        return instances
+
+    async def unload(self) -> None:
+        if self._instances is not None:
+            # Take every instance back: waits for generations in flight to finish.
+            for _ in self._all:
+                llm = await self._instances.get()
+                llm.close()
+        self._instances = None
+        self._all = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:  # type: ignore[override]
+        if self._instances is None or self._pool is None:
+            raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
+        llm = await self._instances.get()
+        cancel = threading.Event()
+        future: Future[None] | None = None
+        try:
+            tokens, extra_stop = self._prompt_tokens(llm, request)
+            max_tokens = self._check_budget(len(tokens), request.params.max_tokens)
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+
+            def emit(item: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            future = self._pool.submit(
+                self._generate, llm, tokens, max_tokens, extra_stop, request, cancel, emit
+            )
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # No await here: this runs while the request's task is being cancelled.
+            cancel.set()
+            self._release_when_done(llm, future)
+
+    def _release_when_done(self, llm: Llama, future: Future[None] | None) -> None:
+        """Return ``llm`` to the pool once its thread is done with it, never earlier."""
+        instances = self._instances
+        if instances is None:
+            return
+        if future is None:
+            instances.put_nowait(llm)
+            return
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(instances.put_nowait, llm))
+
+    def _prompt_tokens(self, llm: Llama, request: GenerateRequest) -> tuple[list[int], list[str]]:
+        if request.messages is not None:
+            if self._formatter is None:
+                raise UnsupportedTask(
+                    f"model {self.spec.name!r} has no chat template; use /v1/completions"
+                )
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            try:
+                formatted = self._formatter(messages=cast(Any, messages))
+            except Exception as exc:  # jinja2 errors from the model's own template
+                raise BadInput(f"the model's chat template rejected the messages: {exc}") from exc
+            tokens = llm.tokenize(
+                formatted.prompt.encode("utf-8"),
+                add_bos=not formatted.added_special,
+                special=True,
+            )
+            stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop or ""]
+            return tokens, [s for s in stop if s]
+        assert request.prompt is not None
+        return llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False), []
+
+    def _check_budget(self, n_prompt: int, max_tokens: int | None) -> int:
+        n_ctx = self._n_ctx
+        if n_prompt >= n_ctx:
+            raise ContextOverflow(
+                f"the prompt is {n_prompt} tokens; model {self.spec.name!r} has a context of "
+                f"{n_ctx} tokens. Shorten the prompt."
+            )
+        if max_tokens is None:
+            return n_ctx - n_prompt
+        if n_prompt + max_tokens > n_ctx:
+            raise ContextOverflow(
+                f"model {self.spec.name!r} has a context of {n_ctx} tokens; you asked for "
+                f"{n_prompt + max_tokens} ({n_prompt} in the prompt, {max_tokens} in "
+                f"max_tokens). Lower max_tokens to at most {n_ctx - n_prompt}."
+            )
+        return max_tokens
+
+    def _generate(
+        self,
+        llm: Llama,
+        tokens: list[int],
+        max_tokens: int,
+        extra_stop: list[str],
+        request: GenerateRequest,
+        cancel: threading.Event,
+        emit: Any,
+    ) -> None:
+        """Runs in a pool thread. Emits TokenChunks, then an exception or _DONE."""
+        p = request.params
+        sampled = 0
+
+        def should_stop(_ids: Any, _logits: Any) -> bool:
+            nonlocal sampled
+            sampled += 1
+            return cancel.is_set()
+
+        seed = p.seed if p.seed is not None else random.getrandbits(31)
+        finish = "stop"
+        try:
+            # Without a reset llama-cpp-python keeps the KV cache of the longest prefix
+            # shared with this instance's previous request. A token evaluated alone gets
+            # logits that differ in the last bits from the same token in a batch, so that
+            # can change the answer: only with options.prompt_cache, and never with a seed.
+            if not self.spec.options.prompt_cache or p.seed is not None:
+                llm.reset()
+            stream = llm.create_completion(
+                tokens,
+                max_tokens=max_tokens,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                top_k=p.top_k,
+                stop=[*p.stop, *extra_stop] or None,
+                seed=seed,
+                presence_penalty=p.presence_penalty,
+                frequency_penalty=p.frequency_penalty,
+                repeat_penalty=p.repeat_penalty,
+                stopping_criteria=StoppingCriteriaList([should_stop]),
+                stream=True,
+            )
+            for chunk in cast(Iterator[dict[str, Any]], stream):
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if choice["text"]:
+                    emit(TokenChunk(text=choice["text"], prompt_tokens=len(tokens)))
+                if cancel.is_set():
+                    stream.close()  # type: ignore[union-attr]
+                    break
+            # llama.cpp samples one token past the end: the EOS token, or the one after
+            # max_tokens that it then drops; neither is part of the answer.
+            used = min(sampled, max_tokens) if finish == "length" else max(sampled - 1, 0)
+            self._count_generated(used)
+            emit(TokenChunk("", finish, prompt_tokens=len(tokens), completion_tokens=used))
+            emit(_DONE)
+        except Exception as exc:
+            emit(RuntimeFailure(f"llama.cpp failed on model {self.spec.name!r}: {exc}"))
+
+
+def gguf_chat_template(llm: Llama) -> tuple[str, str, str] | None:
+    """(template, bos, eos): the model's own chat template (GGUF
+    ``tokenizer.chat_template``) and the texts of its BOS/EOS tokens, if it has one."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    eos_id, bos_id = llm.token_eos(), llm.token_bos()
+    eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
+    bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+    return template, bos, eos
+
+
+def _chat_formatter(llm: Llama) -> Jinja2ChatFormatter | None:
+    found = gguf_chat_template(llm)
+    if found is None:
+        return None
+    template, bos, eos = found
+    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)

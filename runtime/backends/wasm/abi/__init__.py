@@ -1,0 +1,1 @@
+"""A guest ABI per module; ``base`` holds the interface and the registry."""

@@ -1,0 +1,293 @@
+"""Serving a ``compute`` package: embeddings and Magika classification on our engine.
+
+A package names the engine guest and the model files (manifest ``files``):
+
+* a BERT-family embedding model: ``config`` (config.json), ``weights``
+  (model.safetensors) and ``tokenizer`` (tokenizer.json, read by the host);
+* a classifier: ``model`` (an ONNX file, with ``options.convert: onnx``), converted once
+  on the host into the engine's graph (``runtime.backends.wasm.engine.convert``) and cached in the
+  artifact cache, whose folder the guest then sees read-only at ``/files/graph``.
+
+Tokenisation runs on the host with ``tokenizers``: the ids are then exactly those of the
+reference pipeline (the accuracy of the engine is the engine's alone), the tokenizer is
+a few percent of a request's time, and WordPiece with BERT's normaliser (Unicode NFD,
+accent stripping, CJK splitting, punctuation classes) in the guest would mean carrying
+Unicode tables into every module. The price is that the host needs ``tokenizers`` (a
+wheel exists for every platform wasmtime-py runs on); the guest itself needs nothing.
+
+A batch is split across the instances (each a thread) so that one request uses every
+core, and into calls of at most ``options.max_tokens`` padded tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from runtime.backends import magika_features
+from runtime.backends.registry import LoadPhases, check_batch
+from runtime.backends.tensor_inputs import (
+    CONTENT_INPUT,
+    TEXT_INPUT,
+    only_input,
+    tensor_bytes,
+    tensor_text,
+)
+from runtime.backends.text_batch import TokenBatch, encode_texts
+from runtime.backends.wasm.abi.base import GuestAbi
+from runtime.backends.wasm.engine.convert import ensure_graph
+from runtime.backends.wasm.engine.reactor import (
+    KIND_BERT,
+    KIND_GRAPH,
+    ComputeOptions,
+    EnginePool,
+    default_instances,
+)
+from runtime.backends.wasm.host import Sandbox
+from runtime.backends.wasm.package import FILES_MOUNT, MANIFEST_NAME
+from runtime.errors import ConfigError, ModelNotReady
+from runtime.spec.artifacts import resolve_artifact
+from runtime.spec.model import Task
+from runtime.spec.types import Embeddings, Tensor, TensorSpec
+
+__all__ = ["ComputeGuest", "split_rows"]
+
+GRAPH_MOUNT = f"{FILES_MOUNT}/graph"
+
+
+def split_rows(lengths: list[int], parts: int, max_tokens: int) -> list[tuple[int, int]]:
+    """Contiguous row ranges covering ``lengths``: about ``parts`` groups of equal token
+    counts, each cut further so that rows x (longest row in it) <= ``max_tokens``."""
+    total = sum(lengths) or 1
+    parts = max(1, min(parts, len(lengths)))
+    groups: list[tuple[int, int]] = []
+    start = acc = 0
+    for i, n in enumerate(lengths):
+        acc += n
+        if (
+            len(groups) < parts - 1
+            and acc >= total * (len(groups) + 1) / parts
+            and i + 1 < len(lengths)
+        ):
+            groups.append((start, i + 1))
+            start = i + 1
+    groups.append((start, len(lengths)))
+    out: list[tuple[int, int]] = []
+    for lo, hi in groups:
+        begin, longest = lo, 0
+        for i in range(lo, hi):
+            longest_with = max(longest, lengths[i])
+            if i > begin and (i + 1 - begin) * longest_with > max_tokens:
+                out.append((begin, i))
+                begin, longest_with = i, lengths[i]
+            longest = longest_with
+        out.append((begin, hi))
+    return out
+
+
+class ComputeGuest(GuestAbi):
+    pool: EnginePool | None = None
+    _executor: ThreadPoolExecutor | None = None
+    _tokenizer: Tokenizer | None = None
+    _magika: magika_features.MagikaConfig | None = None
+
+    def load(self, phases: LoadPhases) -> None:
+        manifest = self.package.manifest
+        where = f"model {self.spec.name!r}: {self.package.folder / MANIFEST_NAME}"
+        self.options = ComputeOptions.parse(manifest.options, where)
+        env, mounts = self._model_files(where)
+        if self.options.convert:
+            phases.end("convert")
+        module = self.host.module(self.package.guest_path)
+        phases.end("compile")
+        template = self.host.template(module)
+        phases.end("link")
+        size = default_instances(self.options, self.spec.options.parallel)
+        sandbox = Sandbox(
+            env=env,
+            mounts=mounts,
+            timeout_s=manifest.limits.timeout_s,
+            max_memory_bytes=manifest.limits.max_memory_mib << 20,
+            program=self.package.guest_path.name,
+        )
+        self.pool = EnginePool(
+            self.host,
+            template,
+            sandbox,
+            size=size,
+            max_tokens=self.options.max_tokens
+            if self.spec.task is Task.EMBEDDING
+            else self.options.max_rows,
+            max_seq=self.options.max_seq,
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix=f"engine-{self.spec.name}"
+        )
+        self._prepare_task(where)
+        phases.end("load")
+        if self.spec.task is Task.EMBEDDING:
+            self._embed_blocking(["warm up"])
+        else:
+            self._classify_blocking([b"#!/bin/sh\necho warm up\n" * 4])
+        phases.end("warmup")
+
+    def _model_files(self, where: str) -> tuple[dict[str, str], list[tuple[Path, str]]]:
+        files = self.package.files
+        mounts = list(self.package.mounts())
+        if self.options.convert == "onnx":
+            if "model" not in files:
+                raise ConfigError(f"{where}: options.convert needs files.model (the ONNX file)")
+            folder = ensure_graph(
+                files["model"], self.package.settings.artifact_cache, name=self.spec.name
+            )
+            mounts.append((folder, GRAPH_MOUNT))
+            config, weights = f"{GRAPH_MOUNT}/graph.json", f"{GRAPH_MOUNT}/model.safetensors"
+        else:
+            missing = [n for n in ("config", "weights") if n not in files]
+            if missing:
+                raise ConfigError(
+                    f"{where}: files.{missing[0]} is missing (config.json, model.safetensors)"
+                )
+            config, weights = self.package.guest_file("config"), self.package.guest_file("weights")
+        return {"EI_CONFIG": config, "EI_WEIGHTS": weights}, mounts
+
+    def _prepare_task(self, where: str) -> None:
+        assert self.pool is not None
+        if self.spec.task is Task.EMBEDDING:
+            if self.pool.kind != KIND_BERT:
+                raise ConfigError(f"{where}: an embedding model needs a BERT config, not a graph")
+            if "tokenizer" in self.package.files:
+                tok_path = self.package.files["tokenizer"]
+            elif self.spec.tokenizer:
+                tok_path = resolve_artifact(
+                    self.spec.tokenizer,
+                    self.package.folder,
+                    model=self.spec.name,
+                    field="tokenizer",
+                )
+            else:
+                raise ConfigError(f"{where}: files.tokenizer (tokenizer.json) is missing")
+            self._tokenizer = Tokenizer.from_file(str(tok_path))
+            self._tokenizer.no_padding()
+            self._tokenizer.no_truncation()
+            limit = self.spec.options.max_input_tokens or self.pool.max_seq
+            self._limit = min(limit, self.pool.max_seq)
+        elif self.spec.task is Task.CLASSIFY and self.spec.options.preprocess == "magika":
+            if self.pool.kind != KIND_GRAPH:
+                raise ConfigError(
+                    f"{where}: a classifier needs a converted graph (options.convert)"
+                )
+            ref = self.spec.options.preprocess_config
+            if ref is not None:
+                cfg = resolve_artifact(
+                    ref,
+                    self.package.folder,
+                    model=self.spec.name,
+                    field="options.preprocess_config",
+                )
+            elif "preprocess_config" in self.package.files:
+                cfg = self.package.files["preprocess_config"]
+            else:
+                cfg = self.package.files["model"].parent / "config.min.json"
+            self._magika = magika_features.load_magika_config(cfg)
+            if self._magika.features_size != self.pool.input_width:
+                raise ConfigError(
+                    f"{where}: Magika's features are {self._magika.features_size} bytes, "
+                    f"the model takes {self.pool.input_width}"
+                )
+        else:
+            raise ConfigError(f"{where}: the engine serves embedding and classify (magika) models")
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.close()
+        self.pool = self._executor = None
+
+    def _ready(self) -> tuple[EnginePool, ThreadPoolExecutor]:
+        if self.pool is None or self._executor is None:
+            raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
+        return self.pool, self._executor
+
+    def _map(self, jobs: list[tuple[np.ndarray, int, int]]) -> list[np.ndarray]:
+        """Run guest calls on the instances in parallel; results in order."""
+        pool, executor = self._ready()
+        if len(jobs) == 1:
+            return [executor.submit(pool.run, *jobs[0]).result()]
+        futures = [executor.submit(pool.run, *job) for job in jobs]
+        return [f.result() for f in futures]
+
+    # -- embeddings --------------------------------------------------------------------
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        if self.spec.task is not Task.EMBEDDING:
+            return await super().embed(texts)
+        check_batch(self.spec, len(texts), "inputs")
+        self._ready()
+        return await asyncio.to_thread(self._embed_blocking, texts)
+
+    def _embed_blocking(self, texts: list[str]) -> Embeddings:
+        pool, _ = self._ready()
+        assert self._tokenizer is not None
+        batch = encode_texts(
+            self._tokenizer,
+            texts,
+            limit=self._limit,
+            truncate=self.spec.options.truncate,
+            model=self.spec.name,
+        )
+        lengths = batch.mask.sum(axis=1).tolist()
+        ranges = split_rows(lengths, pool.size, pool.max_tokens)
+        vectors = np.concatenate(self._map([_bert_job(batch, lo, hi) for lo, hi in ranges]))
+        return Embeddings(vectors=vectors, prompt_tokens=batch.tokens)
+
+    # -- classification ------------------------------------------------------------------
+
+    def _scores(self, features: np.ndarray) -> np.ndarray:
+        pool, _ = self._ready()
+        n = len(features)
+        per = max(1, min(pool.max_tokens, -(-n // pool.size)))
+        jobs = [(features[i : i + per], len(features[i : i + per]), 0) for i in range(0, n, per)]
+        return np.concatenate(self._map(jobs))
+
+    def _classify_blocking(self, items: list[bytes]) -> list[Tensor]:
+        assert self._magika is not None
+        labels = magika_features.classify(items, self._magika, self._scores)
+        return magika_features.label_tensors(labels)
+
+    # -- OIP v2 --------------------------------------------------------------------------
+
+    def inputs(self) -> list[TensorSpec]:
+        if self.spec.task is Task.EMBEDDING:
+            return [TensorSpec(TEXT_INPUT, "BYTES", (-1,))]
+        return [TensorSpec(CONTENT_INPUT, "BYTES", (-1,))]
+
+    def outputs(self) -> list[TensorSpec]:
+        if self.spec.task is Task.EMBEDDING:
+            width = self.pool.output_width if self.pool is not None else -1
+            return [TensorSpec("embedding", "FP32", (-1, width))]
+        return list(magika_features.OUTPUT_SPECS)
+
+    async def infer(self, inputs: list[Tensor]) -> list[Tensor]:
+        if self.spec.task is Task.EMBEDDING:
+            text = only_input(inputs, TEXT_INPUT, "BYTES", self.spec.name)
+            emb = await self.embed([tensor_text(v) for v in text.data.reshape(-1)])
+            return [Tensor("embedding", "FP32", emb.vectors)]
+        content = only_input(inputs, CONTENT_INPUT, "BYTES", self.spec.name)
+        items = [tensor_bytes(v) for v in content.data.reshape(-1)]
+        check_batch(self.spec, len(items), "items")
+        self._ready()
+        result: list[Tensor] = await asyncio.to_thread(self._classify_blocking, items)
+        return result
+
+
+def _bert_job(batch: TokenBatch, lo: int, hi: int) -> tuple[np.ndarray, int, int]:
+    """The engine's input for rows [lo, hi): ids, types, mask, trimmed to their longest."""
+    seq = max(1, int(batch.mask[lo:hi].sum(axis=1).max()))
+    payload = np.stack([batch.ids[lo:hi, :seq], batch.types[lo:hi, :seq], batch.mask[lo:hi, :seq]])
+    return payload.astype(np.int32), hi - lo, seq

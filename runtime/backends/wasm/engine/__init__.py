@@ -1,0 +1,1 @@
+"""Our inference engine guest (``wasm-modules/engine``): instances and its graph."""

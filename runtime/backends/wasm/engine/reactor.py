@@ -1,0 +1,280 @@
+"""The ``compute`` ABI: our own inference engine (``wasm-modules/engine``) in the sandbox.
+
+Unlike a WASI command, the engine is a reactor that keeps its model: each instance loads
+the weights once (``ei_init``) into its own linear memory and then serves many calls
+(``ei_run``), so an instance lives in a long-lived store rather than a store per call.
+``instances`` of them run in parallel in a pool of as many threads (wasmtime releases the
+GIL while a guest runs). Each call still gets the package's deadline (the store's epoch
+deadline is reset per call) and the store keeps the memory limit. An instance whose call
+trapped is dropped and a fresh one is made on next use: a trap leaves its memory in an
+unknown state.
+
+The guest's ABI (all i32 unless noted; see ``wasm-modules/engine/README.md``):
+``ei_init(max_tokens, max_seq) -> status``, ``ei_info(what) -> int``, ``ei_input() -> ptr``,
+``ei_input_bytes() -> int``, ``ei_output() -> ptr``, ``ei_run(batch, seq) -> status``,
+``ei_error() -> ptr`` (NUL-terminated message), ``ei_profile(slot) -> f64``. The model
+files are named by ``EI_CONFIG`` and ``EI_WEIGHTS`` in the guest's environment.
+
+The tasks (embeddings, classification) are :mod:`runtime.backends.wasm.abi.compute`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from typing import Literal
+
+import numpy as np
+import wasmtime
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.backends.wasm.host import (
+    CallState,
+    Sandbox,
+    Template,
+    WasmHost,
+    _wasi_config,
+    translate,
+)
+from runtime.errors import BadInput, ConfigError, DeadlineExceeded
+
+__all__ = ["INFO_MAX_SEQ", "INFO_OUTPUT_WIDTH", "ComputeOptions", "EngineInstance", "EnginePool"]
+
+INFO_KIND, INFO_OUTPUT_WIDTH, INFO_MAX_TOKENS, INFO_MAX_SEQ, INFO_INPUT_WIDTH, INFO_ABI = range(6)
+KIND_BERT, KIND_GRAPH = 1, 2
+ABI_VERSION = 1
+LOAD_TIMEOUT_S = 300.0  # instantiating and loading the weights
+PROFILE_SLOTS = ("gemm", "attention", "gelu", "layernorm", "embed", "other")
+
+
+class ComputeOptions(BaseModel):
+    """``options`` of a ``compute`` package manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instances: int = Field(
+        0, ge=0, le=64, description="engine instances (threads); 0: the model's parallel, else CPUs"
+    )
+    max_tokens: int = Field(
+        2048, ge=16, le=1 << 20, description="BERT: batch x sequence per guest call"
+    )
+    max_rows: int = Field(32, ge=1, le=4096, description="graph: rows per guest call")
+    max_seq: int = Field(0, ge=0, description="BERT: longest sequence (0: the model's)")
+    convert: Literal["onnx"] | None = Field(
+        None, description="files.model is an ONNX model to convert to the engine's graph"
+    )
+
+    @classmethod
+    def parse(cls, raw: dict[str, object], where: str) -> ComputeOptions:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError.invalid(where, exc, "options.") from None
+
+
+class EngineInstance:
+    """One engine in its own store: loads the model once, then computes batches."""
+
+    def __init__(
+        self,
+        host: WasmHost,
+        template: Template,
+        sandbox: Sandbox,
+        *,
+        max_tokens: int,
+        max_seq: int,
+    ) -> None:
+        self.host = host
+        self.sandbox = sandbox
+        self.store = wasmtime.Store(host.engine)
+        self.store.set_wasi(_wasi_config(sandbox))
+        # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
+        self.store.set_limits(memory_size=sandbox.max_memory_bytes)
+        self.instance: wasmtime.Instance | None = None
+        # Loading reads and packs every weight: it gets a load-sized deadline of its own.
+        init_s = max(sandbox.timeout_s, LOAD_TIMEOUT_S)
+        self._call(lambda: self._instantiate(template), init_s)
+        rc = self._call(lambda: self._fn("ei_init")(self.store, max_tokens, max_seq), init_s)
+        if rc != 0:
+            raise ConfigError(f"the engine could not load the model: {self.error()}")
+        if self._fn("ei_info")(self.store, INFO_ABI) != ABI_VERSION:
+            raise ConfigError("the engine guest speaks another ABI version than this host")
+        self.kind = self.info(INFO_KIND)
+        self.output_width = self.info(INFO_OUTPUT_WIDTH)
+        self.input_width = self.info(INFO_INPUT_WIDTH)
+        self.max_tokens = self.info(INFO_MAX_TOKENS)
+        self.max_seq = self.info(INFO_MAX_SEQ)
+        self._input = self._fn("ei_input")(self.store)
+        self._input_bytes = self._fn("ei_input_bytes")(self.store)
+        self._output = self._fn("ei_output")(self.store)
+        self.healthy = True
+
+    def _instantiate(self, template: Template) -> None:
+        instance = template.pre.instantiate(self.store)
+        self.instance = instance
+        exports = instance.exports(self.store)
+        self._exports = exports
+        memory = exports["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        self.memory = memory
+        init = exports.get("_initialize")
+        if isinstance(init, wasmtime.Func):
+            init(self.store)
+
+    def _fn(self, name: str) -> wasmtime.Func:
+        fn = self._exports.get(name)
+        if not isinstance(fn, wasmtime.Func):
+            raise ConfigError(f"the engine guest does not export {name!r}")
+        return fn
+
+    def info(self, what: int) -> int:
+        value: int = self._fn("ei_info")(self.store, what)
+        return value
+
+    def error(self) -> str:
+        ptr = self._fn("ei_error")(self.store)
+        raw = bytes(self.memory.read(self.store, ptr, ptr + 512))
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def _call(self, fn, timeout: float | None = None):  # type: ignore[no-untyped-def]
+        """Run ``fn`` (guest calls) under the sandbox's deadline (or ``timeout``);
+        translate failures, and mark the instance unusable after one."""
+        timeout = self.sandbox.timeout_s if timeout is None else timeout
+        ticks = math.ceil(timeout / self.host.tick_s) + 1 if math.isfinite(timeout) else 1 << 62
+        self.store.set_epoch_deadline(ticks)
+        self.host.ticker.enter()
+        try:
+            return fn()
+        except BaseException as exc:
+            self.healthy = False
+            memory = self.memory.data_len(self.store) if self.instance is not None else 0
+            raise translate(exc, CallState(), memory, self.sandbox) from None
+        finally:
+            self.host.ticker.exit()
+
+    def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
+        """Write ``payload`` to the input buffer, run, return the output rows. The payload
+        is int32, or float32 for a graph whose input is float (passed as float32 here)."""
+        dtype = np.float32 if payload.dtype == np.float32 else np.int32
+        data = np.ascontiguousarray(payload, dtype=dtype).tobytes()
+        if len(data) > self._input_bytes:
+            raise BadInput(f"a batch of {len(data)} bytes exceeds the engine's planned input")
+        self.memory.write(self.store, data, self._input)
+        rc = self._call(lambda: self._fn("ei_run")(self.store, batch, seq))
+        if rc != 0:
+            raise BadInput(f"the engine rejected the batch: {self.error()}")
+        end = self._output + batch * self.output_width * 4
+        raw = self.memory.read(self.store, self._output, end)
+        return np.frombuffer(bytes(raw), dtype=np.float32).reshape(batch, self.output_width).copy()
+
+    def profile(self, reset: bool = False) -> dict[str, float]:
+        """Milliseconds per phase inside the guest since the last reset."""
+        fn = self._fn("ei_profile")
+        out = {name: float(fn(self.store, i)) for i, name in enumerate(PROFILE_SLOTS)}
+        if reset:
+            fn(self.store, -1)
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class EnginePool:
+    """``size`` engine instances, each used by one thread at a time.
+
+    Instances are made up front (``load``); :meth:`run` takes a free one, and replaces
+    an instance whose call failed in the guest by a fresh one.
+    """
+
+    def __init__(
+        self,
+        host: WasmHost,
+        template: Template,
+        sandbox: Sandbox,
+        *,
+        size: int,
+        max_tokens: int,
+        max_seq: int,
+    ) -> None:
+        self.host = host
+        self.template = template
+        self.sandbox = sandbox
+        self.size = size
+        self._args = {"max_tokens": max_tokens, "max_seq": max_seq}
+        self._free: queue.Queue[EngineInstance] = queue.Queue()
+        self._all: list[EngineInstance] = []
+        self._lock = threading.Lock()
+        first = self._make()
+        self.kind, self.output_width = first.kind, first.output_width
+        self.input_width, self.max_tokens, self.max_seq = (
+            first.input_width,
+            first.max_tokens,
+            first.max_seq,
+        )
+        self._free.put(first)
+        for _ in range(size - 1):
+            self._free.put(self._make())
+
+    def _make(self) -> EngineInstance:
+        inst = EngineInstance(self.host, self.template, self.sandbox, **self._args)
+        with self._lock:
+            self._all.append(inst)
+        return inst
+
+    def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
+        try:
+            inst = self._free.get(timeout=self.sandbox.timeout_s)
+        except queue.Empty:
+            raise DeadlineExceeded(
+                f"no engine instance became free within {self.sandbox.timeout_s:g} s"
+                + ("" if self.size else " (every instance failed and none could be made)")
+            ) from None
+        try:
+            return inst.run(payload, batch, seq)
+        finally:
+            if inst.healthy:
+                self._free.put(inst)
+            else:  # replaced in the background: the failed call returns at once
+                with self._lock:
+                    self._all.remove(inst)
+                inst.close()
+                threading.Thread(target=self._replace, name="engine-replace", daemon=True).start()
+
+    def _replace(self) -> None:
+        try:
+            self._free.put(self._make())
+        except Exception:  # calls wait for the other instances (or time out if none)
+            with self._lock:
+                self.size -= 1
+
+    def available(self) -> int:
+        """Instances free right now."""
+        return self._free.qsize()
+
+    def profile(self, reset: bool = False) -> dict[str, float]:
+        """Summed over idle instances (call when no request is in flight)."""
+        total: dict[str, float] = {}
+        held = [self._free.get() for _ in range(self.size)]
+        try:
+            for inst in held:
+                for k, v in inst.profile(reset).items():
+                    total[k] = total.get(k, 0.0) + v
+        finally:
+            for inst in held:
+                self._free.put(inst)
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            for inst in self._all:
+                inst.close()
+            self._all.clear()
+
+
+def default_instances(options: ComputeOptions, parallel: int) -> int:
+    """``options.instances``, else the model's ``parallel`` when above 1, else one per CPU."""
+    if options.instances:
+        return options.instances
+    return parallel if parallel > 1 else max(1, os.cpu_count() or 1)

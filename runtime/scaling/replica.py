@@ -1,0 +1,252 @@
+"""One replica of a model: a worker process on a loopback port, and how to start it.
+
+A replica is started by a ``Spawner`` (injected, so tests and other hosts can replace
+process creation), becomes *ready* when its ``/v2/health/ready`` answers 200, serves
+until it is *draining* (no new requests; the ones in flight finish), then stops. Its
+cold start is reported in three phases: ``spawn`` (process start until the worker
+answers HTTP), ``load`` (the model's resolve + load, as the worker measured it) and
+``warmup`` (the worker's first inference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from runtime.errors import ModelNotReady
+from runtime.spec.model import ModelSpec
+from runtime.spec.placement import Tier
+
+__all__ = ["ColdStart", "Replica", "ReplicaState", "Spawner", "WorkerProcess", "spawn_worker"]
+
+
+class ReplicaState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Seconds in each phase of one replica's start, and when it finished."""
+
+    phases: dict[str, float]
+    finished_at: float
+
+    @property
+    def total(self) -> float:
+        return sum(self.phases.values())
+
+
+class ProcessHandle(Protocol):
+    """What the supervisor needs of a started process (asyncio's ``Process`` fits)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    async def wait(self) -> int: ...
+
+
+class Spawner(Protocol):
+    """Starts worker processes: ``await spawner(spec, port, tier)``; ``start`` and
+    ``close`` bracket its life (the supervisor calls them). ``tier`` says which runtime
+    and device the worker loads the model on; None lets the worker choose (``auto``)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def __call__(
+        self, spec: ModelSpec, port: int, tier: Tier | None = None
+    ) -> Awaitable[ProcessHandle]: ...
+
+
+@dataclass
+class Replica:
+    model: str
+    port: int
+    process: ProcessHandle
+    started: float
+    state: ReplicaState = ReplicaState.STARTING
+    in_flight: int = 0
+    served: int = 0
+    cold_start: ColdStart | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    base_url: str | None = None
+    tier: Tier | None = None  # None: the runtime the worker chose itself
+
+    @property
+    def url(self) -> str:
+        return self.base_url or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Host and port to connect to."""
+        if self.base_url is None:
+            return "127.0.0.1", self.port
+        rest = self.base_url.removeprefix("http://")
+        host, _, port = rest.rpartition(":")
+        return (host, int(port)) if host else (rest, 80)
+
+    @classmethod
+    def external(cls, model: str, url: str, now: float) -> Replica:
+        """A replica that is a server someone else runs (``endpoint`` in the spec)."""
+        return cls(
+            model=model,
+            port=0,
+            process=_External(),
+            started=now,
+            state=ReplicaState.READY,
+            base_url=url,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        self.served += 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    async def wait_ready(
+        self, session: aiohttp.ClientSession, clock: Callable[[], float], limit_s: float
+    ) -> ColdStart:
+        """Poll the worker until it is ready; raises ModelNotReady if it exits or times out."""
+        deadline = clock() + limit_s
+        live_at: float | None = None
+        while clock() < deadline:
+            if not self.alive:
+                raise ModelNotReady(
+                    f"a replica of {self.model!r} exited with {self.process.returncode} "
+                    "while starting"
+                )
+            body = await _probe(session, f"{self.url}/v2/health/ready")
+            if body is not None:
+                live_at = live_at or clock()
+                if body.get("ready"):
+                    return self._cold_start(body, live_at, clock())
+                if body.get("error"):
+                    raise ModelNotReady(f"model {self.model!r} failed to load: {body['error']}")
+            await asyncio.sleep(0.005 if live_at is None else 0.01)
+        raise ModelNotReady(f"a replica of {self.model!r} did not become ready in {limit_s:.0f}s")
+
+    def _cold_start(self, body: dict[str, Any], live_at: float, now: float) -> ColdStart:
+        worker = body.get("load", {}).get("phases", {})
+        load = float(worker.get("resolve", 0.0)) + float(worker.get("load", 0.0))
+        warmup = float(worker.get("warmup", 0.0))
+        return ColdStart(
+            phases={"spawn": live_at - self.started, "load": load, "warmup": warmup},
+            finished_at=now,
+        )
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process exited."""
+        self.state = ReplicaState.STOPPED
+        if self.base_url is None and self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+
+
+class _External:
+    """The process handle of an external server: never ours to stop or to watch exit."""
+
+    pid = 0
+    returncode = None
+
+    def terminate(self) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+    async def wait(self) -> int:
+        await asyncio.Event().wait()  # forever: its life is not ours to see
+        return 0
+
+
+async def _probe(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            body: dict[str, Any] = await r.json(content_type=None)
+            return body
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """The default spawner: ``edgeinfer worker`` as a child process on ``port``, its
+    output appended to ``log_dir/<model>.log``."""
+
+    config_path: Path
+    log_dir: Path
+    extra_args: tuple[str, ...] = ()
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        return None
+
+    async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        placed = () if tier is None else ("--runtime", tier.runtime, "--device", tier.device)
+        with (self.log_dir / f"{spec.name}.log").open("ab") as log:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "runtime.worker",
+                "--model",
+                spec.name,
+                "--config",
+                str(self.config_path),
+                "--port",
+                str(port),
+                *placed,
+                *self.extra_args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # drained by the supervisor, not by Ctrl-C
+            )
+
+
+async def spawn_worker(
+    spawner: Spawner, spec: ModelSpec, clock: Callable[[], float], tier: Tier | None = None
+) -> Replica:
+    port = free_port()
+    started = clock()
+    process = await spawner(spec, port, tier)
+    return Replica(model=spec.name, port=port, process=process, started=started, tier=tier)

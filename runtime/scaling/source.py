@@ -1,0 +1,57 @@
+"""What the gateway needs from whatever hands out replicas: the local
+:class:`~runtime.scaling.supervisor.Supervisor`, or Knative's
+:class:`knative.router.ClusterRouter` in cluster mode. Both satisfy these protocols
+structurally; the gateway, its metrics and the manager are typed against them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from runtime.scaling.replica import ColdStart, Replica
+from runtime.scaling.supervisor import PoolStatus
+from runtime.spec.model import ModelSpec
+
+__all__ = ["ReplicaPool", "ReplicaSource"]
+
+
+class ReplicaPool(Protocol):
+    """One model's replicas, as the gateway routes to them."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def replicas(self) -> list[Replica]: ...
+
+    def try_acquire(self) -> Replica | None:
+        """A replica with room now, or None (then :meth:`acquire` waits)."""
+        ...
+
+    async def acquire(self, deadline: float) -> Replica:
+        """A replica by ``deadline`` (clock seconds), or an EdgeInferError saying why not."""
+        ...
+
+    def release(self, replica: Replica) -> None: ...
+
+    def status(self) -> PoolStatus: ...
+
+
+class ReplicaSource(Protocol):
+    """Every model's pool, started and stopped with the gateway.
+
+    ``on_cold_start`` is still set by the gateway after construction (its metrics own
+    the histogram); taking it through the constructors is left to a follow-up."""
+
+    on_cold_start: Callable[[str, ColdStart], None] | None
+
+    @property
+    def pools(self) -> Mapping[str, ReplicaPool]: ...
+
+    def pool(self, model: str) -> ReplicaPool:
+        """The model's pool; ModelNotFound (404) for a model this source does not have."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,58 @@
+"""The worker's command line, the one parser of its flags: ``python -m runtime.worker``
+(how the supervisor starts replicas) and ``edgeinfer worker`` (how users and Knative's
+pods start one) both run :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from runtime.errors import EdgeInferError
+from runtime.settings import Settings
+from runtime.spec.model import RuntimeName, load_config
+
+__all__ = ["main", "parser"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def parser(prog: str = "python -m runtime.worker") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Serve one model over the OpenAI and OIP v2 HTTP contract."
+    )
+    p.add_argument("--model", required=True, help="Name of the model to serve.")
+    p.add_argument(
+        "--config", default=None, help="Model config (YAML); the bundled models when omitted."
+    )
+    p.add_argument("--runtime", default="auto", choices=["auto", *(r.value for r in RuntimeName)])
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0..65535 (0: any free port)")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m runtime.worker") -> int:
+    """Parse ``argv``, serve until SIGINT/SIGTERM; the process exit code: 0 after a clean
+    shutdown, 1 when the model failed to load, 2 for a bad argument or config."""
+    args = parser(prog).parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port {args.port} is not in 0..65535", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    from runtime.worker.server import run_worker  # imports uvicorn and the runtimes
+
+    try:
+        return run_worker(
+            load_config(args.config),
+            args.model,
+            runtime=args.runtime,
+            device=args.device,
+            host=args.host,
+            port=args.port,
+            settings=settings,
+        )
+    except EdgeInferError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2

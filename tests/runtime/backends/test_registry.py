@@ -1,0 +1,103 @@
+"""Choosing a runtime class and a device for a model (no model is loaded here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.backends import registry
+from runtime.backends.onnx import OnnxRuntime
+from runtime.backends.registry import create_runtime, resolve_device, runtime_class
+from runtime.errors import RuntimeUnavailable
+from runtime.settings import Settings
+from runtime.spec.model import ModelSpec, RuntimeName
+
+SETTINGS = Settings(state_dir=Path("/nonexistent"))
+
+
+def spec(**overrides: object) -> ModelSpec:
+    base: dict[str, object] = {
+        "name": "m",
+        "task": "embedding",
+        "artifacts": {"onnx": "m.onnx", "wasm": "m.wasm"},
+        "runtimes": ["onnx"],
+    }
+    return ModelSpec.model_validate({**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("host_gpu", "build_cuda", "expected"),
+    [(False, False, "cpu"), (False, True, "cpu"), (True, False, "cpu"), (True, True, "cuda")],
+)
+def test_auto_device(
+    monkeypatch: pytest.MonkeyPatch, host_gpu: bool, build_cuda: bool, expected: str
+) -> None:
+    monkeypatch.setattr(registry, "cuda_available", lambda: host_gpu)
+    monkeypatch.setattr(OnnxRuntime, "supports_cuda", classmethod(lambda cls: build_cuda))
+    assert resolve_device("auto", OnnxRuntime) == expected
+
+
+def test_cuda_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "cuda_available", lambda: False)
+    with pytest.raises(RuntimeUnavailable, match="no CUDA device"):
+        resolve_device("cuda", OnnxRuntime)
+    with pytest.raises(RuntimeUnavailable, match="unknown device 'tpu'"):
+        resolve_device("tpu", OnnxRuntime)
+
+
+def test_auto_runtime_skips_runtimes_this_build_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(registry._REGISTRY, RuntimeName.WASM)  # a build without wasmtime
+    rt = create_runtime(
+        spec(runtimes=["wasm", "onnx"]),
+        runtime="auto",
+        device="cpu",
+        settings=SETTINGS,
+        base_dir=Path("."),
+    )
+    assert isinstance(rt, OnnxRuntime) and rt.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("runtimes", "asked", "fragment"),
+    [
+        (["wasm"], "auto", "none of its runtimes ['wasm'] can run here"),
+        (["onnx"], "llama", "does not list runtime 'llama'"),
+        (["onnx"], "tensorrt", "unknown runtime 'tensorrt'"),
+        (["wasm"], "wasm", "runtime 'wasm' is not available in this build"),
+    ],
+)
+def test_runtime_choice_errors(
+    runtimes: list[str], asked: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(registry._REGISTRY, RuntimeName.WASM)  # a build without wasmtime
+    with pytest.raises(RuntimeUnavailable, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        create_runtime(
+            spec(runtimes=runtimes),
+            runtime=asked,
+            device="cpu",
+            settings=SETTINGS,
+            base_dir=Path("."),
+        )
+
+
+def test_wasm_is_registered() -> None:
+    from runtime.backends.wasm.backend import WasmRuntime
+
+    assert runtime_class(RuntimeName.WASM) is WasmRuntime
+
+
+def test_a_batch_over_max_batch_is_a_400_naming_the_limit() -> None:
+    from runtime.backends.registry import check_batch
+    from runtime.errors import BadInput
+    from runtime.spec.model import load_config
+
+    spec = load_config().get("minilm")
+    assert spec is not None
+    limit = spec.options.max_batch
+    check_batch(spec, limit, "inputs")  # at the limit: fine
+    with pytest.raises(BadInput) as info:
+        check_batch(spec, limit + 1, "inputs")
+    assert info.value.status == 400
+    assert f"{limit + 1} inputs in one request" in info.value.message
+    assert f"at most {limit} (options.max_batch)" in info.value.message
