@@ -18,6 +18,9 @@ from urllib.parse import unquote
 
 import httptools
 
+from runtime.api.render import error_body
+from runtime.errors import HttpStatus
+
 if TYPE_CHECKING:
     from gateway.http1 import Http1Server
 
@@ -52,10 +55,11 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
 
 
-def _refusal(status: int, text: str, extra: bytes = b"") -> bytes:
-    """A response the server writes itself, then closes: the OIP error shape
-    (``{"error": text}``), since no route has been chosen that could pick another."""
-    body = json.dumps({"error": text}).encode()
+def _refusal(status: int, text: str, extra: bytes = b"", path: bytes = b"") -> bytes:
+    """A response the server writes itself, then closes, in the error shape of the
+    API the request's ``path`` names (OIP's where there is none yet)."""
+    shape = path.decode("ascii", "replace") or "/v2"
+    body = json.dumps(error_body(shape, HttpStatus(status, text))).encode()
     return (
         _status_line(status)
         + b"content-type: application/json\r\nconnection: close\r\n"
@@ -63,6 +67,11 @@ def _refusal(status: int, text: str, extra: bytes = b"") -> bytes:
         + b"content-length: %d\r\n\r\n" % len(body)
         + body
     )
+
+
+def _path_of(cycle: Cycle) -> bytes:
+    raw: bytes = cycle.scope.get("raw_path") or b""
+    return raw
 
 
 _REFUSED = _refusal(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
@@ -436,7 +445,7 @@ class Connection(asyncio.Protocol):
             # Nothing of the answer written yet (its head waits in ``start``): a 500.
             if (not cycle.started or cycle.start is not None) and not self.closed:
                 log.exception("the app failed before answering %s", cycle.scope["path"])
-                self.write(_refusal(500, "Internal Server Error"))
+                self.write(_refusal(500, "Internal Server Error", path=_path_of(cycle)))
             elif not isinstance(exc, asyncio.CancelledError):
                 log.exception("the app failed while answering %s", cycle.scope["path"])
             self.close()
@@ -444,7 +453,7 @@ class Connection(asyncio.Protocol):
         if not cycle.response_complete and not self.closed:
             log.error("the app returned without completing the response to %s", cycle.scope["path"])
             if not cycle.started:
-                self.write(_refusal(500, "Internal Server Error"))
+                self.write(_refusal(500, "Internal Server Error", path=_path_of(cycle)))
             self.close()
 
     def cycle_done(self, cycle: Cycle) -> None:
@@ -564,7 +573,8 @@ class Connection(asyncio.Protocol):
             and not self.queue
             and (self.cycle is None or self.cycle is active)
         ):
-            self.write(_refusal(status, reason))
+            path = _path_of(active) if active is not None else self._url.partition(b"?")[0]
+            self.write(_refusal(status, reason, path=path))
         self._linger()
 
     def _linger(self) -> None:

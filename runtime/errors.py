@@ -49,6 +49,7 @@ __all__ = [
     "GuestLinkError",
     "GuestOutOfMemory",
     "GuestTrap",
+    "HttpStatus",
     "KubeError",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -141,6 +142,17 @@ class MethodNotAllowed(EdgeInferError):
     def __init__(self, message: str, *, allow: str) -> None:
         super().__init__(message)
         self.allow = allow
+
+
+class HttpStatus(EdgeInferError):
+    """An HTTP-level error: from Starlette's routing (404 unknown route, 405 wrong
+    method...) or from the gateway's server refusing a request (400, 408, 431...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        self.error_type = "invalid_request_error"
 
 
 class PayloadTooLarge(BadInput):

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime.api import oip, openai
-from runtime.errors import BadInput, EdgeInferError, MethodNotAllowed, RuntimeFailure
+from runtime.errors import BadInput, EdgeInferError, HttpStatus, MethodNotAllowed, RuntimeFailure
 
-__all__ = ["error_response", "install_error_handlers", "json_response"]
+__all__ = ["error_body", "error_response", "install_error_handlers", "json_response"]
 
 log = logging.getLogger("edgeinfer.http")
 
@@ -37,24 +37,19 @@ def json_response(
     )
 
 
+def error_body(path: str, exc: EdgeInferError) -> dict[str, Any]:
+    """``exc`` in the error shape of the API ``path`` belongs to."""
+    return oip.error_body(exc) if path.startswith("/v2") else openai.error_body(exc)
+
+
 def error_response(path: str, exc: EdgeInferError) -> Response:
-    body = oip.error_body(exc) if path.startswith("/v2") else openai.error_body(exc)
+    body = error_body(path, exc)
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, MethodNotAllowed):
         headers["Allow"] = exc.allow
     return json_response(body, exc.status, headers)
-
-
-class _HttpStatus(EdgeInferError):
-    """A routing error from Starlette (404 unknown route, 405 wrong method...)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-        self.error_type = "invalid_request_error"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -67,7 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         message = f"{request.method} {request.url.path}: {exc.detail}"
-        return error_response(request.url.path, _HttpStatus(exc.status_code, message))
+        return error_response(request.url.path, HttpStatus(exc.status_code, message))
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         return error_response(request.url.path, BadInput(str(exc)))
