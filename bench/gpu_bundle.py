@@ -222,14 +222,18 @@ def rejoin(parts: list[Path], expected: list[Part], sha256: str, dest: Path) -> 
 def plan_bundles(
     fixed: dict[str, int], big: dict[str, int], budget: int
 ) -> list[list[tuple[str, int]]]:
-    """Lay files out in bundles of at most ``budget`` bytes: the ``fixed`` ones (name ->
-    size, never split) all in the first bundle, then each ``big`` file cut into pieces
-    that fill what is left of the current bundle and the next ones. Returns, per
-    bundle, (file name, bytes of it) in order; a file spanning bundles appears in each.
-    Raises ValueError when the fixed files alone do not fit."""
+    """Lay files out in as few bundles of at most ``budget`` bytes as hold them, evened
+    out so each call keeps room to spare: the ``fixed`` ones (name -> size, never
+    split) all in the first bundle, then each ``big`` file cut into pieces that fill
+    what is left of the current bundle and the next ones. Returns, per bundle, (file
+    name, bytes of it) in order; a file spanning bundles appears in each. Raises
+    ValueError when the fixed files alone do not fit."""
     used = sum(fixed.values())
     if used > budget:
         raise ValueError(f"the unsplit files take {used} bytes, over the {budget}-byte budget")
+    total = used + sum(big.values())
+    count = -(-total // budget)
+    budget = max(used, -(-total // count))  # the same share for each bundle
     bundles: list[list[tuple[str, int]]] = [list(fixed.items())]
     for name, size in big.items():
         left = size

@@ -137,7 +137,9 @@ def tree_bytes() -> int:
         check=True,
     )
     files = [ROOT / f for f in out.stdout.decode().split("\0") if f]
-    return sum(f.stat().st_size for f in files if f.is_file())
+    if (ROOT / "shared").is_dir():  # travels even where git ignores it
+        files += [f for f in (ROOT / "shared").rglob("*") if not f.is_symlink()]
+    return sum(f.stat().st_size for f in set(files) if f.is_file())
 
 
 def _pip_download(dest: Path, specs: list[str], *, binary_cp312: bool) -> None:
@@ -370,7 +372,8 @@ def build_wheel() -> None:
             seconds=round(time.time() - start, 1),
         )
     except Exception as exc:  # every failure ends in the status file, read by step 1
-        _write_status(state="failed", seconds=round(time.time() - start, 1), error=repr(exc))
+        what = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        _write_status(state="failed", seconds=round(time.time() - start, 1), error=f"{exc!r}{what}")
 
 
 def start_build() -> str:
@@ -387,6 +390,32 @@ def start_build() -> str:
             start_new_session=True,
         )
     return "started"
+
+
+def staged_check(ctx: gs.Ctx) -> None:
+    """On the GPU machine: every bundle arrived (this call's and the earlier ones')."""
+    manifest = gb.Manifest.read(PARTS / gb.MANIFEST)
+    missing = [
+        f
+        for f in (manifest.source, *(f"wheels/{w}" for w in manifest.wheels))
+        if not (PARTS / f).is_file()
+    ]
+    missing += [name for name in manifest.split if not (HOME / name).is_file()]
+    ctx.step.figures = {
+        "bundles": {b.name: b.size for b in manifest.bundles},
+        "joined": sorted(manifest.split),
+        "site": str(SITE),
+    }
+    ctx.check(
+        not missing,
+        "every bundle is staged and every split package joined"
+        + (
+            ""
+            if not missing
+            else f"; missing {missing}: the machine that took the "
+            "earlier call is gone, so run every call again, one right after the other"
+        ),
+    )
 
 
 def real_build(ctx: gs.Ctx) -> None:
@@ -442,11 +471,9 @@ def run_check(ctx: gs.Ctx, *, dry: bool, bundles: Path) -> dict[str, Any]:
                 if dry:
                     gs.dry_prepare(ctx, bundles)
                 else:
-                    step.figures = {
-                        "staged": sorted(p.name for p in PARTS.glob("*")),
-                        "site": str(SITE),
-                    }
-                    ctx.check((PARTS / gb.MANIFEST).is_file(), "the bundles were staged")
+                    staged_check(ctx)
+            elif not dry and steps[0].status == "failed":
+                raise gs.Skipped("needs every bundle staged (step prepare failed)")
             elif not dry and any(s.status == "failed" for s in steps if s.name == "build"):
                 raise gs.Skipped("needs the CUDA build (step build failed)")
             elif not dry and name in ("pack", "bridge") and not ctx.plan:
@@ -520,7 +547,10 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["EDGEINFER_HOME"] = str(work / "state")  # no profiles: the plan is from scratch
     else:
-        staged = stage(ROOT / args.stage)
+        try:
+            staged = stage(ROOT / args.stage)
+        except (OSError, ValueError, SystemExit, subprocess.CalledProcessError) as exc:
+            staged = {"error": str(exc)}  # step prepare then says what is missing
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(SITE)])
         env["EDGEINFER_HOME"] = str(HOME / "state")
         sys.path.insert(0, str(SITE))

@@ -37,8 +37,14 @@ command()
 
 def dry_run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     out = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--dry-run", "--bundles", str(tmp_path / "none")]
-        + list(extra),
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--dry-run",
+            "--bundles",
+            str(tmp_path / "none"),
+            *list(extra),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -113,12 +119,14 @@ def test_split_and_rejoin_check_every_part(tmp_path: Path) -> None:
 
 def test_bundles_stay_under_the_budget() -> None:
     layout = gb.plan_bundles({"src.tar.gz": 4, "wheels/a.whl": 2}, {"m.whl": 15}, budget=10)
+    # 21 bytes need three bundles of 10; evened out, each takes at most 7.
     assert layout == [
-        [("src.tar.gz", 4), ("wheels/a.whl", 2), ("m.whl", 4)],
-        [("m.whl", 10)],
-        [("m.whl", 1)],
+        [("src.tar.gz", 4), ("wheels/a.whl", 2), ("m.whl", 1)],
+        [("m.whl", 7)],
+        [("m.whl", 7)],
     ]
     assert all(sum(n for _, n in b) <= 10 for b in layout)
+    assert gb.plan_bundles({"src": 8}, {"m": 4}, budget=10) == [[("src", 8)], [("m", 4)]]
     with pytest.raises(ValueError, match="over the 5-byte budget"):
         gb.plan_bundles({"src.tar.gz": 6}, {}, budget=5)
 
