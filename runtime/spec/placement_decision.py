@@ -56,6 +56,8 @@ class Candidate:
             "verdict": self.verdict,
             "reason": self.reason,
             "evict": list(self.evict),
+            "gpu": self.gpu,  # which GPU of this host, when placed on one
+            "memory_mib": round(self.memory_mib, 1),  # what it holds there (GPU or host)
         }
 
 

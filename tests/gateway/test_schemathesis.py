@@ -137,11 +137,6 @@ def _gateway_headers(path: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 point 1: the gateway writes a decoded OIP version (control or non-ASCII "
-    "bytes) into the replica's request line and relays the replica's plain-text 400",
-)
 def test_schemathesis_gateway(gateway: ServedGateway) -> None:
     seen = fuzz(gateway.url, _gateway_headers, EXAMPLES)
     print(json.dumps({"target": "gateway", **seen}))
