@@ -24,14 +24,16 @@ STEPS = ["prepare", "build", "worker", "profile_plan", "pack", "bridge", "json"]
 
 # A FAKE `edgeinfer`: the real command line with the worker's --device option removed,
 # to show that the dry run notices a flag the check relies on going missing.
+# A FAKE edgeinfer: the real CLI, except that its worker has lost --device.
 FAKE_CLI = """
-import typer.main
+import sys
+
 from gateway.cli import app
 
-command = typer.main.get_command(app)
-worker = command.commands["worker"]
-worker.params = [p for p in worker.params if p.name != "device"]
-command()
+if sys.argv[1:2] == ["worker"] and "--help" in sys.argv:
+    print("usage: edgeinfer worker --model MODEL [--config CONFIG] [--port PORT]")
+    raise SystemExit(0)
+app()
 """
 
 
