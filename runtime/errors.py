@@ -31,6 +31,7 @@ __all__ = [
     "RateLimited",
     "RuntimeFailure",
     "RuntimeUnavailable",
+    "SnapshotUnsupported",
     "Unauthorized",
     "UnsupportedTask",
 ]
@@ -186,3 +187,11 @@ class GuestLinkError(RuntimeFailure):
     or is not valid WebAssembly. Reported at load, before any call (500)."""
 
     code = "guest_link_error"
+
+
+class SnapshotUnsupported(GuestLinkError):
+    """A guest's initialised state cannot be captured as a module (it imports its memory,
+    has passive data segments, a mutable global of a reference type...); the message
+    names what. The guest still runs from its plain module (500 if it reaches a caller)."""
+
+    code = "snapshot_unsupported"
