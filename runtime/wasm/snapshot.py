@@ -16,6 +16,8 @@ and the CPU architecture) and maps it back with ``Module.deserialize_file``. Wit
 engine's ``memory_init_cow`` (set by ``WasmHost``) each new instance maps the image
 copy-on-write from that file: instantiation costs a ``mmap``, not a copy, and every
 instance of a model in every process shares the image's pages in the page cache.
+Cache files are only ever replaced (``os.replace``), never rewritten in place: running
+hosts map them, and a mapped file truncated under a process is a SIGBUS.
 
 Hazards a recipe must respect (Wizer's own): whatever WASI state the initialisation
 leaves behind is frozen in memory (the environment libc read, its preopen table), so
