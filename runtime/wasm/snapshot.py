@@ -253,27 +253,42 @@ def cow_dense(segments: list[DataSegment], image: np.ndarray) -> list[DataSegmen
     return out
 
 
-_digests: dict[tuple[str, int, int, int, int], str] = {}
+_digests: dict[str, str] = {}
 _digests_lock = threading.Lock()
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's contents, remembered for the process while the file's inode,
-    size and modification time stay the same (weights are hashed once per process)."""
+def file_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """sha256 of a file's contents, remembered while the file's path, device, inode,
+    size and modification time stay the same: for the process, and across processes in
+    ``memo_dir`` when given (so a new host does not read 90 MB of weights to find its
+    snapshot). A file rewritten in place within the clock's resolution with the same
+    size would fool it; model files are replaced, not edited."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    ident = f"{path.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:32]
     with _digests_lock:
         found = _digests.get(key)
-    if found is not None:
-        return found
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    digest = h.hexdigest()
+    memo = memo_dir / key if memo_dir is not None else None
+    if found is None and memo is not None:
+        try:
+            text = memo.read_text().strip()
+            found = text if len(text) == 64 else None
+        except OSError:
+            found = None
+    if found is None:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        found = h.hexdigest()
+        if memo is not None:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_text(found + "\n")
+            os.replace(tmp, memo)
     with _digests_lock:
-        _digests[key] = digest
-    return digest
+        _digests[key] = found
+    return found
 
 
 class SnapshotCache:
@@ -294,7 +309,7 @@ class SnapshotCache:
         parts = [
             FORMAT,
             hashlib.sha256(recipe.guest.read_bytes()).hexdigest(),
-            *(file_digest(p) for p in recipe.inputs),
+            *(file_digest(p, self.folder / "digests") for p in recipe.inputs),
             recipe.init_key,
             repr(sorted(recipe.sandbox.env.items())),
             repr(list(recipe.sandbox.args)),

@@ -3,6 +3,7 @@ a module, the module rewrite's refusals, the copy-on-write densifying, the disk 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import wasmtime
 
 from runtime.errors import SnapshotUnsupported
 from runtime.settings import Settings
+from runtime.wasm import snapshot as snapshot_module
 from runtime.wasm.host import Sandbox, WasmHost
 from runtime.wasm.snapshot import (
     COW_ALWAYS,
     SnapshotCache,
     SnapshotRecipe,
     cow_dense,
+    file_digest,
     nonzero_segments,
 )
 from runtime.wasm.wasm_binary import (
@@ -207,3 +210,18 @@ def test_the_cache_maps_a_snapshot_from_disk_and_keys_on_its_inputs(tmp_path: Pa
     fresh = SnapshotCache(WasmHost(state))
     weights.write_bytes(b"one")
     assert fresh.get(_recipe(guest, (weights,))).path == snap.path and fresh.captures == 1
+
+
+def test_file_digests_are_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    weights, memo = tmp_path / "weights.bin", tmp_path / "digests"
+    weights.write_bytes(b"a" * 1000)
+    first = file_digest(weights, memo)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    (entry,) = memo.iterdir()
+    entry.write_text("f" * 64 + "\n")  # what a new process finds on disk ...
+    snapshot_module._digests.clear()
+    assert file_digest(weights, memo) == "f" * 64  # ... it trusts, without reading
+    replacement = tmp_path / "new.bin"
+    replacement.write_bytes(b"b" * 1000)
+    os.replace(replacement, weights)  # another inode: hashed again
+    assert file_digest(weights, memo) == hashlib.sha256(b"b" * 1000).hexdigest()
