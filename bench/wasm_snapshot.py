@@ -45,7 +45,6 @@ from runtime.wasm.compute import EngineInstance, EnginePool  # noqa: E402
 from runtime.wasm.compute_guest import ComputeGuest  # noqa: E402
 from runtime.wasm.host import WasmHost, _wasi_config  # noqa: E402
 from runtime.wasm.request_pool import RequestPool  # noqa: E402
-from runtime.wasm.snapshot import SnapshotModule, snapshot_cache  # noqa: E402
 
 MODELS = ROOT / "wasm-modules" / "packages" / "models.yaml"
 MIB = 1 << 20
@@ -92,9 +91,8 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     pool = guest.pool
     host: WasmHost = guest.host
     sandbox = pool.sandbox
-    snap: SnapshotModule = next(
-        s for s in snapshot_cache(host)._loaded.values() if s.template is pool.template
-    )
+    snap = guest.snapshot
+    assert snap is not None and snap.template is pool.template
     layout_args = {"max_tokens": pool.max_tokens, "max_seq": pool.max_seq}
     probe = EngineInstance(host, snap.template, sandbox, **layout_args)  # type: ignore[arg-type]
     layout = probe.layout

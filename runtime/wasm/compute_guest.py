@@ -50,7 +50,7 @@ from runtime.wasm.graph_convert import ensure_graph
 from runtime.wasm.host import Sandbox
 from runtime.wasm.package import FILES_MOUNT, MANIFEST_NAME
 from runtime.wasm.request_pool import RequestPool
-from runtime.wasm.snapshot import snapshot_cache
+from runtime.wasm.snapshot import SnapshotModule, snapshot_cache
 
 __all__ = ["ComputeGuest", "split_rows"]
 
@@ -89,6 +89,7 @@ def split_rows(lengths: list[int], parts: int, max_tokens: int) -> list[tuple[in
 
 class ComputeGuest(GuestAbi):
     pool: EnginePool | RequestPool | None = None
+    snapshot: SnapshotModule | None = None  # what the instances start from, if snapshotted
     _executor: ThreadPoolExecutor | None = None
     _tokenizer: Tokenizer | None = None
     _magika: magika_features.MagikaConfig | None = None
@@ -143,7 +144,7 @@ class ComputeGuest(GuestAbi):
                 max_seq=max_seq,
                 load_timeout_s=LOAD_TIMEOUT_S,
             )
-            snap = snapshot_cache(self.host).get(recipe)
+            snap = self.snapshot = snapshot_cache(self.host).get(recipe)
             phases.end("snapshot")
             if self.options.isolation == "request":
                 return RequestPool(

@@ -3,7 +3,8 @@
 A guest whose start-up is expensive (the engine's ``ei_init`` reads and packs ~90 MB
 of weights) runs that start-up once: :func:`capture` instantiates the guest, runs its
 initialisation, then reads its linear memory and its mutable globals and writes a NEW
-module whose data segments are that memory image (non-zero 4 KiB blocks only), whose
+module whose data segments are that memory image (its non-zero 4 KiB blocks, joined
+across enough zero gaps that wasmtime maps it copy-on-write: :func:`cow_dense`), whose
 globals start at the captured values, and whose start function and initialisation
 exports are gone. An instance of the snapshot starts where the original was after its
 initialisation, and must not be initialised again.
@@ -31,6 +32,10 @@ The interface the one-host-for-many-models work uses::
     cache = snapshot_cache(host)                 # one per WasmHost
     snap = cache.get(recipe)                     # SnapshotModule, built or mapped
     instance = snap.instantiate(store)           # store from the recipe's sandbox
+    cache.forget(recipe)                         # unmap when its instances are gone
+
+For the engine, ``runtime.wasm.engine_snapshot.engine_recipe`` makes the recipe, and
+``EngineInstance(host, snap.template, sandbox, ..., layout=...)`` an instance.
 """
 
 from __future__ import annotations
@@ -342,6 +347,14 @@ class SnapshotCache:
                 with self._lock:
                     self._loaded[key] = found
             return found
+
+    def forget(self, recipe: SnapshotRecipe) -> bool:
+        """Drop this process's mapping of the recipe's snapshot (the disk cache stays):
+        once no instance of it is alive its image is unmapped, and the next
+        :meth:`get` maps it again. For a host that must free room for other models."""
+        key = self.key(recipe)
+        with self._lock:
+            return self._loaded.pop(key, None) is not None
 
     def _load(self, key: str, recipe: SnapshotRecipe) -> SnapshotModule:
         path = self.folder / f"{recipe.name}-{key}.cwasm"

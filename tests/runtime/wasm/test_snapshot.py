@@ -194,6 +194,9 @@ def test_the_cache_maps_a_snapshot_from_disk_and_keys_on_its_inputs(tmp_path: Pa
     assert first.get(_recipe(guest, (weights,))) is snap and first.captures == 1
     assert snap.path.is_file() and snap.path.parent == tmp_path / "state" / "wasm" / "snapshots"
 
+    assert first.forget(_recipe(guest, (weights,))) and not first.forget(_recipe(guest))
+    assert first.get(_recipe(guest, (weights,))) is not snap and first.captures == 1  # mapped
+
     again = SnapshotCache(WasmHost(state))  # as a new process would
     snap2 = again.get(_recipe(guest, (weights,)))
     assert again.captures == 0 and snap2.path == snap.path
