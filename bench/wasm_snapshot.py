@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 from runtime.backend import Runtime, create_runtime  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from runtime.spec import load_config  # noqa: E402
-from runtime.wasm.compute import EngineInstance, EnginePool  # noqa: E402
+from runtime.wasm.compute import EngineInstance, EngineLayout, EnginePool  # noqa: E402
 from runtime.wasm.compute_guest import ComputeGuest  # noqa: E402
-from runtime.wasm.host import WasmHost, _wasi_config  # noqa: E402
+from runtime.wasm.host import Template, WasmHost, _wasi_config  # noqa: E402
 from runtime.wasm.request_pool import RequestPool  # noqa: E402
 
 MODELS = ROOT / "wasm-modules" / "packages" / "models.yaml"
@@ -93,15 +93,25 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     sandbox = pool.sandbox
     snap = guest.snapshot
     assert snap is not None and snap.template is pool.template
-    layout_args = {"max_tokens": pool.max_tokens, "max_seq": pool.max_seq}
-    probe = EngineInstance(host, snap.template, sandbox, **layout_args)  # type: ignore[arg-type]
+
+    def make(template: Template, layout: EngineLayout | None = None) -> EngineInstance:
+        return EngineInstance(
+            host,
+            template,
+            sandbox,
+            max_tokens=pool.max_tokens,
+            max_seq=pool.max_seq,
+            layout=layout,
+        )
+
+    probe = make(snap.template)
     layout = probe.layout
     probe.close()
     payload, batch, seq = payload_for(name, pool)
 
     # -- instantiate -------------------------------------------------------------------
     def from_snapshot() -> EngineInstance:
-        return EngineInstance(host, snap.template, sandbox, **layout_args, layout=layout)  # type: ignore[arg-type]
+        return make(snap.template, layout)
 
     snap_times = []
     for _ in range(200):
@@ -122,7 +132,7 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     plain_times = []
     for _ in range(3):
         t = time.perf_counter()
-        EngineInstance(host, plain_template, sandbox, **layout_args).close()  # type: ignore[arg-type]
+        make(plain_template).close()
         plain_times.append(time.perf_counter() - t)
 
     # -- memory of live instances --------------------------------------------------------
@@ -143,7 +153,7 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     base_plain = memory()
     plain_live = []
     for _ in range(3):
-        inst = EngineInstance(host, plain_template, sandbox, **layout_args)  # type: ignore[arg-type]
+        inst = make(plain_template)
         inst.run(payload, batch, seq)
         plain_live.append(inst)
     plain_mem = memory()
@@ -152,7 +162,9 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     plain_live.clear()
 
     # -- isolation: request against pooled -----------------------------------------------
-    request = RequestPool(host, snap, sandbox, size=1, **layout_args)  # type: ignore[arg-type]
+    request = RequestPool(
+        host, snap, sandbox, size=1, max_tokens=pool.max_tokens, max_seq=pool.max_seq
+    )
     for _ in range(3):
         pool.run(payload, batch, seq)
         request.run(payload, batch, seq)
