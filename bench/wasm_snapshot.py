@@ -9,8 +9,9 @@ so the snapshot is the one it serves from), in one process:
   ``InstancePre.instantiate`` of the snapshot in a ready store;
 * memory: proportional set size (PSS, /proc/self/smaps_rollup, which counts a page
   shared by several mappings once) and RSS added by N=1 and by N=50 live snapshot
-  instances, each having served one call (so each touched the weights); beside it
-  what each instance from the plain module adds (N=3, each with its own weights);
+  instances, each having served one call (so each touched the weights), with no other
+  instance mapping the image (so N=1 pays for the image's pages, N=50 shares them);
+  beside it what each instance from the plain module adds (N=3, each its own weights);
 * isolation: the per-call cost of ``isolation: request`` (a fresh instance per call)
   over a pooled warm instance, the same input, calls alternating, medians compared;
   with the page faults per call that explain it.
@@ -135,7 +136,27 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
         make(plain_template).close()
         plain_times.append(time.perf_counter() - t)
 
-    # -- memory of live instances --------------------------------------------------------
+    # -- isolation: request against pooled -----------------------------------------------
+    request = RequestPool(
+        host, snap, sandbox, size=1, max_tokens=pool.max_tokens, max_seq=pool.max_seq
+    )
+    for _ in range(3):
+        pool.run(payload, batch, seq)
+        request.run(payload, batch, seq)
+    pooled_t, request_t, request_faults = [], [], []
+    for _ in range(calls):
+        t = time.perf_counter()
+        pool.run(payload, batch, seq)
+        pooled_t.append(time.perf_counter() - t)
+        f = faults()
+        t = time.perf_counter()
+        request.run(payload, batch, seq)
+        request_t.append(time.perf_counter() - t)
+        request_faults.append(faults() - f)
+    asyncio.run(rt.unload())
+
+    # -- memory of live instances (the runtime's own pooled instances closed first, so
+    # the image's pages are counted once, in N=1 as in N=50) ---------------------------
     gc.collect()
     base = memory()
     live = [from_snapshot()]
@@ -160,25 +181,6 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     for inst in plain_live:
         inst.close()
     plain_live.clear()
-
-    # -- isolation: request against pooled -----------------------------------------------
-    request = RequestPool(
-        host, snap, sandbox, size=1, max_tokens=pool.max_tokens, max_seq=pool.max_seq
-    )
-    for _ in range(3):
-        pool.run(payload, batch, seq)
-        request.run(payload, batch, seq)
-    pooled_t, request_t, request_faults = [], [], []
-    for _ in range(calls):
-        t = time.perf_counter()
-        pool.run(payload, batch, seq)
-        pooled_t.append(time.perf_counter() - t)
-        f = faults()
-        t = time.perf_counter()
-        request.run(payload, batch, seq)
-        request_t.append(time.perf_counter() - t)
-        request_faults.append(faults() - f)
-    asyncio.run(rt.unload())
 
     med = statistics.median
     return {
