@@ -192,6 +192,7 @@ class GuestLinkError(RuntimeFailure):
 class SnapshotUnsupported(GuestLinkError):
     """A guest's initialised state cannot be captured as a module (it imports its memory,
     has passive data segments, a mutable global of a reference type...); the message
-    names what. The guest still runs from its plain module (500 if it reaches a caller)."""
+    names what. Reported at load (500); a compute package with ``snapshot: false`` runs
+    such a guest from its plain module."""
 
     code = "snapshot_unsupported"
