@@ -62,6 +62,7 @@ __all__ = [
     "ResponseCut",
     "RuntimeFailure",
     "RuntimeUnavailable",
+    "SnapshotUnsupported",
     "Unauthorized",
     "UnsupportedTask",
     "describe_validation",
@@ -254,6 +255,15 @@ class GuestLinkError(RuntimeFailure):
     or is not valid WebAssembly. Reported at load, before any call (500)."""
 
     code = "guest_link_error"
+
+
+class SnapshotUnsupported(GuestLinkError):
+    """A guest's initialised state cannot be captured as a module (it imports its memory,
+    has passive data segments, a mutable global of a reference type...); the message
+    names what. Reported at load (500); a compute package with ``snapshot: false`` runs
+    such a guest from its plain module."""
+
+    code = "snapshot_unsupported"
 
 
 class KubeError(EdgeInferError):

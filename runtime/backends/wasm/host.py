@@ -309,7 +309,11 @@ class WasmHost:
         config.wasm_relaxed_simd_deterministic = False
         config.wasm_component_model = True
         config.cranelift_opt_level = "speed"
-        self.config_key = "epoch=1 simd=1 relaxed-simd=1 component=1 opt=speed"
+        # A module's data image is mapped copy-on-write into each new instance (a
+        # snapshot's weights: ``runtime.backends.wasm.snapshot``). wasmtime's default, set here
+        # because the snapshots' cost depends on it; wasmtime-py has no property for it.
+        wasmtime._ffi.wasmtime_config_memory_init_cow_set(config.ptr(), True)
+        self.config_key = "epoch=1 simd=1 relaxed-simd=1 component=1 opt=speed cow=1"
         self.engine = wasmtime.Engine(config)
         self.version = metadata.version("wasmtime")
         self.tick_s = tick_s

@@ -43,12 +43,16 @@ from runtime.backends.wasm.engine.convert import ensure_graph
 from runtime.backends.wasm.engine.reactor import (
     KIND_BERT,
     KIND_GRAPH,
+    LOAD_TIMEOUT_S,
     ComputeOptions,
     EnginePool,
     default_instances,
 )
+from runtime.backends.wasm.engine.snapshot import engine_recipe
 from runtime.backends.wasm.host import Sandbox
 from runtime.backends.wasm.package import FILES_MOUNT, MANIFEST_NAME
+from runtime.backends.wasm.request_pool import RequestPool
+from runtime.backends.wasm.snapshot import SnapshotModule, snapshot_cache
 from runtime.errors import ConfigError, ModelNotReady
 from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.model import Task
@@ -90,7 +94,8 @@ def split_rows(lengths: list[int], parts: int, max_tokens: int) -> list[tuple[in
 
 
 class ComputeGuest(GuestAbi):
-    pool: EnginePool | None = None
+    pool: EnginePool | RequestPool | None = None
+    snapshot: SnapshotModule | None = None  # what the instances start from, if snapshotted
     _executor: ThreadPoolExecutor | None = None
     _tokenizer: Tokenizer | None = None
     _magika: magika_features.MagikaConfig | None = None
@@ -99,13 +104,9 @@ class ComputeGuest(GuestAbi):
         manifest = self.package.manifest
         where = f"model {self.spec.name!r}: {self.package.folder / MANIFEST_NAME}"
         self.options = ComputeOptions.parse(manifest.options, where)
-        env, mounts = self._model_files(where)
+        env, mounts, inputs = self._model_files(where)
         if self.options.convert:
             phases.end("convert")
-        module = self.host.module(self.package.guest_path)
-        phases.end("compile")
-        template = self.host.template(module)
-        phases.end("link")
         size = default_instances(self.options, self.spec.options.parallel)
         sandbox = Sandbox(
             env=env,
@@ -114,16 +115,10 @@ class ComputeGuest(GuestAbi):
             max_memory_bytes=manifest.limits.max_memory_mib << 20,
             program=self.package.guest_path.name,
         )
-        self.pool = EnginePool(
-            self.host,
-            template,
-            sandbox,
-            size=size,
-            max_tokens=self.options.max_tokens
-            if self.spec.task is Task.EMBEDDING
-            else self.options.max_rows,
-            max_seq=self.options.max_seq,
+        max_tokens = (
+            self.options.max_tokens if self.spec.task is Task.EMBEDDING else self.options.max_rows
         )
+        self.pool = self._engines(sandbox, inputs, size, max_tokens, phases)
         self._executor = ThreadPoolExecutor(
             max_workers=size, thread_name_prefix=f"engine-{self.spec.name}"
         )
@@ -135,7 +130,44 @@ class ComputeGuest(GuestAbi):
             self._classify_blocking([b"#!/bin/sh\necho warm up\n" * 4])
         phases.end("warmup")
 
-    def _model_files(self, where: str) -> tuple[dict[str, str], list[tuple[Path, str]]]:
+    def _engines(
+        self,
+        sandbox: Sandbox,
+        inputs: list[Path],
+        size: int,
+        max_tokens: int,
+        phases: LoadPhases,
+    ) -> EnginePool | RequestPool:
+        """The engine instances: pooled (from the snapshot, or each loading the weights)
+        or one per call (``isolation: request``, from the snapshot)."""
+        max_seq = self.options.max_seq
+        if self.options.snapshot:
+            recipe = engine_recipe(
+                self.package.guest_path,
+                sandbox,
+                inputs,
+                max_tokens=max_tokens,
+                max_seq=max_seq,
+                load_timeout_s=LOAD_TIMEOUT_S,
+            )
+            snap = self.snapshot = snapshot_cache(self.host).get(recipe)
+            phases.end("snapshot")
+            if self.options.isolation == "request":
+                return RequestPool(
+                    self.host, snap, sandbox, size=size, max_tokens=max_tokens, max_seq=max_seq
+                )
+            template = snap.template
+        else:
+            module = self.host.module(self.package.guest_path)
+            phases.end("compile")
+            template = self.host.template(module)
+            phases.end("link")
+        return EnginePool(
+            self.host, template, sandbox, size=size, max_tokens=max_tokens, max_seq=max_seq
+        )
+
+    def _model_files(self, where: str) -> tuple[dict[str, str], list[tuple[Path, str]], list[Path]]:
+        """The guest's environment, its mounts, and the host files ``ei_init`` reads."""
         files = self.package.files
         mounts = list(self.package.mounts())
         if self.options.convert == "onnx":
@@ -146,6 +178,7 @@ class ComputeGuest(GuestAbi):
             )
             mounts.append((folder, GRAPH_MOUNT))
             config, weights = f"{GRAPH_MOUNT}/graph.json", f"{GRAPH_MOUNT}/model.safetensors"
+            inputs = [folder / "graph.json", folder / "model.safetensors"]
         else:
             missing = [n for n in ("config", "weights") if n not in files]
             if missing:
@@ -153,7 +186,8 @@ class ComputeGuest(GuestAbi):
                     f"{where}: files.{missing[0]} is missing (config.json, model.safetensors)"
                 )
             config, weights = self.package.guest_file("config"), self.package.guest_file("weights")
-        return {"EI_CONFIG": config, "EI_WEIGHTS": weights}, mounts
+            inputs = [files["config"], files["weights"]]
+        return {"EI_CONFIG": config, "EI_WEIGHTS": weights}, mounts, inputs
 
     def _prepare_task(self, where: str) -> None:
         assert self.pool is not None
@@ -209,7 +243,7 @@ class ComputeGuest(GuestAbi):
             self.pool.close()
         self.pool = self._executor = None
 
-    def _ready(self) -> tuple[EnginePool, ThreadPoolExecutor]:
+    def _ready(self) -> tuple[EnginePool | RequestPool, ThreadPoolExecutor]:
         if self.pool is None or self._executor is None:
             raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
         return self.pool, self._executor

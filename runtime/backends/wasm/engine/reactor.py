@@ -24,11 +24,12 @@ import math
 import os
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import wasmtime
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runtime.backends.wasm.host import (
     CallState,
@@ -40,7 +41,14 @@ from runtime.backends.wasm.host import (
 )
 from runtime.errors import BadInput, ConfigError, DeadlineExceeded
 
-__all__ = ["INFO_MAX_SEQ", "INFO_OUTPUT_WIDTH", "ComputeOptions", "EngineInstance", "EnginePool"]
+__all__ = [
+    "INFO_MAX_SEQ",
+    "INFO_OUTPUT_WIDTH",
+    "ComputeOptions",
+    "EngineInstance",
+    "EngineLayout",
+    "EnginePool",
+]
 
 INFO_KIND, INFO_OUTPUT_WIDTH, INFO_MAX_TOKENS, INFO_MAX_SEQ, INFO_INPUT_WIDTH, INFO_ABI = range(6)
 KIND_BERT, KIND_GRAPH = 1, 2
@@ -65,6 +73,25 @@ class ComputeOptions(BaseModel):
     convert: Literal["onnx"] | None = Field(
         None, description="files.model is an ONNX model to convert to the engine's graph"
     )
+    snapshot: bool = Field(
+        True,
+        description="start instances from a snapshot of the loaded engine, mapped "
+        "copy-on-write (runtime.backends.wasm.snapshot); false: every instance loads the weights",
+    )
+    isolation: Literal["pooled", "request"] = Field(
+        "pooled",
+        description="pooled: warm instances serve call after call; request: a fresh "
+        "instance from the snapshot per guest call, nothing of one call seen by the next",
+    )
+
+    @model_validator(mode="after")
+    def _request_needs_snapshot(self) -> ComputeOptions:
+        if self.isolation == "request" and not self.snapshot:
+            raise ValueError(
+                "isolation: request starts an instance per call from the snapshot; "
+                "it needs snapshot: true"
+            )
+        return self
 
     @classmethod
     def parse(cls, raw: dict[str, object], where: str) -> ComputeOptions:
@@ -74,8 +101,28 @@ class ComputeOptions(BaseModel):
             raise ConfigError.invalid(where, exc, "options.") from None
 
 
+@dataclass(frozen=True)
+class EngineLayout:
+    """What an initialised engine reports of itself: the same for every instance of one
+    snapshot (its buffers sit at the same addresses), so a fresh instance per request
+    need not ask again."""
+
+    kind: int
+    output_width: int
+    input_width: int
+    max_tokens: int
+    max_seq: int
+    input_ptr: int
+    input_bytes: int
+    output_ptr: int
+
+
 class EngineInstance:
-    """One engine in its own store: loads the model once, then computes batches."""
+    """One engine in its own store: loads the model once, then computes batches.
+
+    From a snapshot's template (``runtime.backends.wasm.engine.snapshot``) the instance starts
+    with the model loaded (the snapshot exports no ``ei_init``); ``layout``, when given,
+    is that snapshot's and saves asking the guest for it."""
 
     def __init__(
         self,
@@ -85,6 +132,7 @@ class EngineInstance:
         *,
         max_tokens: int,
         max_seq: int,
+        layout: EngineLayout | None = None,
     ) -> None:
         self.host = host
         self.sandbox = sandbox
@@ -93,23 +141,50 @@ class EngineInstance:
         # After set_wasi: in wasmtime-py 50 setting WASI drops earlier store limits.
         self.store.set_limits(memory_size=sandbox.max_memory_bytes)
         self.instance: wasmtime.Instance | None = None
+        self.healthy = True
+        if layout is not None:
+            self._call(lambda: self._instantiate(template))
+            self.layout = layout
+            return
         # Loading reads and packs every weight: it gets a load-sized deadline of its own.
         init_s = max(sandbox.timeout_s, LOAD_TIMEOUT_S)
         self._call(lambda: self._instantiate(template), init_s)
-        rc = self._call(lambda: self._fn("ei_init")(self.store, max_tokens, max_seq), init_s)
-        if rc != 0:
-            raise ConfigError(f"the engine could not load the model: {self.error()}")
+        if "ei_init" in self._exports:
+            rc = self._call(lambda: self._fn("ei_init")(self.store, max_tokens, max_seq), init_s)
+            if rc != 0:
+                raise ConfigError(f"the engine could not load the model: {self.error()}")
         if self._fn("ei_info")(self.store, INFO_ABI) != ABI_VERSION:
             raise ConfigError("the engine guest speaks another ABI version than this host")
-        self.kind = self.info(INFO_KIND)
-        self.output_width = self.info(INFO_OUTPUT_WIDTH)
-        self.input_width = self.info(INFO_INPUT_WIDTH)
-        self.max_tokens = self.info(INFO_MAX_TOKENS)
-        self.max_seq = self.info(INFO_MAX_SEQ)
-        self._input = self._fn("ei_input")(self.store)
-        self._input_bytes = self._fn("ei_input_bytes")(self.store)
-        self._output = self._fn("ei_output")(self.store)
-        self.healthy = True
+        self.layout = EngineLayout(
+            kind=self.info(INFO_KIND),
+            output_width=self.info(INFO_OUTPUT_WIDTH),
+            input_width=self.info(INFO_INPUT_WIDTH),
+            max_tokens=self.info(INFO_MAX_TOKENS),
+            max_seq=self.info(INFO_MAX_SEQ),
+            input_ptr=self._fn("ei_input")(self.store),
+            input_bytes=self._fn("ei_input_bytes")(self.store),
+            output_ptr=self._fn("ei_output")(self.store),
+        )
+
+    @property
+    def kind(self) -> int:
+        return self.layout.kind
+
+    @property
+    def output_width(self) -> int:
+        return self.layout.output_width
+
+    @property
+    def input_width(self) -> int:
+        return self.layout.input_width
+
+    @property
+    def max_tokens(self) -> int:
+        return self.layout.max_tokens
+
+    @property
+    def max_seq(self) -> int:
+        return self.layout.max_seq
 
     def _instantiate(self, template: Template) -> None:
         instance = template.pre.instantiate(self.store)
@@ -159,14 +234,15 @@ class EngineInstance:
         is int32, or float32 for a graph whose input is float (passed as float32 here)."""
         dtype = np.float32 if payload.dtype == np.float32 else np.int32
         data = np.ascontiguousarray(payload, dtype=dtype).tobytes()
-        if len(data) > self._input_bytes:
+        layout = self.layout
+        if len(data) > layout.input_bytes:
             raise BadInput(f"a batch of {len(data)} bytes exceeds the engine's planned input")
-        self.memory.write(self.store, data, self._input)
+        self.memory.write(self.store, data, layout.input_ptr)
         rc = self._call(lambda: self._fn("ei_run")(self.store, batch, seq))
         if rc != 0:
             raise BadInput(f"the engine rejected the batch: {self.error()}")
-        end = self._output + batch * self.output_width * 4
-        raw = self.memory.read(self.store, self._output, end)
+        end = layout.output_ptr + batch * layout.output_width * 4
+        raw = self.memory.read(self.store, layout.output_ptr, end)
         return np.frombuffer(bytes(raw), dtype=np.float32).reshape(batch, self.output_width).copy()
 
     def profile(self, reset: bool = False) -> dict[str, float]:
@@ -202,7 +278,7 @@ class EnginePool:
         self.template = template
         self.sandbox = sandbox
         self.size = size
-        self._args = {"max_tokens": max_tokens, "max_seq": max_seq}
+        self._max_tokens, self._max_seq = max_tokens, max_seq
         self._free: queue.Queue[EngineInstance] = queue.Queue()
         self._all: list[EngineInstance] = []
         self._lock = threading.Lock()
@@ -218,7 +294,13 @@ class EnginePool:
             self._free.put(self._make())
 
     def _make(self) -> EngineInstance:
-        inst = EngineInstance(self.host, self.template, self.sandbox, **self._args)
+        inst = EngineInstance(
+            self.host,
+            self.template,
+            self.sandbox,
+            max_tokens=self._max_tokens,
+            max_seq=self._max_seq,
+        )
         with self._lock:
             self._all.append(inst)
         return inst
