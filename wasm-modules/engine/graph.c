@@ -16,8 +16,13 @@
 #include "safetensors.h"
 
 #define MAX_RANK 6
+/* A fused op's limits (graph_program.py's MAX_FUSED_CODE, MAX_FUSED_INPUTS), and the
+ * floats of each step's result per block: 16 steps x 1 KiB stay in the L1 cache. */
+#define FUSED_CODE 16
+#define FUSED_INPUTS 6
+#define FUSED_BLOCK 256
 
-enum { OP_GATHER, OP_BINARY, OP_UNARY, OP_REDUCE, OP_TRANSPOSE, OP_SLICE, OP_SOFTMAX, OP_MATMUL, OP_CONV };
+enum { OP_GATHER, OP_BINARY, OP_UNARY, OP_REDUCE, OP_TRANSPOSE, OP_SLICE, OP_SOFTMAX, OP_MATMUL, OP_CONV, OP_FUSED, OP_WINOGRAD, OP_KINDS };
 enum { BIN_ADD, BIN_SUB, BIN_MUL, BIN_DIV, BIN_MAX, BIN_MIN };
 enum { UN_TANH, UN_EXP, UN_SQRT, UN_RECIP, UN_RELU, UN_ERF, UN_NEG, UN_SIGMOID, UN_ABS };
 enum { RED_SUM, RED_MAX, RED_MEAN };
@@ -28,6 +33,18 @@ typedef struct {
     int shape[MAX_RANK];
 } operand_t;
 
+/* One step of a fused op: fn (a binary or unary fn) over a, b; each reads an input of
+ * the op (REF_INPUT), an earlier step's result (REF_STEP) or a scalar. */
+enum { REF_INPUT, REF_STEP, REF_SCALAR };
+typedef struct {
+    int kind, index;
+    float scalar;
+} fused_ref;
+typedef struct {
+    int unary, fn;
+    fused_ref a, b;
+} fused_step;
+
 typedef struct {
     int kind, fn, in, out;
     int rank, shape[MAX_RANK];            /* output shape (binary, slice) */
@@ -37,6 +54,11 @@ typedef struct {
     int c, h, w, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw;
     const float *table, *bias;
     ei_packed packed;
+    int n_in, ins[FUSED_INPUTS], n_code;  /* fused */
+    fused_step code[FUSED_CODE];
+    int taps, tile, alpha, tiles;         /* winograd (c, h, m, oh, ph as conv) */
+    const float *bt, *at;
+    ei_packed *packs;                     /* one per transform point */
 } op_t;
 
 static struct {
@@ -46,7 +68,9 @@ static struct {
     float **buffers;
     int *value_buffer;
     int input_width, output_width, output_value, input_float;
-    float *scratch, *scratch2;  /* conv im2col / transposed output, padded matmul rows */
+    /* conv: im2col / its output; winograd: transformed input / products / output rows;
+     * matmul: rows padded to whole vectors */
+    float *scratch, *scratch2, *scratch3;
     st_file st;
     float **consts;
     int n_consts;
@@ -101,16 +125,46 @@ static int lookup(const char *name, const char *const *names, int n) {
     return -1;
 }
 
+static int parse_ref(json_node *spec, int step, int n_in, fused_ref *r) {
+    json_node *v;
+    if (!spec) return ei_fail("fused step without an operand");
+    if ((v = json_get(spec, "v"))) *r = (fused_ref){REF_INPUT, (int)v->num, 0.0f};
+    else if ((v = json_get(spec, "t"))) *r = (fused_ref){REF_STEP, (int)v->num, 0.0f};
+    else if ((v = json_get(spec, "s"))) *r = (fused_ref){REF_SCALAR, 0, (float)v->num};
+    else return ei_fail("fused operand is neither v, t nor s");
+    if (v->type != JSON_NUMBER) return ei_fail("fused operand is not a number");
+    if ((r->kind == REF_INPUT && (r->index < 0 || r->index >= n_in)) || (r->kind == REF_STEP && (r->index < 0 || r->index >= step)))
+        return ei_fail("fused step %d reads an operand out of range", step);
+    return 0;
+}
+
+static int parse_fused(json_node *code, op_t *op, const char *const *uns, const char *const *bins) {
+    if (!code || code->type != JSON_ARRAY || code->count < 1 || code->count > FUSED_CODE || op->n <= 0)
+        return ei_fail("fused op has a bad code or n");
+    int i = 0;
+    for (json_node *c = code->child; c; c = c->next, i++) {
+        fused_step *s = &op->code[i];
+        const char *fn = json_str(c, "fn", "");
+        if ((s->fn = lookup(fn, uns, 9)) >= 0) s->unary = 1;
+        else if ((s->fn = lookup(fn, bins, 6)) < 0) return ei_fail("unknown fused fn %s", fn);
+        if (parse_ref(json_get(c, "a"), i, op->n_in, &s->a)) return -1;
+        if (!s->unary && parse_ref(json_get(c, "b"), i, op->n_in, &s->b)) return -1;
+        if (s->unary && s->a.kind == REF_SCALAR) return ei_fail("fused step %d maps a scalar", i);
+    }
+    op->n_code = i;
+    return 0;
+}
+
 static int parse_op(json_node *j, op_t *op) {
-    static const char *const kinds[] = {"gather", "binary", "unary", "reduce", "transpose", "slice", "softmax", "matmul", "conv"};
+    static const char *const kinds[] = {"gather", "binary", "unary", "reduce", "transpose", "slice", "softmax", "matmul", "conv", "fused", "winograd"};
     static const char *const bins[] = {"add", "sub", "mul", "div", "max", "min"};
     static const char *const uns[] = {"tanh", "exp", "sqrt", "reciprocal", "relu", "erf", "neg", "sigmoid", "abs"};
     static const char *const reds[] = {"sum", "max", "mean"};
     memset(op, 0, sizeof *op);
-    op->kind = lookup(json_str(j, "op", ""), kinds, 9);
+    op->kind = lookup(json_str(j, "op", ""), kinds, OP_KINDS);
     if (op->kind < 0) return ei_fail("unknown graph op %s", json_str(j, "op", "?"));
     if (get_int(j, "out", &op->out)) return -1;
-    if (op->kind != OP_BINARY && get_int(j, "in", &op->in)) return -1;
+    if (op->kind != OP_BINARY && op->kind != OP_FUSED && get_int(j, "in", &op->in)) return -1;
     switch (op->kind) {
         case OP_GATHER:
             if (get_const(j, "table", &op->table, 1) || get_int(j, "rows", &op->rows) || get_int(j, "width", &op->width) || get_int(j, "n", &op->n)) return -1;
@@ -161,6 +215,25 @@ static int parse_op(json_node *j, op_t *op) {
             if (ei_packed_linear(&op->packed, w, op->bias, op->m, op->c * op->kh * op->kw)) return -1;
             break;
         }
+        case OP_FUSED:
+            if (get_int(j, "n", &op->n) || get_ints(j, "in", op->ins, FUSED_INPUTS, &op->n_in)) return -1;
+            return parse_fused(json_get(j, "code"), op, uns, bins);
+        case OP_WINOGRAD: {
+            const float *w;
+            if (get_int(j, "c", &op->c) || get_int(j, "h", &op->h) || get_int(j, "m", &op->m) || get_int(j, "taps", &op->taps) ||
+                get_int(j, "tile", &op->tile) || get_int(j, "oh", &op->oh) || get_int(j, "pad", &op->ph)) return -1;
+            op->alpha = op->tile + op->taps - 1;
+            if (op->c <= 0 || op->c % 4 || op->m <= 0 || op->tile <= 0 || op->taps <= 0 || op->oh <= 0 || op->ph < 0 || op->alpha > 16)
+                return ei_fail("winograd op has bad sizes");
+            op->tiles = (op->oh + op->tile - 1) / op->tile;
+            if (get_const(j, "weight", &w, 1) || get_const(j, "bt", &op->bt, 1) || get_const(j, "at", &op->at, 1) ||
+                get_const(j, "bias", &op->bias, 0)) return -1;
+            /* weight [alpha][c][m]: one ONNX-MatMul-shaped right operand per point. */
+            if (!(op->packs = calloc((size_t)op->alpha, sizeof(ei_packed)))) return ei_fail("out of guest memory");
+            for (int x = 0; x < op->alpha; x++)
+                if (ei_packed_matmul(&op->packs[x], w + (size_t)x * op->c * op->m, NULL, op->c, op->m)) return -1;
+            break;
+        }
     }
     return 0;
 }
@@ -199,14 +272,27 @@ int graph_load(const char *config, const char *weights, int max_batch) {
         if (!(G.buffers[i] = ei_alloc_floats((size_t)b->num + 8))) return -1;
     G.n_ops = ops->count;
     G.ops = calloc((size_t)G.n_ops, sizeof(op_t));
-    size_t scratch = 0, scratch2 = 0;
+    size_t scratch = 0, scratch2 = 0, scratch3 = 0;
     i = 0;
     for (json_node *o = ops->child; o; o = o->next, i++) {
         op_t *op = &G.ops[i];
         if (parse_op(o, op)) return -1;
-        int ids[3] = {op->out, op->kind == OP_BINARY ? op->a.value : op->in, op->kind == OP_BINARY ? op->b.value : -1};
-        for (int q = 0; q < 3; q++)
-            if (ids[q] >= G.n_values || (q == 0 && ids[q] < 0)) return ei_fail("graph op %d names value %d of %d", i, ids[q], G.n_values);
+        int ids[2 + FUSED_INPUTS], n_ids = 3;
+        ids[0] = op->out;
+        ids[1] = op->kind == OP_BINARY ? op->a.value : op->kind == OP_FUSED ? -1 : op->in;
+        ids[2] = op->kind == OP_BINARY ? op->b.value : -1;
+        if (op->kind == OP_FUSED)
+            for (int q = 0; q < op->n_in; q++) ids[n_ids++] = op->ins[q];
+        for (int q = 0; q < n_ids; q++)
+            if (ids[q] >= G.n_values || ((q == 0 || q >= 3) && ids[q] < 0) || (ids[q] >= 0 && G.value_buffer[ids[q]] < 0) ||
+                (ids[q] >= 0 && G.value_buffer[ids[q]] >= G.n_buffers))
+                return ei_fail("graph op %d names value %d of %d", i, ids[q], G.n_values);
+        if (op->kind == OP_WINOGRAD) {
+            size_t t = (size_t)op->tiles, a = (size_t)op->alpha;
+            if (a * t * op->c > scratch) scratch = a * t * op->c;
+            if (a * t * op->m > scratch2) scratch2 = a * t * op->m;
+            if ((size_t)op->tile * op->m > scratch3) scratch3 = (size_t)op->tile * op->m;
+        }
         if (op->kind == OP_CONV) {
             size_t ck4 = (size_t)((op->c * op->kh * op->kw + 3) & ~3), p = (size_t)op->oh * op->ow;
             if (p * ck4 > scratch) scratch = p * ck4;
@@ -220,6 +306,7 @@ int graph_load(const char *config, const char *weights, int max_batch) {
     if (G.output_value < 0 || G.output_value >= G.n_values) return ei_fail("graph output value is out of range");
     if (scratch && !(G.scratch = ei_alloc_floats(scratch + 4))) return -1;
     if (scratch2 && !(G.scratch2 = ei_alloc_floats(scratch2 + 4))) return -1;
+    if (scratch3 && !(G.scratch3 = ei_alloc_floats(scratch3 + 4))) return -1;
     return 0;
 }
 
@@ -294,11 +381,9 @@ static void op_binary(const op_t *op) {
     }
 }
 
-static void op_unary(const op_t *op) {
-    const float *x = val(op->in);
-    float *y = val(op->out);
-    size_t n = (size_t)op->n, i;
-    switch (op->fn) {
+static void unary_map(int fn, const float *x, float *y, size_t n) {
+    size_t i;
+    switch (fn) {
         case UN_TANH: ei_tanh(x, y, n); return;
         case UN_EXP: ei_exp(x, y, n); return;
         case UN_ERF: ei_erf(x, y, n); return;
@@ -311,7 +396,7 @@ static void op_unary(const op_t *op) {
     }
     for (i = 0; i < n; i++) {
         float v = x[i];
-        switch (op->fn) {
+        switch (fn) {
             case UN_SQRT: y[i] = sqrtf(v); break;
             case UN_RECIP: y[i] = 1.0f / v; break;
             case UN_RELU: y[i] = v > 0.0f ? v : 0.0f; break;
@@ -321,20 +406,76 @@ static void op_unary(const op_t *op) {
     }
 }
 
+static void op_unary(const op_t *op) { unary_map(op->fn, val(op->in), val(op->out), (size_t)op->n); }
+
+static inline float red_scalar(int fn, float acc, float v) {
+    if (fn == RED_MAX) return (v > acc || v != v) ? v : acc;  /* NaN wins, as numpy */
+    return acc + v;
+}
+
+static inline v128_t red_vec(int fn, v128_t acc, v128_t v) {
+    return fn == RED_MAX ? wasm_f32x4_max(acc, v) : wasm_f32x4_add(acc, v);
+}
+
+/* y[o][i] = reduce_j x[o][j][i]. inner == 1 (the last axis): four lanes of partial
+ * results per row, combined at its end; else whole rows of `inner` are combined into y,
+ * a vector at a time, reading x in order. */
 static void op_reduce(const op_t *op) {
     const float *x = val(op->in);
     float *y = val(op->out);
-    for (int o = 0; o < op->outer; o++)
-        for (int i = 0; i < op->inner; i++) {
-            const float *p = x + (size_t)o * op->n * op->inner + i;
-            float acc = op->fn == RED_MAX ? -INFINITY : 0.0f;
-            for (int j = 0; j < op->n; j++) {
-                float v = p[(size_t)j * op->inner];
-                if (op->fn == RED_MAX) acc = (v > acc || v != v) ? v : acc;
-                else acc += v;
+    int n = op->n, inner = op->inner, fn = op->fn;
+    float init = fn == RED_MAX ? -INFINITY : 0.0f;
+    for (int o = 0; o < op->outer; o++) {
+        const float *p = x + (size_t)o * n * inner;
+        float *out = y + (size_t)o * inner;
+        if (inner == 1) {
+            v128_t acc = wasm_f32x4_splat(init);
+            int j = 0;
+            for (; j + 4 <= n; j += 4) acc = red_vec(fn, acc, wasm_v128_load(p + j));
+            float lanes[4] __attribute__((aligned(16)));
+            wasm_v128_store(lanes, acc);
+            float r = init;
+            for (int l = 0; l < 4; l++) r = red_scalar(fn, r, lanes[l]);
+            for (; j < n; j++) r = red_scalar(fn, r, p[j]);
+            out[0] = r;
+        } else {
+            for (int i = 0; i < inner; i++) out[i] = init;
+            for (int j = 0; j < n; j++) {
+                const float *row = p + (size_t)j * inner;
+                int i = 0;
+                for (; i + 4 <= inner; i += 4) wasm_v128_store(out + i, red_vec(fn, wasm_v128_load(out + i), wasm_v128_load(row + i)));
+                for (; i < inner; i++) out[i] = red_scalar(fn, out[i], row[i]);
             }
-            y[(size_t)o * op->inner + i] = op->fn == RED_MEAN ? acc / (float)op->n : acc;
         }
+        if (fn == RED_MEAN)
+            for (int i = 0; i < inner; i++) out[i] /= (float)n;
+    }
+}
+
+/* The fused op's steps over blocks of FUSED_BLOCK floats: each step's result for the
+ * block lands in a buffer that stays in the L1 cache, and the last one in the output. */
+static void op_fused(const op_t *op) {
+    static float steps[FUSED_CODE][FUSED_BLOCK] __attribute__((aligned(16)));
+    const float *ins[FUSED_INPUTS];
+    for (int q = 0; q < op->n_in; q++) ins[q] = val(op->ins[q]);
+    float *y = val(op->out);
+    for (int b0 = 0; b0 < op->n; b0 += FUSED_BLOCK) {
+        int len = op->n - b0 < FUSED_BLOCK ? op->n - b0 : FUSED_BLOCK;
+        for (int i = 0; i < op->n_code; i++) {
+            const fused_step *st = &op->code[i];
+            float *dst = i == op->n_code - 1 ? y + b0 : steps[i];
+            const float *ab[2];
+            int strides[2];
+            const fused_ref *refs[2] = {&st->a, &st->b};
+            for (int q = 0; q < 2; q++) {
+                const fused_ref *r = refs[q];
+                strides[q] = r->kind != REF_SCALAR;
+                ab[q] = r->kind == REF_INPUT ? ins[r->index] + b0 : r->kind == REF_STEP ? steps[r->index] : &r->scalar;
+            }
+            if (st->unary) unary_map(st->fn, ab[0], dst, (size_t)len);  /* a scalar input is folded on the host */
+            else bin_row(st->fn, ab[0], strides[0], ab[1], strides[1], dst, len);
+        }
+    }
 }
 
 static void op_transpose(const op_t *op) {
@@ -425,6 +566,67 @@ static void op_conv(const op_t *op) {
         for (int m = 0; m < op->m; m++) y[(size_t)m * P + p] = G.scratch2[(size_t)p * op->m + m];
 }
 
+static void axpy(float *y, float a, const float *x, int n) {
+    v128_t av = wasm_f32x4_splat(a);
+    for (int i = 0; i < n; i += 4) wasm_v128_store(y + i, wasm_f32x4_add(wasm_v128_load(y + i), wasm_f32x4_mul(av, wasm_v128_load(x + i))));
+}
+
+/* A 1-D convolution over the rows of x[h][c] (channels innermost) by Winograd F(tile,
+ * taps) (runtime/wasm/winograd.py): per tile of `tile` output rows, U[p][t] = BT x_t over
+ * the tile's alpha input rows; then for each transform point p V[p] = U[p] @ W[p] (the
+ * weights transformed on the host and packed here, c x m); then the tile's output rows
+ * AT V[.][t] (+ bias), written transposed into y[m][oh] as ONNX's Conv lays it out. The
+ * transforms are sums of rows scaled by constants (axpy over the channels); the products
+ * are the matrix multiply's. */
+static void op_winograd(const op_t *op) {
+    const float *x = val(op->in);
+    float *y = val(op->out), *U = G.scratch, *V = G.scratch2, *rows = G.scratch3;
+    int c = op->c, m = op->m, T = op->tiles, A = op->alpha, oh = op->oh;
+    for (int t = 0; t < T; t++)
+        for (int p = 0; p < A; p++) {
+            float *u = U + ((size_t)p * T + t) * c;
+            memset(u, 0, (size_t)c * sizeof(float));
+            for (int j = 0; j < A; j++) {
+                float coef = op->bt[p * A + j];
+                int r = t * op->tile + j - op->ph;
+                if (coef != 0.0f && r >= 0 && r < op->h) axpy(u, coef, x + (size_t)r * c, c);
+            }
+        }
+    for (int p = 0; p < A; p++)
+        ei_linear(&op->packs[p], T, U + (size_t)p * T * c, c, V + (size_t)p * T * m, m);
+    for (int t = 0; t < T; t++) {
+        int n_rows = oh - t * op->tile < op->tile ? oh - t * op->tile : op->tile;
+        for (int i = 0; i < n_rows; i++) {
+            float *row = rows + (size_t)i * m;
+            if (op->bias) memcpy(row, op->bias, (size_t)m * sizeof(float));
+            else memset(row, 0, (size_t)m * sizeof(float));
+            int mv = m & ~3;
+            for (int p = 0; p < A; p++) {
+                float coef = op->at[i * A + p];
+                const float *v = V + ((size_t)p * T + t) * m;
+                if (coef == 0.0f) continue;
+                axpy(row, coef, v, mv);
+                for (int q = mv; q < m; q++) row[q] += coef * v[q];
+            }
+        }
+        float *dst = y + (size_t)t * op->tile;
+        int q = 0;
+        if (n_rows == 4)  /* four output rows x four channels: a 4 x 4 transpose in registers */
+            for (; q + 4 <= m; q += 4) {
+                v128_t r0 = wasm_v128_load(rows + q), r1 = wasm_v128_load(rows + m + q);
+                v128_t r2 = wasm_v128_load(rows + 2 * m + q), r3 = wasm_v128_load(rows + 3 * m + q);
+                v128_t a0 = wasm_i32x4_shuffle(r0, r1, 0, 4, 1, 5), a1 = wasm_i32x4_shuffle(r0, r1, 2, 6, 3, 7);
+                v128_t b0 = wasm_i32x4_shuffle(r2, r3, 0, 4, 1, 5), b1 = wasm_i32x4_shuffle(r2, r3, 2, 6, 3, 7);
+                wasm_v128_store(dst + (size_t)q * oh, wasm_i64x2_shuffle(a0, b0, 0, 2));
+                wasm_v128_store(dst + (size_t)(q + 1) * oh, wasm_i64x2_shuffle(a0, b0, 1, 3));
+                wasm_v128_store(dst + (size_t)(q + 2) * oh, wasm_i64x2_shuffle(a1, b1, 0, 2));
+                wasm_v128_store(dst + (size_t)(q + 3) * oh, wasm_i64x2_shuffle(a1, b1, 1, 3));
+            }
+        for (; q < m; q++)
+            for (int i = 0; i < n_rows; i++) dst[(size_t)q * oh + i] = rows[(size_t)i * m + q];
+    }
+}
+
 int graph_run(const int *input, int batch, float *out) {
     float *in = G.buffers[G.value_buffer[0]];
     for (int b = 0; b < batch; b++) {
@@ -450,8 +652,11 @@ int graph_run(const int *input, int batch, float *out) {
                     break;
                 case OP_MATMUL: op_matmul(op); break;
                 case OP_CONV: op_conv(op); break;
+                case OP_FUSED: op_fused(op); break;
+                case OP_WINOGRAD: op_winograd(op); break;
             }
-            ei_prof_ms[op->kind == OP_MATMUL || op->kind == OP_CONV ? PROF_GEMM : PROF_OTHER] += ei_now_ms() - t0;
+            int gemm = op->kind == OP_MATMUL || op->kind == OP_CONV || op->kind == OP_WINOGRAD;
+            ei_prof_ms[gemm ? PROF_GEMM : PROF_OTHER] += ei_now_ms() - t0;
         }
         memcpy(out + (size_t)b * G.output_width, val(G.output_value), (size_t)G.output_width * sizeof(float));
     }

@@ -1,5 +1,5 @@
 /* The graph engine: runs a program of tensor operations (graph.json + model.safetensors),
- * written by the host's converter (runtime/wasm_engine/onnx_convert.py) from an ONNX model. */
+ * written by the host's converter (runtime/wasm/graph_convert.py) from an ONNX model. */
 #ifndef EI_GRAPH_H
 #define EI_GRAPH_H
 

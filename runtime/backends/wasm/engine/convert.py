@@ -16,6 +16,12 @@ ONNX subset such models use into that program, host-side, with the ``onnx`` pack
   ops with numpy broadcasting, ``Reduce{Sum,Max,Mean}``, ``GlobalMaxPool``,
   ``GlobalAveragePool``, ``Transpose``, ``Softmax`` map to one engine op each.
 
+A 1-D ``Conv`` (a kernel of 2..5 rows over H, W = 1) whose input is a transpose of
+channels-innermost data becomes a ``winograd`` op that reads that data directly
+(:mod:`~runtime.backends.wasm.engine.winograd`); the rewrites of
+:mod:`~runtime.backends.wasm.engine.optimize` (bias folding, element-wise fusion, dead
+ops) run last.
+
 Anything else raises :class:`GraphConversionError` naming the node. Buffers are planned
 here too (a value's buffer is reused once its last reader has run), so the guest
 allocates them once. The program is checked before it is written: it is executed in
@@ -42,6 +48,8 @@ import onnx
 from onnx import numpy_helper
 from safetensors.numpy import save_file
 
+from runtime.backends.wasm.engine import winograd
+from runtime.backends.wasm.engine.optimize import optimize
 from runtime.backends.wasm.engine.program import (
     BINARY_NP,
     MAX_RANK,
@@ -53,7 +61,7 @@ from runtime.backends.wasm.engine.program import (
 
 __all__ = ["CONVERTER_VERSION", "GraphConversionError", "convert_onnx", "ensure_graph"]
 
-CONVERTER_VERSION = "engine-graph-1"
+CONVERTER_VERSION = "engine-graph-2"
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min"}
 _UNARY = {
     "Tanh": "tanh",
@@ -102,7 +110,7 @@ class _Converter:
         self.prog = Program(
             input_shape=tuple(sample.shape), input_float=input_float, output_vid=-1, output_shape=()
         )
-        self._const_names: dict[int, str] = {}
+        self._const_names: dict[int, tuple[str, np.ndarray]] = {}
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17
         )
@@ -121,12 +129,15 @@ class _Converter:
 
     def _const_ref(self, value: np.ndarray) -> str:
         arr = np.ascontiguousarray(value, dtype=np.float32)
+        # Keyed by identity, so the same initializer is stored once; the entry keeps
+        # ``value`` alive, else a temporary's id could be reused by another array.
         key = id(value)
-        name = self._const_names.get(key)
-        if name is None:
-            name = f"c{len(self.prog.consts)}"
-            self.prog.consts[name] = arr
-            self._const_names[key] = name
+        known = self._const_names.get(key)
+        if known is not None and known[1] is value:
+            return known[0]
+        name = f"c{len(self.prog.consts)}"
+        self.prog.consts[name] = arr
+        self._const_names[key] = (name, value)
         return name
 
     def _get(self, name: str) -> Any:
@@ -164,6 +175,7 @@ class _Converter:
             raise GraphConversionError("the model's output does not depend on its input")
         self.prog.output_vid = out.vid
         self.prog.output_shape = out.shape
+        optimize(self.prog)
         plan_buffers(self.prog)
         return self.prog
 
@@ -386,6 +398,15 @@ class _Converter:
             raise GraphConversionError(f"{where}: Conv input has {cin} channels, weights {c}")
         oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
         ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        source = self._hwc_source(x)
+        if (
+            source is not None
+            and kw == wd == 1
+            and (sh, dh, pl, pr) == (1, 1, 0, 0)
+            and winograd.eligible(kh)
+            and c % 4 == 0
+        ):
+            return self._winograd(x, source, w, bias, pt, oh)
         op = {
             "op": "conv",
             "in": x.vid,
@@ -397,6 +418,40 @@ class _Converter:
             op["bias"] = self._const_ref(bias.astype(np.float32))
         sample = run_op(op, {x.vid: x.sample}, self.prog.consts)
         return self._emit(op, (1, m, oh, ow), sample)
+
+    def _hwc_source(self, x: _Dyn) -> int | None:
+        """The value a Conv input ``x`` ([1, C, H, W]) was transposed from, when that
+        value holds it as [H][W][C] (channels innermost, as Magika's graph has it)."""
+        producer = next((op for op in self.prog.ops if op["out"] == x.vid), None)
+        if producer is None or producer["op"] != "transpose" or len(producer["perm"]) != 4:
+            return None
+        perm = producer["perm"]
+        if perm[0] != 0 or x.shape[0] != 1:
+            return None
+        # Where each of C, H, W sits in the source; axes of size 1 do not matter.
+        placed = sorted((perm[axis], axis) for axis in (1, 2, 3) if x.shape[axis] != 1)
+        wanted = [axis for axis in (2, 3, 1) if x.shape[axis] != 1]
+        return int(producer["in"]) if [axis for _, axis in placed] == wanted else None
+
+    def _winograd(self, x: _Dyn, source: int, w: np.ndarray, bias: Any, pad: int, oh: int) -> _Dyn:
+        """A 1-D convolution over H by Winograd F(4, kh), reading ``source`` ([H][C])
+        around the transpose (which is dropped when nothing else reads it)."""
+        m, c, kh, _ = w.shape
+        at, _, bt = winograd.matrices(kh)
+        op = {
+            "op": "winograd",
+            "in": source,
+            "h": x.shape[2], "c": c, "m": m, "taps": kh, "tile": winograd.TILE,
+            "oh": oh, "pad": pad,
+            "weight": self._const_ref(winograd.transform_weights(w.reshape(m, c, kh))),
+            "bt": self._const_ref(bt.astype(np.float32)),
+            "at": self._const_ref(at.astype(np.float32)),
+        }  # fmt: skip
+        if bias is not None:
+            op["bias"] = self._const_ref(bias.astype(np.float32))
+        src = next(v for v in self._all_dyn() if v.vid == source)
+        sample = run_op(op, {source: src.sample}, self.prog.consts)
+        return self._emit(op, (1, m, oh, 1), sample)
 
 
 def _shape(v: Any) -> tuple[int, ...]:

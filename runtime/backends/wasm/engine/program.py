@@ -16,19 +16,27 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.wasm.engine import winograd
+
 __all__ = [
     "BINARY_NP",
     "FORMAT",
+    "MAX_FUSED_CODE",
+    "MAX_FUSED_INPUTS",
     "MAX_RANK",
     "UNARY_NP",
     "Program",
     "plan_buffers",
+    "reads",
     "run_op",
     "run_program",
 ]
 
 FORMAT = "edgeinfer-graph"
 MAX_RANK = 6
+#: A fused op's limits (graph.c's FUSED_CODE and FUSED_INPUTS).
+MAX_FUSED_CODE = 16
+MAX_FUSED_INPUTS = 6
 
 
 @dataclass
@@ -100,7 +108,20 @@ def run_op(
     if kind == "binary":
         out = BINARY_NP[op["fn"]](operand(op["a"]), operand(op["b"]))
         return np.broadcast_to(out, op["shape"]).astype(np.float32)
+    if kind == "fused":
+        return _run_fused(op, values)
     x = np.asarray(values[op["in"]], dtype=np.float32)
+    if kind == "winograd":
+        bias = consts[op["bias"]] if "bias" in op else None
+        out = winograd.reference(
+            x.reshape(op["h"], op["c"]),
+            consts[op["weight"]].reshape(-1, op["c"], op["m"]),
+            bias,
+            taps=op["taps"],
+            pad=op["pad"],
+            out_rows=op["oh"],
+        )
+        return out.reshape(1, op["m"], op["oh"], 1)
     if kind == "unary":
         with np.errstate(all="ignore"):
             return UNARY_NP[op["fn"]](x).astype(np.float32)
@@ -151,9 +172,35 @@ def run_op(
     raise ValueError(f"unknown engine op {kind!r}")
 
 
-def _reads(op: dict[str, Any]) -> list[int]:
+def _run_fused(op: dict[str, Any], values: dict[int, np.ndarray]) -> np.ndarray:
+    """A fused op's little program: each step reads inputs ``{"v": i}``, earlier steps'
+    results ``{"t": j}`` or scalars ``{"s": x}``; the last step's result is the output."""
+    ins = [np.asarray(values[v], dtype=np.float32).reshape(-1) for v in op["in"]]
+    results: list[np.ndarray] = []
+
+    def get(ref: dict[str, Any]) -> np.ndarray:
+        if "v" in ref:
+            return ins[ref["v"]]
+        if "t" in ref:
+            return results[ref["t"]]
+        return np.float32(ref["s"])  # type: ignore[return-value]
+
+    with np.errstate(all="ignore"):
+        for step in op["code"]:
+            if step["fn"] in UNARY_NP:
+                out = UNARY_NP[step["fn"]](get(step["a"]))
+            else:
+                out = BINARY_NP[step["fn"]](get(step["a"]), get(step["b"]))
+            results.append(np.broadcast_to(np.asarray(out, np.float32), (op["n"],)))
+    return results[-1].copy()
+
+
+def reads(op: dict[str, Any]) -> list[int]:
+    """The values an op reads."""
     if op["op"] == "binary":
         return [s["v"] for s in (op["a"], op["b"]) if "v" in s]
+    if op["op"] == "fused":
+        return list(op["in"])
     return [op["in"]]
 
 
@@ -162,7 +209,7 @@ def plan_buffers(prog: Program) -> None:
     An op never writes into a buffer it reads (the kernels are not all in-place safe)."""
     last_read: dict[int, int] = {}
     for i, op in enumerate(prog.ops):
-        for v in _reads(op):
+        for v in reads(op):
             last_read[v] = i
     last_read[prog.output_vid] = len(prog.ops)
     assignment = [-1] * len(prog.value_sizes)
@@ -184,7 +231,7 @@ def plan_buffers(prog: Program) -> None:
             buf = len(prog.buffers)
             prog.buffers.append(size)
         assignment[out] = buf
-        for v in set(_reads(op)):
+        for v in set(reads(op)):
             if last_read.get(v) == i and v != prog.output_vid:
                 still = any(
                     assignment[u] == assignment[v] and last_read.get(u, -1) > i

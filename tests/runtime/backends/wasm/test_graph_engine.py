@@ -113,6 +113,65 @@ def one_hot_net(path: Path) -> Path:
     return _model(nodes, [x], y, inits, path)
 
 
+def conv1d_net(path: Path, taps: int = 5, pads: tuple[int, int] = (2, 1)) -> Path:
+    """Magika's convolution block: [n, H, C] rows -> Unsqueeze -> Transpose to NCHW ->
+    a Conv of ``taps`` x 1 (no bias) -> Add of a per-channel bias -> the tanh GELU of
+    nine nodes -> ReduceMax over positions. The converter turns it into a Winograd op
+    reading the rows around the transpose, with the bias folded in, then one fused op."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 11, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6])
+    gelu = [
+        helper.make_node("Mul", ["k3", "c"], ["g1"]),
+        helper.make_node("Mul", ["c", "g1"], ["g2"]),
+        helper.make_node("Mul", ["c", "g2"], ["g3"]),
+        helper.make_node("Add", ["c", "g3"], ["g4"]),
+        helper.make_node("Mul", ["kt", "g4"], ["g5"]),
+        helper.make_node("Tanh", ["g5"], ["g6"]),
+        helper.make_node("Add", ["one", "g6"], ["g7"]),
+        helper.make_node("Mul", ["half", "g7"], ["g8"]),
+        helper.make_node("Mul", ["c", "g8"], ["g"]),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "axis3"], ["u"]),  # n, 11, 8, 1
+        helper.make_node("Transpose", ["u"], ["t"], perm=[0, 2, 1, 3]),  # n, 8, 11, 1
+        helper.make_node("Conv", ["t", "w"], ["cv"], pads=[pads[0], 0, pads[1], 0]),
+        helper.make_node("Squeeze", ["cv", "axis3"], ["sq"]),  # n, 6, oh
+        helper.make_node("Add", ["sq", "bias"], ["c"]),
+        *gelu,
+        helper.make_node("ReduceMax", ["g"], ["y"], axes=[2], keepdims=0),
+    ]
+    scalar = {"k3": 0.044715, "kt": 0.7978845608, "one": 1.0, "half": 0.5}
+    inits = [
+        numpy_helper.from_array(np.array([3], np.int64), "axis3"),
+        _const("w", (6, 8, taps, 1)),
+        _const("bias", (1, 6, 1)),
+        *(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in scalar.items()),
+    ]
+    return _model(nodes, [x], y, inits, path)
+
+
+def test_conv1d_becomes_winograd_and_fused_ops(tmp_path: Path) -> None:
+    prog = convert_onnx(conv1d_net(tmp_path / "m.onnx"))
+    kinds = [op["op"] for op in prog.ops]
+    assert kinds == ["winograd", "fused", "reduce"], kinds  # transpose dropped, bias folded
+    assert "bias" in prog.ops[0] and len(prog.ops[1]["code"]) == 9
+
+
+def test_fusion_keeps_values_read_elsewhere(tmp_path: Path) -> None:
+    """An intermediate read outside the run (here by the output's Add) is not fused away."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])
+    nodes = [
+        helper.make_node("Tanh", ["x"], ["a"]),
+        helper.make_node("Exp", ["a"], ["b"]),
+        helper.make_node("ReduceSum", ["a", "ax"], ["s"], keepdims=1),
+        helper.make_node("Add", ["b", "s"], ["y"]),
+    ]
+    ax = numpy_helper.from_array(np.array([1], np.int64), "ax")
+    prog = convert_onnx(_model(nodes, [x], y, [ax], tmp_path / "m.onnx"))
+    assert [op["op"] for op in prog.ops] == ["unary", "unary", "reduce", "binary"]
+
+
 @pytest.fixture(scope="module")
 def engine_wasm(settings: Settings) -> Path:
     return build_guest("engine", settings)
@@ -135,7 +194,14 @@ def _engine(host: WasmHost, wasm: Path, folder: Path, rows: int) -> EngineInstan
 
 @pytest.mark.parametrize(
     ("build", "shape", "integer"),
-    [(conv_net, (3, 9, 7), False), (elementwise_net, (4, 6, 5), False), (one_hot_net, (12,), True)],
+    [
+        (conv_net, (3, 9, 7), False),
+        (elementwise_net, (4, 6, 5), False),
+        (one_hot_net, (12,), True),
+        (conv1d_net, (11, 8), False),
+        (lambda p: conv1d_net(p, taps=3, pads=(0, 0)), (11, 8), False),
+        (lambda p: conv1d_net(p, taps=2, pads=(1, 3)), (11, 8), False),
+    ],
 )
 def test_graph_ops_match_onnxruntime(  # type: ignore[no-untyped-def]
     tmp_path: Path, host: WasmHost, engine_wasm: Path, build, shape, integer
