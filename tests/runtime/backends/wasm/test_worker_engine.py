@@ -19,7 +19,7 @@ from tests.runtime.backends.wasm.sentences import SENTENCES
 
 pytestmark = pytest.mark.slow
 
-MODELS = Path(__file__).resolve().parents[3] / "wasm-modules" / "packages" / "models.yaml"
+MODELS = Path(__file__).resolve().parents[4] / "wasm-modules" / "packages" / "models.yaml"
 
 
 @pytest.fixture(scope="module")
