@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.errors import BadInput
 
-__all__ = ["describe_validation", "json_object", "parse_json"]
+__all__ = ["describe_validation", "first_field", "json_object", "parse_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,7 +33,14 @@ def parse_json(body: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise BadInput(describe_validation(exc)) from None
+        raise BadInput(describe_validation(exc), param=first_field(exc)) from None
+
+
+def first_field(exc: ValidationError) -> str | None:
+    """The dotted path of the first field at fault (OpenAI's ``error.param``)."""
+    errors = exc.errors(include_url=False)
+    loc = errors[0]["loc"] if errors else ()
+    return ".".join(str(p) for p in loc) or None
 
 
 def describe_validation(exc: ValidationError, whole: str = "body") -> str:
