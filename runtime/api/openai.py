@@ -200,6 +200,19 @@ class ChatMessageIn(BaseModel):
     tool_call_id: str | None = Field(None, max_length=128)
     refusal: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, raw: Any) -> Any:
+        """null is "not sent" (clients echo a whole response message back, with
+        ``audio``, ``function_call`` and ``annotations`` null)."""
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if v is not None}
+            for name in ("audio", "function_call", "annotations"):
+                if name in raw and raw[name] != []:
+                    raise ValueError(f"{name} in a message is not supported")
+                raw.pop(name, None)
+        return raw
+
     @model_validator(mode="after")
     def _roles(self) -> ChatMessageIn:
         if self.tool_calls and self.role != "assistant":

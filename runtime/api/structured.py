@@ -248,12 +248,14 @@ def _new_call(body: str) -> dict[str, Any]:
 
 def read_answer(text: str, mode: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(content, tool_calls) of a whole answer decoded under ``mode``'s grammar. An
-    answer cut short (``max_tokens``) before its calls are whole is returned as text."""
+    answer cut short (``max_tokens``) before its first call is whole is returned as
+    text; one cut in a later call keeps the calls before it."""
     if mode == "text" or (mode == "auto" and not text.startswith("<")):
         return text, []
     matches = list(_CALL.finditer(text))
-    if not matches or "\n".join(m.group(0) for m in matches) != text:
+    if not matches or not text.startswith("\n".join(m.group(0) for m in matches)):
         return text, []
+    # Calls after the last whole one were cut short by max_tokens: the whole ones stand.
     return None, [_new_call(m.group(1)) for m in matches]
 
 

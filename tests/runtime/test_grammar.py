@@ -126,6 +126,8 @@ def test_reading_answers_whole_and_streamed() -> None:
     assert read_answer("Hello", "auto") == ("Hello", [])
     cut = calls[:20]
     assert read_answer(cut, "tools") == (cut, [])
+    content, found = read_answer(calls + "\n" + cut, "tools")
+    assert content is None and len(found) == 1
     stream = ToolCallStream("auto")
     out = [stream.feed(piece) for piece in (calls[:5], calls[5:30], calls[30:], "\n" + calls)]
     assert [len(c) for _, c in out] == [0, 0, 1, 1] and all(t == "" for t, _ in out)
