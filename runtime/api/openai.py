@@ -51,9 +51,11 @@ __all__ = [
     "PROMPT_TOKENS",
     "REFUSED",
     "Answer",
+    "BaseRequest",
     "ChatCompletionRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "StreamOptions",
     "chat_chunk",
     "chat_logprobs",
     "chat_response",
@@ -90,10 +92,20 @@ REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "function_call": ("the deprecated function_call is not supported; send tool_choice", ()),
     "best_of": ("best_of is not supported; send n", (1,)),
     "suffix": ("suffix (insertion) is not supported", ("",)),
+    # The Responses API's stateful and non-text fields (nothing is stored here).
+    "previous_response_id": ("responses are not stored here; send the whole input", ()),
+    "conversation": ("conversations are not stored here; send the whole input", ()),
+    "include": ("include is not supported", ([],)),
+    "reasoning": ("the models served here do not reason", ()),
+    "background": ("background responses are not supported", (False,)),
+    "prompt": ("stored prompt templates are not supported", ()),
+    "truncation": ("only truncation 'disabled' is supported", ("disabled",)),
+    "max_tool_calls": ("max_tool_calls is not supported", ()),
+    "top_logprobs": ("top_logprobs is not supported on this route", ()),
 }
 
 
-class _Request(BaseModel):
+class BaseRequest(BaseModel):
     """Fields every request has, and the check of unknown and refused fields."""
 
     model_config = ConfigDict(extra="ignore")
@@ -133,7 +145,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(_Request):
+class _Sampling(BaseRequest):
     max_tokens: int | None = Field(None, ge=1, le=131072)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -298,7 +310,7 @@ class CompletionRequest(_Sampling):
         return GenerateRequest(prompt=prompt, params=params)
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(BaseRequest):
     input: str | list[Any]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

@@ -142,13 +142,13 @@ class DecodingPlan:
     mode: Literal["text", "tools", "auto"] = "text"
 
 
-def _schema_root(builder: GrammarBuilder, fmt: Any) -> str | None:
+def _schema_root(builder: GrammarBuilder, fmt: Any, path: str) -> str | None:
     """The rule for the answer that ``response_format`` asks for, or None for text."""
     if isinstance(fmt, JsonObjectFormat):
-        return builder.schema({"type": "object"}, "response_format")
+        return builder.schema({"type": "object"}, path)
     if isinstance(fmt, JsonSchemaFormat):
         schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
-        return builder.schema(schema, "response_format.json_schema.schema")
+        return builder.schema(schema, path)
     return None
 
 
@@ -157,9 +157,13 @@ def plan_decoding(
     tools: list[ToolDef] | None,
     tool_choice: ToolChoice | None,
     parallel_tool_calls: bool,
+    *,
+    schema_path: str = "response_format.json_schema.schema",
+    tool_path: str = "tools.{i}.function",
 ) -> DecodingPlan:
     """The grammar and prompt for a chat request; :class:`BadInput` naming the field
-    for what cannot be honoured."""
+    for what cannot be honoured (``schema_path`` and ``tool_path`` say where the
+    schemas are in the request, for the Responses API's different shape)."""
     choice = tool_choice if tool_choice is not None else ("auto" if tools else "none")
     if choice != "none" and not tools:
         raise BadInput("tool_choice needs tools to choose from", param="tool_choice")
@@ -171,10 +175,10 @@ def plan_decoding(
     if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
         raise BadInput(
             f"tool_choice names {choice.function.name!r}, which is not among the tools",
-            param="tool_choice.function.name",
+            param="tool_choice.function.name" if "function" in tool_path else "tool_choice.name",
         )
     builder = GrammarBuilder()
-    answer = _schema_root(builder, response_format)
+    answer = _schema_root(builder, response_format, schema_path)
     if choice == "none" or not tools:
         return DecodingPlan(grammar=builder.grammar(answer) if answer else None)
     calls = []
@@ -183,7 +187,7 @@ def plan_decoding(
         params = (
             fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
         )
-        args = builder.schema(params, f"tools.{i}.function.parameters")
+        args = builder.schema(params, tool_path.format(i=i) + ".parameters")
         if isinstance(choice, NamedToolChoice) and fn.name != choice.function.name:
             continue
         head = gbnf_literal(f'<tool_call>\n{{"name": {json.dumps(fn.name)}, "arguments": ')

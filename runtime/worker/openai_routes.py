@@ -24,7 +24,7 @@ from runtime.spec import Task
 from runtime.types import GenerateRequest, TokenChunk, TokenLogprob
 from runtime.worker.state import WorkerState, worker_state
 
-__all__ = ["router"]
+__all__ = ["collect", "router"]
 
 router = APIRouter()
 
@@ -210,14 +210,14 @@ async def _collect_all(
     """Each choice in turn (they share the model's instances anyway)."""
     results = []
     for core in cores:
-        result = await _collect(request, state, core)
+        result = await collect(request, state, core)
         results.append(result)
         if result[1].finish_reason == "cancelled":
             break
     return results
 
 
-async def _collect(request: Request, state: WorkerState, core: GenerateRequest) -> _Result:
+async def collect(request: Request, state: WorkerState, core: GenerateRequest) -> _Result:
     """Run a whole generation; stops it if the client disconnects meanwhile."""
     runtime = await state.wait_ready()
     runtime.check_generation(core)
