@@ -44,7 +44,15 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_OPENAI_PROXY = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
+_OPENAI_PROXY = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+}
 _OIP_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?(/infer|/ready)?$")
 _JSON = [(b"content-type", b"application/json")]
 

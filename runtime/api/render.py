@@ -1,6 +1,7 @@
 """Rendering errors in the shape of the API that was called.
 
-``/v2/...`` gets OIP v2's ``{"error": "..."}``; everything else OpenAI's
+``/v2/...`` gets OIP v2's ``{"error": "..."}``, ``/api/...`` Ollama's (the same
+shape); everything else OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``. Foreign exceptions become a 500
 whose message names what failed, in the same shapes.
 """
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.api import oip, openai
+from runtime.api import oip, ollama, openai
 from runtime.errors import BadInput, EdgeInferError, RuntimeFailure
 
 __all__ = ["error_response", "install_error_handlers", "json_response"]
@@ -38,7 +39,12 @@ def json_response(
 
 
 def error_response(path: str, exc: EdgeInferError) -> Response:
-    body = oip.error_body(exc) if path.startswith("/v2") else openai.error_body(exc)
+    if path.startswith("/v2"):
+        body = oip.error_body(exc)
+    elif path.startswith("/api/"):
+        body = ollama.error_body(exc)
+    else:
+        body = openai.error_body(exc)
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))

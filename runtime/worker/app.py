@@ -19,7 +19,7 @@ from starlette.responses import Response
 from runtime.api.render import install_error_handlers
 from runtime.backend import Runtime
 from runtime.spec import ModelSpec
-from runtime.worker import oip_routes, openai_routes, responses_routes
+from runtime.worker import oip_routes, ollama_routes, openai_routes, responses_routes
 from runtime.worker.metrics import RequestMetrics
 from runtime.worker.state import WorkerState
 
@@ -55,6 +55,7 @@ def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
+    app.include_router(ollama_routes.router)
     app.include_router(oip_routes.router)
 
     @app.get("/metrics")
