@@ -26,6 +26,7 @@ from runtime.backend import LoadPhases, Runtime
 from runtime.errors import (
     BadInput,
     ContextOverflow,
+    EdgeInferError,
     ModelNotReady,
     RuntimeFailure,
     RuntimeUnavailable,
@@ -217,6 +218,8 @@ class LlamaRuntime(Runtime):
             self._count_generated(used)
             emit(TokenChunk("", finish, prompt_tokens=len(tokens), completion_tokens=used))
             emit(_DONE)
+        except EdgeInferError as exc:
+            emit(exc)
         except Exception as exc:
             emit(RuntimeFailure(f"llama.cpp failed on model {self.spec.name!r}: {exc}"))
 

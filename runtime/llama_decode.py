@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import llama_cpp
 import numpy as np
 from llama_cpp import (
     Llama,
@@ -27,9 +28,21 @@ from llama_cpp import (
     llama_vocab_is_eog,
 )
 
+from runtime.errors import BadInput
 from runtime.types import SamplingParams, TokenChunk, TokenLogprob
 
-__all__ = ["decode"]
+__all__ = ["decode", "grammar_parses"]
+
+
+def grammar_parses(llm: Llama, gbnf: str) -> bool:
+    """Whether llama.cpp accepts ``gbnf``. It must be checked first: llama-cpp-python
+    adds whatever llama.cpp returns to the sampler chain, and a grammar that does not
+    parse comes back as NULL, which crashes the process when sampled."""
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -80,7 +93,11 @@ def decode(
     that could begin a stop sequence is held back). Returns (finish_reason, number of
     completion tokens)."""
     capture = _Logprobs(llm, params.top_logprobs or 0) if params.top_logprobs is not None else None
-    grammar = LlamaGrammar.from_string(params.grammar, verbose=False) if params.grammar else None
+    grammar = None
+    if params.grammar:
+        if not grammar_parses(llm, params.grammar):
+            raise BadInput("the grammar made from the request did not parse in llama.cpp")
+        grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
     llm.set_seed(seed)
     n_prompt = len(tokens)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
