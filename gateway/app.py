@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from runtime.scaling.source import ReplicaSource
 
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
@@ -46,7 +47,6 @@ from runtime.errors import (
 )
 from runtime.placement.manager import Manager
 from runtime.scaling.replica import ColdStart
-from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
 
 __all__ = ["Gateway"]
@@ -57,7 +57,15 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_OPENAI_PROXY = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+_OPENAI_PROXY = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+}
 # Only what a model name (runtime.spec) and a version may hold: nothing a request line
 # could be split on reaches the path a replica sees.
 _VERSION = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"

@@ -75,17 +75,21 @@ class EdgeInferError(Exception):
 
     ``status`` is the HTTP status the error maps to, ``code`` a stable snake_case
     identifier clients can switch on, ``retry_after`` (seconds) is sent as the
-    ``Retry-After`` header when set.
+    ``Retry-After`` header when set; ``param`` names the request field at fault, when
+    one is (OpenAI's ``error.param``).
     """
 
     status: int = 500
     code: str = "internal_error"
     error_type: str = "server_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.param = param
 
 
 class BadInput(EdgeInferError):

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.errors import BadInput, describe_validation
 
-__all__ = ["json_object", "load_json", "parse_json"]
+__all__ = ["first_field", "json_object", "load_json", "parse_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -97,4 +97,11 @@ def parse_json(body: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise BadInput(describe_validation(exc)) from None
+        raise BadInput(describe_validation(exc), param=first_field(exc)) from None
+
+
+def first_field(exc: ValidationError) -> str | None:
+    """The dotted path of the first field at fault (OpenAI's ``error.param``)."""
+    errors = exc.errors(include_url=False)
+    loc = errors[0]["loc"] if errors else ()
+    return ".".join(str(p) for p in loc) or None

@@ -1,6 +1,7 @@
 """Rendering errors in the shape of the API that was called.
 
-``/v2/...`` gets OIP v2's ``{"error": "..."}``; everything else OpenAI's
+``/v2/...`` gets OIP v2's ``{"error": "..."}``, ``/api/...`` Ollama's (the same
+shape); everything else OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``. Foreign exceptions become a 500
 whose message names what failed, in the same shapes.
 """
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from runtime.api import oip, openai
+from runtime.api import oip, ollama, openai
 from runtime.errors import BadInput, EdgeInferError, HttpStatus, MethodNotAllowed, RuntimeFailure
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "json_response"]
@@ -39,7 +40,11 @@ def json_response(
 
 def error_body(path: str, exc: EdgeInferError) -> dict[str, Any]:
     """``exc`` in the error shape of the API ``path`` belongs to."""
-    return oip.error_body(exc) if path.startswith("/v2") else openai.error_body(exc)
+    if path.startswith("/v2"):
+        return oip.error_body(exc)
+    if path.startswith("/api/"):
+        return ollama.error_body(exc)
+    return openai.error_body(exc)
 
 
 def error_response(path: str, exc: EdgeInferError) -> Response:

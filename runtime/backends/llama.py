@@ -14,18 +14,20 @@ import asyncio
 import os
 import random
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 import llama_cpp
-from llama_cpp import Llama, StoppingCriteriaList
+from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from runtime.backends.llama_decode import decode
 from runtime.backends.registry import LoadPhases, Runtime
 from runtime.errors import (
     BadInput,
     ContextOverflow,
+    EdgeInferError,
     ModelNotReady,
     RuntimeFailure,
     RuntimeUnavailable,
@@ -41,6 +43,7 @@ _DONE = object()
 
 class LlamaRuntime(Runtime):
     name = RuntimeName.LLAMA
+    generation_features = frozenset({"grammar", "logprobs"})
 
     _instances: asyncio.Queue[Llama] | None = None
     _all: list[Llama]
@@ -202,15 +205,7 @@ class LlamaRuntime(Runtime):
     ) -> None:
         """Runs in a pool thread. Emits TokenChunks, then an exception or _DONE."""
         p = request.params
-        sampled = 0
-
-        def should_stop(_ids: Any, _logits: Any) -> bool:
-            nonlocal sampled
-            sampled += 1
-            return cancel.is_set()
-
         seed = p.seed if p.seed is not None else random.getrandbits(31)
-        finish = "stop"
         try:
             # Without a reset llama-cpp-python keeps the KV cache of the longest prefix
             # shared with this instance's previous request. A token evaluated alone gets
@@ -218,35 +213,13 @@ class LlamaRuntime(Runtime):
             # can change the answer: only with options.prompt_cache, and never with a seed.
             if not self.spec.options.prompt_cache or p.seed is not None:
                 llm.reset()
-            stream = llm.create_completion(
-                tokens,
-                max_tokens=max_tokens,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k,
-                stop=[*p.stop, *extra_stop] or None,
-                seed=seed,
-                presence_penalty=p.presence_penalty,
-                frequency_penalty=p.frequency_penalty,
-                repeat_penalty=p.repeat_penalty,
-                stopping_criteria=StoppingCriteriaList([should_stop]),
-                stream=True,
-            )
-            for chunk in cast(Iterator[dict[str, Any]], stream):
-                choice = chunk["choices"][0]
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-                if choice["text"]:
-                    emit(TokenChunk(text=choice["text"], prompt_tokens=len(tokens)))
-                if cancel.is_set():
-                    stream.close()  # type: ignore[union-attr]
-                    break
-            # llama.cpp samples one token past the end: the EOS token, or the one after
-            # max_tokens that it then drops; neither is part of the answer.
-            used = min(sampled, max_tokens) if finish == "length" else max(sampled - 1, 0)
+            stops = [*p.stop, *extra_stop]
+            finish, used = decode(llm, tokens, max_tokens, p, stops, seed, cancel, emit)
             self._count_generated(used)
             emit(TokenChunk("", finish, prompt_tokens=len(tokens), completion_tokens=used))
             emit(_DONE)
+        except EdgeInferError as exc:
+            emit(exc)
         except Exception as exc:
             emit(RuntimeFailure(f"llama.cpp failed on model {self.spec.name!r}: {exc}"))
 

@@ -85,6 +85,10 @@ class Runtime(ABC):
     """One loaded model on one device."""
 
     name: ClassVar[RuntimeName]
+    #: What this runtime's ``stream`` honours beyond plain sampling: ``grammar``
+    #: (constrained decoding) and ``logprobs``. A request asking for one it lacks is
+    #: refused by :meth:`check_generation`, never served without it.
+    generation_features: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: ModelSpec, *, device: str, settings: Settings, base_dir: Path):
         self.spec = spec
@@ -133,6 +137,20 @@ class Runtime(ABC):
     def outputs(self) -> list[TensorSpec]:
         """OIP v2 metadata: the tensors ``infer`` returns."""
         return []
+
+    def check_generation(self, request: GenerateRequest) -> None:
+        """:class:`BadInput` if ``request`` asks for what this runtime cannot honour."""
+        p = request.params
+        wanted = {
+            "grammar": (p.grammar is not None, "constrained decoding (response_format, tools)"),
+            "logprobs": (p.top_logprobs is not None, "logprobs"),
+        }
+        for feature, (asked, what) in wanted.items():
+            if asked and feature not in self.generation_features:
+                raise BadInput(
+                    f"model {self.spec.name!r} runs on the {self.name} runtime here, "
+                    f"which does not support {what}"
+                )
 
     def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:
         """Generate token by token. Closing the iterator stops the generation."""

@@ -19,12 +19,16 @@ __all__ = [
     "Tensor",
     "TensorSpec",
     "TokenChunk",
+    "TokenLogprob",
 ]
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``max_tokens`` None means "until the context is full or EOS"."""
+    """How to sample. ``max_tokens`` None means "until the context is full or EOS".
+    ``grammar`` (llama.cpp GBNF) constrains every sampled token; ``top_logprobs`` asks
+    for the log-probability of each sampled token and of that many alternatives
+    (None: none at all)."""
 
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -35,6 +39,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    grammar: str | None = None
+    top_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,29 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token: its text and raw bytes (a token can end inside a UTF-8
+    character), its log-probability under the model, and the most likely alternatives
+    as (text, bytes, logprob), best first."""
+
+    token: str
+    raw: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenChunk:
     """A piece of generated text. The last chunk of a stream carries ``finish_reason``
     (``stop``: EOS or a stop sequence; ``length``: max_tokens or context full) and the
-    token counts of the whole request."""
+    token counts of the whole request. ``logprobs`` covers the tokens whose text is in
+    this chunk, when they were asked for."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from runtime.api import openapi
 from runtime.api.render import install_error_handlers, json_response
 from runtime.backends.registry import Runtime
 from runtime.spec.model import ModelSpec
-from runtime.worker import oip_routes, openai_routes
+from runtime.worker import oip_routes, ollama_routes, openai_routes, responses_routes
 from runtime.worker.metrics import RequestMetrics
 from runtime.worker.state import WorkerState
 
@@ -55,6 +55,8 @@ def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
     app.state.worker = state
     install_error_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router)
+    app.include_router(ollama_routes.router)
     app.include_router(oip_routes.router)
 
     # Our own document rather than FastAPI's: the routes read their bodies themselves,

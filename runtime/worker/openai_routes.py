@@ -1,4 +1,5 @@
-"""The worker's OpenAI routes: chat, completions (both streamed as SSE), embeddings, models."""
+"""The worker's OpenAI routes: chat, completions (both streamed as SSE, ``n`` choices
+one after the other), embeddings, models."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,20 +18,24 @@ from runtime.api import openai
 from runtime.api.body import parse_json
 from runtime.api.openai import COMPLETION_TOKENS, PROMPT_TOKENS
 from runtime.api.render import json_response
+from runtime.api.structured import ToolCallStream, read_answer
 from runtime.errors import EdgeInferError, UnsupportedTask
 from runtime.spec.model import Task
-from runtime.spec.types import GenerateRequest, TokenChunk
+from runtime.spec.types import GenerateRequest, TokenChunk, TokenLogprob
 from runtime.worker.state import WorkerState, worker_state
 
-__all__ = ["router"]
+__all__ = ["collect", "router"]
 
 router = APIRouter()
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _usage_headers(last: TokenChunk) -> dict[str, str]:
-    return {PROMPT_TOKENS: str(last.prompt_tokens), COMPLETION_TOKENS: str(last.completion_tokens)}
+def _usage_headers(usage: dict[str, int]) -> dict[str, str]:
+    return {
+        PROMPT_TOKENS: str(usage["prompt_tokens"]),
+        COMPLETION_TOKENS: str(usage["completion_tokens"]),
+    }
 
 
 @router.get("/v1/models")
@@ -45,6 +51,15 @@ async def get_model(request: Request, name: str) -> Response:
     return json_response(openai.models_response([name], state.created)["data"][0])
 
 
+def _choices(core: GenerateRequest, n: int) -> list[GenerateRequest]:
+    """``n`` generations of one request; with a seed, choice i samples with seed + i,
+    so the choices differ and the whole answer is still repeatable."""
+    seed = core.params.seed
+    if n == 1 or seed is None:
+        return [core] * n
+    return [replace(core, params=replace(core.params, seed=seed + i)) for i in range(n)]
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = worker_state(request)
@@ -55,23 +70,59 @@ async def chat_completions(request: Request) -> Response:
             f"model {body.model!r} is a {state.spec.task} model; "
             + ("use /v1/completions" if state.spec.task is Task.COMPLETION else "it does not chat")
         )
+    plan = body.plan()
+    cores = _choices(body.to_core(plan), body.n)
     rid = openai.new_id("chatcmpl")
     if body.stream:
         created = int(time.time())
-        first = True
+        readers: dict[int, ToolCallStream] = {}
 
-        def event(chunk: TokenChunk) -> dict[str, Any]:
-            nonlocal first
-            role, first = first, False
-            return openai.chat_chunk(rid, body.model, created, chunk, role=role)
+        def event(i: int, chunk: TokenChunk) -> list[dict[str, Any]]:
+            delta: dict[str, Any] = {}
+            if i not in readers:
+                readers[i] = ToolCallStream(plan.mode)
+                delta["role"] = "assistant"
+            reader = readers[i]
+            content, calls = reader.feed(chunk.text)
+            finish = chunk.finish_reason
+            if finish is not None:
+                content += reader.rest()
+                if reader.calls and finish == "stop":
+                    finish = "tool_calls"
+            if content or ("role" in delta and plan.mode == "text"):
+                delta["content"] = content
+            if calls:
+                first = reader.calls - len(calls)
+                delta["tool_calls"] = [{"index": first + k, **c} for k, c in enumerate(calls)]
+            logprobs = openai.chat_logprobs(chunk.logprobs) if body.logprobs else None
+            if not delta and finish is None and not chunk.logprobs:
+                return []
+            return [
+                openai.chat_chunk(
+                    rid,
+                    body.model,
+                    created,
+                    index=i,
+                    delta=delta,
+                    finish_reason=finish,
+                    logprobs=logprobs,
+                )
+            ]
 
-        def usage(last: TokenChunk) -> dict[str, Any]:
-            return openai.chat_chunk(rid, body.model, created, last, usage=True)
+        def usage_event(u: dict[str, int]) -> dict[str, Any]:
+            return openai.chat_chunk(rid, body.model, created, usage=u)
 
-        return await _stream(request, state, body.to_core(), event, usage, body.include_usage)
-    text, last = await _collect(request, state, body.to_core())
+        return await _stream(request, state, cores, event, usage_event, body.include_usage)
+    results = await _collect_all(request, state, cores)
+    answers = []
+    for i, (text, last, logprobs) in enumerate(results):
+        content, calls = read_answer(text, plan.mode)
+        finish = "tool_calls" if calls and last.finish_reason == "stop" else last.finish_reason
+        answers.append(openai.Answer(i, content, finish, logprobs, calls))
+    totals = _usage(results)
     return json_response(
-        openai.chat_response(rid, body.model, text, last), headers=_usage_headers(last)
+        openai.chat_response(rid, body.model, answers, totals, body.logprobs),
+        headers=_usage_headers(totals),
     )
 
 
@@ -86,26 +137,48 @@ async def completions(request: Request) -> Response:
         )
     rid = openai.new_id("cmpl")
     core = body.to_core()
+    cores = _choices(core, body.n)
     prefix = core.prompt if body.echo and core.prompt else ""
     if body.stream:
         created = int(time.time())
-        echoed = not prefix
+        offsets: dict[int, int] = {}
 
-        def event(chunk: TokenChunk) -> dict[str, Any]:
-            nonlocal echoed
-            if not echoed:
-                echoed = True
-                chunk = TokenChunk(prefix + chunk.text, chunk.finish_reason)
-            return openai.completion_chunk(rid, body.model, created, chunk)
+        def event(i: int, chunk: TokenChunk) -> list[dict[str, Any]]:
+            text = chunk.text
+            if i not in offsets:
+                offsets[i] = len(prefix)
+                text = prefix + text
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = openai.completion_logprobs(chunk.logprobs, offsets[i])
+                offsets[i] += sum(len(t.token) for t in chunk.logprobs)
+            return [
+                openai.completion_chunk(
+                    rid,
+                    body.model,
+                    created,
+                    index=i,
+                    text=text,
+                    finish_reason=chunk.finish_reason,
+                    logprobs=logprobs,
+                )
+            ]
 
-        def usage(last: TokenChunk) -> dict[str, Any]:
-            return openai.completion_chunk(rid, body.model, created, last, usage=True)
+        def usage_event(u: dict[str, int]) -> dict[str, Any]:
+            return openai.completion_chunk(rid, body.model, created, usage=u)
 
-        return await _stream(request, state, core, event, usage, body.include_usage)
-    text, last = await _collect(request, state, core)
+        return await _stream(request, state, cores, event, usage_event, body.include_usage)
+    results = await _collect_all(request, state, cores)
+    answers = [
+        openai.Answer(i, text, last.finish_reason, logprobs)
+        for i, (text, last, logprobs) in enumerate(results)
+    ]
+    totals = _usage(results)
     return json_response(
-        openai.completion_response(rid, body.model, prefix + text, last),
-        headers=_usage_headers(last),
+        openai.completion_response(
+            rid, body.model, answers, totals, prefix, body.logprobs is not None
+        ),
+        headers=_usage_headers(totals),
     )
 
 
@@ -123,23 +196,45 @@ async def embeddings(request: Request) -> Response:
     )
 
 
-async def _collect(
-    request: Request, state: WorkerState, core: GenerateRequest
-) -> tuple[str, TokenChunk]:
+_Result = tuple[str, TokenChunk, tuple[TokenLogprob, ...]]
+
+
+def _usage(results: list[_Result]) -> dict[str, int]:
+    prompt = results[0][1].prompt_tokens if results else 0
+    return openai.usage_body(prompt, sum(last.completion_tokens for _, last, _ in results))
+
+
+async def _collect_all(
+    request: Request, state: WorkerState, cores: list[GenerateRequest]
+) -> list[_Result]:
+    """Each choice in turn (they share the model's instances anyway)."""
+    results = []
+    for core in cores:
+        result = await collect(request, state, core)
+        results.append(result)
+        if result[1].finish_reason == "cancelled":
+            break
+    return results
+
+
+async def collect(request: Request, state: WorkerState, core: GenerateRequest) -> _Result:
     """Run a whole generation; stops it if the client disconnects meanwhile."""
     runtime = await state.wait_ready()
+    runtime.check_generation(core)
     start = time.perf_counter()
 
-    async def generate() -> tuple[str, TokenChunk]:
+    async def generate() -> _Result:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         last = TokenChunk("")
         async with aclosing(runtime.stream(core)) as stream:
             async for chunk in stream:
                 if not parts and chunk.text:
                     state.metrics.ttft.observe(time.perf_counter() - start)
                 parts.append(chunk.text)
+                logprobs.extend(chunk.logprobs)
                 last = chunk
-        return "".join(parts), last
+        return "".join(parts), last, tuple(logprobs)
 
     work = asyncio.ensure_future(generate())
     gone = asyncio.ensure_future(_disconnected(request))
@@ -151,10 +246,10 @@ async def _collect(
         work.cancel()
         state.metrics.cancelled.inc()
         await asyncio.gather(work, return_exceptions=True)
-        return "", TokenChunk("", "cancelled")
-    text, last = work.result()
+        return "", TokenChunk("", "cancelled"), ()
+    text, last, logprobs = work.result()
     state.metrics.count_tokens(last.prompt_tokens, last.completion_tokens)
-    return text, last
+    return text, last, logprobs
 
 
 async def _disconnected(request: Request) -> None:
@@ -168,16 +263,18 @@ async def _disconnected(request: Request) -> None:
 async def _stream(
     request: Request,
     state: WorkerState,
-    core: GenerateRequest,
-    event: Callable[[TokenChunk], dict[str, Any]],
-    usage: Callable[[TokenChunk], dict[str, Any]],
+    cores: list[GenerateRequest],
+    event: Callable[[int, TokenChunk], list[dict[str, Any]]],
+    usage: Callable[[dict[str, int]], dict[str, Any]],
     include_usage: bool,
 ) -> Response:
-    """SSE, token by token. Waits for the first token before answering, so an error
-    found up front (context overflow, bad template) is a proper 4xx, not a 200 stream."""
+    """SSE, token by token, one choice after the other. Waits for the first token
+    before answering, so an error found up front (context overflow, bad template) is a
+    proper 4xx, not a 200 stream."""
     runtime = await state.wait_ready()
+    runtime.check_generation(cores[0])
     start = time.perf_counter()
-    stream = runtime.stream(core)
+    stream = runtime.stream(cores[0])
     try:
         first = await anext(stream)
     except StopAsyncIteration:
@@ -188,14 +285,21 @@ async def _stream(
     state.metrics.ttft.observe(time.perf_counter() - start)
 
     async def events() -> AsyncIterator[bytes]:
-        last = first
+        prompt, completion = first.prompt_tokens, 0
         finished = False
         try:
-            async with aclosing(stream):
-                yield _sse(event(first))
-                async for chunk in stream:
-                    last = chunk
-                    yield _sse(event(chunk))
+            for i, core in enumerate(cores):
+                current = stream if i == 0 else runtime.stream(core)
+                last = first
+                async with aclosing(current):
+                    if i == 0:
+                        for body in event(0, first):
+                            yield _sse(body)
+                    async for chunk in current:
+                        last = chunk
+                        for body in event(i, chunk):
+                            yield _sse(body)
+                completion += last.completion_tokens
             finished = True
         except EdgeInferError as exc:
             yield _sse(openai.error_body(exc))
@@ -203,9 +307,9 @@ async def _stream(
         finally:
             if not finished:
                 state.metrics.cancelled.inc()
-        state.metrics.count_tokens(last.prompt_tokens, last.completion_tokens)
+        state.metrics.count_tokens(prompt, completion)
         if include_usage:
-            yield _sse(usage(last))
+            yield _sse(usage(openai.usage_body(prompt, completion)))
         yield b"data: [DONE]\n\n"
 
     # Completion tokens are only known at the end: they travel in the usage event.

@@ -85,3 +85,12 @@ def test_nn_preload_runs_a_wasmedge_style_ggml_guest() -> None:
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert '"output_tokens": 8' in r.stderr
+
+
+def test_a_missing_preload_file_reaches_the_guest_as_model_not_found(tmp_path: Path) -> None:
+    guest = build_guest("wasi-nn-ggml", Settings.from_env())
+    r = edgeinfer(
+        "--nn-preload", f"default:GGML:AUTO:{tmp_path / 'gone.gguf'}", str(guest), "--prompt", "hi"
+    )  # fmt: skip
+    # The guest starts, and its load_by_name fails with ModelNotFound (103): exit 4.
+    assert r.returncode == 4 and "error 103" in r.stderr, r.stderr

@@ -2,13 +2,15 @@
  *
  *   wasi-nn-ggml [--model NAME] [--n-predict N] [--ctx-size N] [--temp T] [--top-p P]
  *                [--repeat-penalty R] [--seed S] [--reverse-prompt S] [--stream]
- *                [--stream-stdout] [--metadata] [--prompt TEXT]
+ *                [--stream-stdout] [--metadata] [--prompt TEXT] [--options JSON]
  *
  * The prompt is --prompt, else all of stdin. Without --stream it calls compute once
  * and prints output 0; with --stream it prints each token as compute_single yields it.
  * --stream-stdout leaves printing to the backend (WasmEdge's stream-stdout option: each
  * token goes to stdout as it is generated) and does not print output 0 itself.
  * --metadata prints output 1 (token counts, JSON) to stderr after the answer.
+ * --options adds the members of a JSON object to the config as they are (for the
+ * plugin's other options: grammar, json-schema, embedding).
  * Exit codes: 0 done (end of sequence, n-predict reached or context full), 3 prompt too
  * long, 4 model not found, 5 any other wasi-nn error.
  *
@@ -62,7 +64,7 @@ static uint32_t set_prompt(uint32_t ctx, const char *prompt) {
 int main(int argc, char **argv) {
     const char *model = "default", *prompt = NULL, *reverse = NULL, *mode = "";
     const char *n_predict = NULL, *ctx_size = NULL, *temp = NULL, *top_p = NULL;
-    const char *repeat = NULL, *seed = NULL;
+    const char *repeat = NULL, *seed = NULL, *options = NULL;
     int stream = 0, metadata = 0, stream_stdout = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -80,6 +82,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) seed = argv[++i];
         else if (!strcmp(a, "--reverse-prompt")) reverse = argv[++i];
         else if (!strcmp(a, "--mode")) mode = argv[++i];
+        else if (!strcmp(a, "--options")) options = argv[++i];
         else { fprintf(stderr, "wasi-nn-ggml: unknown option %s\n", a); return 2; }
     }
     char *owned = NULL;
@@ -87,7 +90,7 @@ int main(int argc, char **argv) {
     if (!prompt) return fail("reading the prompt", WASI_NN_TOO_LARGE);
 
     /* The options, as the JSON config of WasmEdge's GGML plugin. */
-    char config[1024];
+    static char config[16384];
     size_t at = snprintf(config, sizeof config, "{\"stream-stdout\":%s", stream_stdout ? "true" : "false");
     const char *keys[] = {"n-predict", "ctx-size", "temp", "top-p", "repeat-penalty", "seed"};
     const char *vals[] = {n_predict, ctx_size, temp, top_p, repeat, seed};
@@ -97,6 +100,14 @@ int main(int argc, char **argv) {
         at += snprintf(config + at, sizeof config - at, ",\"reverse-prompt\":");
         at = json_str(config, at, sizeof config, reverse);
     }
+    if (options) {
+        /* {"k": v, ...} -> ,"k": v, ... */
+        const char *open = strchr(options, '{'), *close = strrchr(options, '}');
+        if (!open || !close || close < open) return fail("--options must be a JSON object", WASI_NN_INVALID_ARGUMENT);
+        if (close - open > 1)
+            at += snprintf(config + at, sizeof config - at, ",%.*s", (int)(close - open - 1), open + 1);
+    }
+    if (at >= sizeof config - 1) return fail("the config", WASI_NN_TOO_LARGE);
     snprintf(config + at, sizeof config - at, "}");
 
     uint32_t graph, ctx, err;

@@ -88,6 +88,15 @@ def run_module(opts: RunOptions, settings: Settings) -> int:
         return 1
 
 
+def _preload_path(preload: Preload) -> Path:
+    """The file a preload names. One that does not exist is not an error here: as in
+    WasmEdge, the guest gets ModelNotFound when it loads that model."""
+    try:
+        return resolve_artifact(preload.path, Path.cwd(), model=preload.name, field="--nn-preload")
+    except ConfigError:
+        return Path(preload.path)
+
+
 def _run(opts: RunOptions, settings: Settings) -> int:
     if not opts.module.is_file():
         raise ConfigError(f"{opts.module}: no such module file")
@@ -97,10 +106,7 @@ def _run(opts: RunOptions, settings: Settings) -> int:
             preloads.append(Preload.parse(text))
         except ValueError as exc:
             raise ConfigError(f"--nn-preload: {exc}") from None
-    paths = {
-        p.name: resolve_artifact(p.path, Path.cwd(), model=p.name, field="--nn-preload")
-        for p in preloads
-    }
+    paths = {p.name: _preload_path(p) for p in preloads}
     mounts: list[tuple[Path, str]] = []
     writable: list[tuple[Path, str]] = []
     for spec in opts.dirs:

@@ -26,10 +26,10 @@ def chat(extra: str = "") -> bytes:
 
 def test_chat_to_core() -> None:
     req = parse_json(
-        chat('"max_tokens": 5, "stop": "x", "seed": 3, "temperature": 0, "vendor_ext": 1'),
+        chat('"max_tokens": 5, "stop": "x", "seed": 3, "temperature": 0, "user": "u1"'),
         ChatCompletionRequest,
     )
-    core = req.to_core()
+    core = req.to_core(req.plan())
     assert core.messages is not None and core.messages[0].content == "hi"
     assert core.params.max_tokens == 5 and core.params.stop == ("x",) and core.params.seed == 3
 
@@ -41,7 +41,7 @@ def test_content_parts_and_developer_role() -> None:
         b' {"type": "text", "text": "b"}]}]}',
         ChatCompletionRequest,
     )
-    core = req.to_core()
+    core = req.to_core(req.plan())
     assert core.messages is not None
     assert [(m.role, m.content) for m in core.messages] == [("system", "be brief"), ("user", "ab")]
 
@@ -52,9 +52,10 @@ def test_content_parts_and_developer_role() -> None:
         ('"max_tokens": 0', "field 'max_tokens': Input should be greater than or equal to 1"),
         ('"max_tokens": -3', "max_tokens"),
         ('"temperature": 3', "field 'temperature'"),
-        ('"n": 2', "field 'n'"),
+        ('"n": 9', "field 'n'"),
         ('"stop": ["a", "b", "c", "d", "e"]', "at most 4 stop sequences"),
-        ('"logprobs": true', "logprobs are not supported"),
+        ('"top_logprobs": 2', "top_logprobs needs logprobs"),
+        ('"top_logprobs": 21, "logprobs": true', "field 'top_logprobs'"),
         ('"top_p": 0', "field 'top_p'"),
     ],
 )
@@ -87,8 +88,15 @@ def test_completion_defaults_and_refusals() -> None:
     assert req.to_core().params.max_tokens == 16  # OpenAI's legacy default
     with pytest.raises(BadInput, match="exactly one prompt"):
         parse_json(b'{"model": "m", "prompt": ["a", "b"]}', CompletionRequest)
-    with pytest.raises(BadInput, match="suffix"):
+    with pytest.raises(BadInput, match="suffix") as info:
         parse_json(b'{"model": "m", "prompt": "a", "suffix": "b"}', CompletionRequest)
+    assert info.value.param == "suffix"
+    with pytest.raises(BadInput, match="echoed prompt"):
+        parse_json(b'{"model": "m", "prompt": "a", "echo": true, "logprobs": 1}', CompletionRequest)
+    neutral = parse_json(
+        b'{"model": "m", "prompt": "a", "suffix": "", "best_of": 1}', CompletionRequest
+    )
+    assert neutral.to_core().prompt == "a"
     for empty in (b'""', b'[""]'):  # llama.cpp fails on no tokens: a 400 first
         with pytest.raises(BadInput, match="must not be empty"):
             parse_json(b'{"model": "m", "prompt": %s}' % empty, CompletionRequest)
@@ -107,3 +115,68 @@ def test_embedding_encodings() -> None:
         embedding_response("m", emb, "float", 3)
     with pytest.raises(BadInput, match="token arrays"):
         parse_json(b'{"model": "m", "input": [[1, 2]]}', EmbeddingRequest)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "fragment"),
+    [
+        ('"vendor_ext": 1', "vendor_ext", "unrecognized request field 'vendor_ext'"),
+        ('"audio": {"voice": "alloy"}', "audio", "audio output is not supported"),
+        ('"logit_bias": {"50256": -100}', "logit_bias", "logit_bias is not supported"),
+        ('"modalities": ["text", "audio"]', "modalities", "only text output"),
+        ('"functions": [{"name": "f"}]', "functions", "send tools"),
+        ('"stream_options": "yes"', "stream_options", "field 'stream_options'"),
+        ('"stream_options": [1]', "stream_options", "field 'stream_options'"),
+        ('"stream_options": {"include_usage": "maybe"}', "stream_options.include_usage", ""),
+        ('"stream_options": {"other": true}', "stream_options.other", "Extra inputs"),
+        ('"metadata": {"k": 1}', "metadata.k", "field 'metadata.k'"),
+        ('"user": 5', "user", "field 'user'"),
+        ('"response_format": {"type": "xml"}', "response_format", "response_format"),
+        ('"tool_choice": "required"', "tool_choice", "needs tools"),
+    ],
+)
+def test_every_field_is_honoured_or_refused_by_name(extra: str, param: str, fragment: str) -> None:
+    with pytest.raises(BadInput) as info:
+        req = parse_json(chat(extra), ChatCompletionRequest)
+        req.plan()
+    assert info.value.param == param
+    assert fragment in info.value.message
+
+
+def test_caller_fields_and_nulls_are_accepted() -> None:
+    req = parse_json(
+        chat(
+            '"user": "u", "metadata": {"app": "x"}, "store": false, "service_tier": "auto", '
+            '"modalities": ["text"], "logit_bias": {}, "audio": null, "temperature": null, '
+            '"stream_options": {"include_usage": true}, "stream": true'
+        ),
+        ChatCompletionRequest,
+    )
+    assert req.temperature == 1.0 and req.include_usage
+
+
+def test_tool_history_is_rendered_in_the_documented_format() -> None:
+    req = parse_json(
+        b'{"model": "m", "tools": [{"type": "function", "function": {"name": "f", '
+        b'"parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}],'
+        b'"messages": [{"role": "user", "content": "hi"},'
+        b'{"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",'
+        b' "function": {"name": "f", "arguments": "{\\"x\\": 1}"}}]},'
+        b'{"role": "tool", "tool_call_id": "c1", "content": "42"}]}',
+        ChatCompletionRequest,
+    )
+    core = req.to_core(req.plan())
+    assert core.messages is not None
+    roles = [m.role for m in core.messages]
+    assert roles == ["system", "user", "assistant", "tool"]
+    assert '"name": "f"' in core.messages[0].content and "<tools>" in core.messages[0].content
+    assert (
+        core.messages[2].content
+        == '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    )
+    assert core.messages[3].content == "<tool_response>\n42\n</tool_response>"
+    assert core.params.grammar is not None and "<tool_call>" in core.params.grammar
+    with pytest.raises(BadInput, match="tool_call_id"):
+        parse_json(
+            b'{"model": "m", "messages": [{"role": "tool", "content": "x"}]}', ChatCompletionRequest
+        )

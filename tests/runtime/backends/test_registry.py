@@ -9,9 +9,10 @@ import pytest
 from runtime.backends import registry
 from runtime.backends.onnx import OnnxRuntime
 from runtime.backends.registry import create_runtime, resolve_device, runtime_class
-from runtime.errors import RuntimeUnavailable
+from runtime.errors import BadInput, RuntimeUnavailable
 from runtime.settings import Settings
 from runtime.spec.model import ModelSpec, RuntimeName
+from runtime.spec.types import GenerateRequest, SamplingParams
 
 SETTINGS = Settings(state_dir=Path("/nonexistent"))
 
@@ -101,3 +102,19 @@ def test_a_batch_over_max_batch_is_a_400_naming_the_limit() -> None:
     assert info.value.status == 400
     assert f"{limit + 1} inputs in one request" in info.value.message
     assert f"at most {limit} (options.max_batch)" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("params", "what"),
+    [
+        (SamplingParams(grammar='root ::= "a"'), "constrained decoding"),
+        (SamplingParams(top_logprobs=0), "logprobs"),
+    ],
+)
+def test_a_runtime_refuses_what_it_cannot_honour(params: SamplingParams, what: str) -> None:
+    onnx = OnnxRuntime(spec(), device="cpu", settings=SETTINGS, base_dir=Path("."))
+    onnx.check_generation(GenerateRequest(prompt="x"))  # plain sampling: nothing to refuse
+    with pytest.raises(BadInput, match=what):
+        onnx.check_generation(GenerateRequest(prompt="x", params=params))
+    llama = runtime_class(RuntimeName.LLAMA)
+    assert {"grammar", "logprobs"} <= llama.generation_features

@@ -6,8 +6,14 @@ Options (the JSON config of ``load_by_name_with_config``, or input 1 of ``set_in
 ``batch-size``, ``n-gpu-layers``, ``threads``, ``temp``, ``top-p``,
 ``repeat-penalty``, ``presence-penalty``, ``frequency-penalty``, ``seed``,
 ``reverse-prompt``, ``stream-stdout`` (print each token to the guest's stdout as it is
-generated), ``enable-log``, ``enable-debug-log``. Unknown keys are ignored, as
-WasmEdge does.
+generated), ``enable-log``, ``enable-debug-log``, and the options that change what
+comes out: ``grammar`` (llama.cpp GBNF), ``json-schema`` (a JSON Schema, as a JSON
+string or an object, turned into a grammar by ``runtime.grammar`` with its checks and
+bounds; not both), ``embedding`` (``compute`` then writes the prompt's embedding as
+WasmEdge writes it, ``{"n_embedding": N, "embedding": [...]}``: the model's pooled
+embedding, or the mean of its token embeddings when it pools none, L2-normalised).
+A grammar that does not parse, or a schema that is refused, is INVALID_ARGUMENT.
+Unknown keys are ignored, as WasmEdge does.
 
 Input 0 is the prompt (U8 bytes, special tokens parsed); output 0 the generated text,
 output 1 metadata JSON (``input_tokens``, ``output_tokens``, ...). ``compute`` runs a
@@ -31,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp import Llama
+import numpy as np
+from llama_cpp import Llama, LlamaGrammar
 
 from runtime.backends.llama import gguf_chat_template
+from runtime.backends.llama_decode import grammar_parses
 from runtime.backends.wasm.wasi_nn.types import (
     CONTEXT_FULL,
     END_OF_SEQUENCE,
@@ -43,10 +51,12 @@ from runtime.backends.wasm.wasi_nn.types import (
     NnError,
     NnTensor,
 )
+from runtime.errors import BadInput
+from runtime.spec.grammar import GrammarBuilder
 
 __all__ = ["GgmlGraph", "GgmlModel"]
 
-_INSTANCE_KEYS = ("ctx-size", "batch-size", "threads", "n-gpu-layers", "enable-log")
+_INSTANCE_KEYS = ("ctx-size", "batch-size", "threads", "n-gpu-layers", "enable-log", "embedding")
 
 
 class GgmlModel:
@@ -70,6 +80,9 @@ class GgmlModel:
             "stream-stdout": False,
             "enable-log": False,
             "enable-debug-log": False,
+            "grammar": "",
+            "json-schema": "",
+            "embedding": False,
             **defaults,
         }
         self._free: dict[tuple[Any, ...], list[Llama]] = {}
@@ -99,6 +112,7 @@ class GgmlModel:
                 n_threads_batch=int(opts["threads"]),
                 n_gpu_layers=int(opts["n-gpu-layers"]),
                 use_mmap=True,
+                embedding=bool(opts["embedding"]),
                 verbose=bool(opts["enable-log"] or opts["enable-debug-log"]),
             )
         except (ValueError, RuntimeError) as exc:
@@ -196,6 +210,8 @@ class GgmlContext:
 
     def compute(self) -> int:
         self._reset()
+        if self.opts["embedding"]:
+            return self._embed()
         while True:
             code = self.compute_single()
             if code != 0:
@@ -204,6 +220,10 @@ class GgmlContext:
     def compute_single(self) -> int:
         llm = self._llm()
         self.deadline_check()
+        if self.opts["embedding"]:
+            raise NnError(
+                INVALID_ARGUMENT, "an embedding is computed with compute, not compute_single"
+            )
         if self._gen is None:
             if self.stop_reason:
                 return END_OF_SEQUENCE if self.stop_reason != "context_full" else CONTEXT_FULL
@@ -283,6 +303,7 @@ class GgmlContext:
                 f"the prompt is {len(tokens)} tokens; the context holds {self._n_ctx(llm)}",
             )
         self.n_input = len(tokens)
+        grammar = self._grammar(llm)
         seed = int(self.opts["seed"])
         if seed >= 0:
             llm.set_seed(seed)
@@ -294,7 +315,51 @@ class GgmlContext:
             presence_penalty=float(self.opts["presence-penalty"]),
             frequency_penalty=float(self.opts["frequency-penalty"]),
             reset=True,
+            grammar=grammar,
         )
+
+    def _grammar(self, llm: Llama) -> LlamaGrammar | None:
+        gbnf, schema = self.opts["grammar"], self.opts["json-schema"]
+        if gbnf and schema:
+            raise NnError(INVALID_ARGUMENT, "set grammar or json-schema, not both")
+        if schema:
+            try:
+                parsed = json.loads(schema) if isinstance(schema, str) else schema
+                builder = GrammarBuilder()
+                gbnf = builder.grammar(builder.schema(parsed, "json-schema"))
+            except json.JSONDecodeError as exc:
+                raise NnError(INVALID_ARGUMENT, f"json-schema is not JSON: {exc}") from exc
+            except BadInput as exc:
+                raise NnError(INVALID_ARGUMENT, exc.message) from exc
+        if not gbnf:
+            return None
+        if not isinstance(gbnf, str) or not grammar_parses(llm, gbnf):
+            raise NnError(INVALID_ARGUMENT, "grammar is not a GBNF grammar llama.cpp can parse")
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def _embed(self) -> int:
+        llm = self._llm()
+        text = self.prompt.decode("utf-8", errors="replace")
+        tokens = llm.tokenize(self.prompt, add_bos=True, special=True)
+        if len(tokens) >= self._n_ctx(llm):
+            raise NnError(
+                PROMPT_TOO_LONG,
+                f"the prompt is {len(tokens)} tokens; the context holds {self._n_ctx(llm)}",
+            )
+        try:
+            raw = np.asarray(llm.embed(text), dtype=np.float64)
+        except (RuntimeError, ValueError) as exc:
+            raise NnError(RUNTIME_ERROR, f"llama.cpp failed: {exc}") from exc
+        vector = raw.mean(axis=0) if raw.ndim == 2 else raw  # token embeddings: mean-pool
+        norm = float(np.linalg.norm(vector))
+        if norm > 0:
+            vector = vector / norm
+        self.n_input = len(tokens)
+        body = {"n_embedding": int(vector.shape[0]), "embedding": [float(v) for v in vector]}
+        self.output = bytearray(json.dumps(body).encode())
+        self.last = bytes(self.output)
+        self.stop_reason = "eos"
+        return 0
 
     def _finish(self, reason: str, code: int) -> int:
         self.stop_reason = reason

@@ -90,6 +90,8 @@ class NnHost:
                 known = ", ".join(self.preloads) or "none"
                 raise NnError(MODEL_NOT_FOUND, f"no preloaded model {name!r} (preloaded: {known})")
             preload, path = entry
+            if not path.is_file():
+                raise NnError(MODEL_NOT_FOUND, f"preloaded model {name!r}: {path} does not exist")
             if preload.encoding == "GGML":
                 from runtime.backends.wasm.wasi_nn.ggml import GgmlModel
 

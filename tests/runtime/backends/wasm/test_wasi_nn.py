@@ -197,3 +197,81 @@ def test_onnx_wrong_shape_is_an_error_code(onnx_nn: tuple[Template, NnHost]) -> 
 def test_onnx_model_not_found(onnx_nn: tuple[Template, NnHost]) -> None:
     code, _, err, _ = _call(*onnx_nn, "--model", "nope", "--shape", "1,4", "--input", "1,2,3,4")
     assert code == 4 and f"error {MODEL_NOT_FOUND}" in err
+
+
+ANSWER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 16},
+        "sure": {"type": "boolean"},
+    },
+    "required": ["city", "sure"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_string", [True, False])
+def test_ggml_json_schema_option_constrains_the_output(
+    ggml: tuple[Template, NnHost], as_string: bool
+) -> None:
+    import jsonschema
+
+    schema: object = json.dumps(ANSWER) if as_string else ANSWER
+    for seed in ("1", "2"):
+        code, out, err, state = _call(
+            *ggml,
+            "--n-predict", "60", "--temp", "0.8", "--seed", seed,
+            "--options", json.dumps({"json-schema": schema}),
+            stdin=CHAT,
+        )  # fmt: skip
+        assert code == 0, err
+        assert state.last_metadata["stop_reason"] == "eos"
+        jsonschema.validate(json.loads(out), ANSWER)
+
+
+@pytest.mark.slow
+def test_ggml_grammar_option_and_bad_grammars(ggml: tuple[Template, NnHost]) -> None:
+    grammar = {"grammar": 'root ::= ("yes" | "no") "."'}
+    code, out, err, _ = _call(
+        *ggml, "--n-predict", "8", "--options", json.dumps(grammar), "--stream", stdin=CHAT
+    )
+    assert code == 0, err
+    assert out in ("yes.", "no.")
+    for bad in (
+        {"grammar": "root ::= (unclosed"},
+        {"json-schema": {"type": "number", "minimum": 1}},
+        {"json-schema": "{not json"},
+        {"grammar": 'root ::= "a"', "json-schema": ANSWER},
+    ):
+        code, _, err, _ = _call(*ggml, "--options", json.dumps(bad), stdin=CHAT)
+        assert code == 5 and "compute failed: error 1" in err, (bad, err)
+    # The host is still serving after the refusals.
+    assert _call(*ggml, "--n-predict", "2", stdin=CHAT)[0] == 0
+
+
+@pytest.mark.slow
+def test_ggml_embedding_option_writes_wasmedge_json(ggml: tuple[Template, NnHost]) -> None:
+    options = json.dumps({"embedding": True})
+    outs = [_call(*ggml, "--options", options, stdin=text) for text in (b"cats", b"cats", b"tax")]
+    for code, _, err, _ in outs:
+        assert code == 0, err
+    bodies = [json.loads(out) for _, out, _, _ in outs]
+    assert all(b["n_embedding"] == len(b["embedding"]) == 576 for b in bodies)
+    vectors = [np.asarray(b["embedding"]) for b in bodies]
+    np.testing.assert_allclose(np.linalg.norm(vectors[0]), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(vectors[0], vectors[1])
+    assert not np.allclose(vectors[0], vectors[2])
+
+
+@pytest.mark.slow
+def test_a_missing_preloaded_file_is_model_not_found_at_load(
+    host: WasmHost, ggml_guest: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "gone.gguf"
+    nn = NnHost([Preload.parse(f"default:GGML:AUTO:{missing}")], {"default": missing})
+    try:
+        template = host.template(host.module(ggml_guest), define_wasi_nn)
+        code, _, err, state = _call(template, nn, stdin=b"hi")
+    finally:
+        nn.close()
+    assert code == 4 and f"error {MODEL_NOT_FOUND}" in err and state.last_error == MODEL_NOT_FOUND
