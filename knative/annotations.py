@@ -1,5 +1,6 @@
 """Knative's autoscaling annotations: written from a ``ScalingRule``, checked with
-Knative's own rules and bounds.
+Knative's own rules and bounds (the one table ``runtime.spec.knative_bounds``, which the
+scaling rule reads too).
 
 ``runtime.spec.scaling.ScalingRule`` is the one definition of a model's scaling rule; this
 module only spells it the way Knative reads it (``autoscaling.knative.dev/*`` on
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runtime.spec.clusters import KnativeProfile
+from runtime.spec.knative_bounds import KNATIVE_BOUNDS
 from runtime.spec.scaling import ScalingRule, format_duration, parse_duration
 
 __all__ = [
@@ -40,6 +42,15 @@ _METRICS = {KPA: ("concurrency", "rps")}
 _ALGORITHMS = ("linear", "weighted-exponential", "weightedExponential")
 # What only the KPA reads.
 _KPA_ONLY = ("window", "panic-window-percentage", "panic-threshold-percentage")
+# The annotations checked against ``KNATIVE_BOUNDS`` as plain numbers and as durations
+# (the scale counts are checked one by one below: their relations matter too).
+_NUMBERS = (
+    "target",
+    "target-utilization-percentage",
+    "panic-window-percentage",
+    "panic-threshold-percentage",
+)
+_DURATIONS = ("window", "scale-down-delay", "scale-to-zero-pod-retention-period")
 _GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 _KNOWN_KEYS = frozenset(
     AUTOSCALING + k
@@ -135,49 +146,46 @@ def check_annotations(
         elif cls == HPA and not metric:
             bad("metric", "the HPA class needs a metric, e.g. cpu or memory")
 
-    def number(key: str, low: float, high: float | None, *, integer: bool) -> float | None:
-        raw = a.get(AUTOSCALING + key)
+    def number(key: str) -> float | None:
+        raw, bound = a.get(AUTOSCALING + key), KNATIVE_BOUNDS[key]
         if raw is None:
             return None
+        integer = bound.kind == "integer"
         try:
             value = float(int(raw)) if integer else float(raw)
         except ValueError:
-            kind = "a whole number" if integer else "a number"
-            bad(key, f"{raw!r} is not {kind}")
+            bad(key, f"{raw!r} is not {'a whole number' if integer else 'a number'}")
             return None
-        if value < low or (high is not None and value > high):
-            upper = f"..{high:g}" if high is not None else " or more"
-            bad(key, f"{raw} is out of Knative's bounds {low:g}{upper}")
+        if not bound.admits(value):
+            bad(key, f"{raw} is out of Knative's bounds {bound.describe()}")
             return None
         return value
 
-    def duration(key: str, low: float, *, whole: bool) -> None:
-        raw = a.get(AUTOSCALING + key)
+    def duration(key: str) -> None:
+        raw, bound = a.get(AUTOSCALING + key), KNATIVE_BOUNDS[key]
         if raw is None:
             return
         if not _GO_DURATION.match(raw.strip()):
             bad(key, f"{raw!r} is not a duration; Knative wants units, e.g. '60s' or '1m30s'")
             return
         seconds = parse_duration(raw)
-        if seconds < low or seconds > 3600.0:
-            bad(key, f"{raw} is out of Knative's bounds {format_duration(low)}..3600s")
-        elif whole and seconds != int(seconds):
+        if not bound.admits(seconds):
+            bad(key, f"{raw} is out of Knative's bounds {bound.describe()}")
+        elif bound.whole and seconds != int(seconds):
             bad(key, f"{raw} must be whole seconds (Knative has second precision here)")
 
-    number("target", 0.01, None, integer=False)
-    number("target-utilization-percentage", 1, 100, integer=False)
-    number("panic-window-percentage", 1, 100, integer=False)
-    number("panic-threshold-percentage", 110, 1000, integer=False)
+    for key in _NUMBERS:
+        number(key)
     burst = a.get(AUTOSCALING + "target-burst-capacity")
     if burst is not None and not _burst_ok(burst):
         bad("target-burst-capacity", f"{burst!r} must be a number >= 0, or -1 (unlimited)")
     algorithm = a.get(AUTOSCALING + "metric-aggregation-algorithm")
     if cls == KPA and algorithm and algorithm not in _ALGORITHMS:
         bad("metric-aggregation-algorithm", f"{algorithm!r} is not one of {_ALGORITHMS}")
-    low = number("min-scale", 0, None, integer=True)
-    high = number("max-scale", 0, None, integer=True)
-    initial = number("initial-scale", 0, None, integer=True)
-    number("activation-scale", 1, None, integer=True)
+    low = number("min-scale")
+    high = number("max-scale")
+    initial = number("initial-scale")
+    number("activation-scale")
     if low is not None and high is not None and high and high < low:
         bad("max-scale", f"max-scale ({high:g}) must be >= min-scale ({low:g}) or 0 (unbounded)")
     limit = profile.max_scale_limit
@@ -195,9 +203,8 @@ def check_annotations(
             "cluster profile",
             "warning",
         )
-    duration("window", 6.0, whole=True)
-    duration("scale-down-delay", 0.0, whole=True)
-    duration("scale-to-zero-pod-retention-period", 0.0, whole=False)
+    for key in _DURATIONS:
+        duration(key)
     if cls == HPA:
         ignored = [k for k in _KPA_ONLY if AUTOSCALING + k in a]
         if ignored:

@@ -1,8 +1,10 @@
 """The scaling rule: Knative's autoscaling knobs, with Knative's names, bounds and meaning.
 
-A rule means the same on an edge box (the embedded supervisor) and in a cluster
-(``autoscaling.knative.dev/*`` annotations). Names and bounds follow Knative Serving's
-documentation and its ``autoscaling`` validation:
+The bounds themselves are one table, ``runtime.spec.knative_bounds.KNATIVE_BOUNDS``,
+which the Knative annotation checker reads too. A rule means the same on an edge box
+(the embedded supervisor) and in a cluster (``autoscaling.knative.dev/*`` annotations).
+Names and bounds follow Knative Serving's documentation and its ``autoscaling``
+validation:
 
 * ``min-scale`` / ``max-scale`` / ``initial-scale``: replica counts; ``max-scale`` 0
   means unbounded, otherwise it must be >= ``min-scale``.
@@ -29,6 +31,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, model_validator
 
 from runtime.spec.frozen import Frozen
+from runtime.spec.knative_bounds import KNATIVE_BOUNDS
 
 __all__ = ["ScalingRule", "format_duration", "parse_duration"]
 
@@ -76,32 +79,35 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-class ScalingRule(Frozen):
-    """Per-model autoscaling, Knative KPA semantics. Field aliases are Knative's names."""
+def _knob(default: float, name: str, description: str | None = None) -> Any:
+    """A field named and bounded as Knative names and bounds it (``KNATIVE_BOUNDS``)."""
+    b = KNATIVE_BOUNDS[name]
+    low = {"gt": b.low} if b.low_exclusive else {"ge": b.low}
+    return Field(default, alias=name, le=b.high, description=description, **low)
 
-    min_scale: int = Field(0, alias="min-scale", ge=0)
-    max_scale: int = Field(0, alias="max-scale", ge=0, description="0 means unbounded")
-    initial_scale: int = Field(1, alias="initial-scale", ge=0)
-    target: float = Field(100.0, alias="target", ge=0.01)
-    target_utilization_percentage: float = Field(
-        70.0, alias="target-utilization-percentage", ge=1.0, le=100.0
-    )
-    container_concurrency: int = Field(0, alias="container-concurrency", ge=0, le=1000)
-    window: Duration = Field(60.0, alias="window", ge=6.0, le=3600.0)
-    panic_window_percentage: float = Field(10.0, alias="panic-window-percentage", ge=1.0, le=100.0)
-    panic_threshold_percentage: float = Field(
-        200.0, alias="panic-threshold-percentage", ge=110.0, le=1000.0
-    )
-    scale_down_delay: Duration = Field(0.0, alias="scale-down-delay", ge=0.0, le=3600.0)
-    scale_to_zero_pod_retention_period: Duration = Field(
-        0.0, alias="scale-to-zero-pod-retention-period", ge=0.0, le=3600.0
-    )
-    timeout: Duration = Field(300.0, alias="timeout", gt=0.0, le=600.0)
+
+class ScalingRule(Frozen):
+    """Per-model autoscaling, Knative KPA semantics. Field aliases are Knative's names;
+    bounds are Knative's, from ``runtime.spec.knative_bounds``."""
+
+    min_scale: int = _knob(0, "min-scale")
+    max_scale: int = _knob(0, "max-scale", "0 means unbounded")
+    initial_scale: int = _knob(1, "initial-scale")
+    target: float = _knob(100.0, "target")
+    target_utilization_percentage: float = _knob(70.0, "target-utilization-percentage")
+    container_concurrency: int = _knob(0, "container-concurrency")
+    window: Duration = _knob(60.0, "window")
+    panic_window_percentage: float = _knob(10.0, "panic-window-percentage")
+    panic_threshold_percentage: float = _knob(200.0, "panic-threshold-percentage")
+    scale_down_delay: Duration = _knob(0.0, "scale-down-delay")
+    scale_to_zero_pod_retention_period: Duration = _knob(0.0, "scale-to-zero-pod-retention-period")
+    timeout: Duration = _knob(300.0, "timeout")
 
     @model_validator(mode="after")
     def _check_relations(self) -> ScalingRule:
-        if self.window != int(self.window):
-            raise ValueError(f"window must be whole seconds, got {self.window}s")
+        for name, seconds in (("window", self.window), ("scale-down-delay", self.scale_down_delay)):
+            if KNATIVE_BOUNDS[name].whole and seconds != int(seconds):
+                raise ValueError(f"{name} must be whole seconds, got {seconds}s")
         if self.max_scale and self.max_scale < self.min_scale:
             raise ValueError(
                 f"max-scale ({self.max_scale}) must be >= min-scale ({self.min_scale}) "
