@@ -82,8 +82,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def _knob(default: float, name: str, description: str | None = None) -> Any:
     """A field named and bounded as Knative names and bounds it (``KNATIVE_BOUNDS``)."""
     b = KNATIVE_BOUNDS[name]
-    low = {"gt": b.low} if b.low_exclusive else {"ge": b.low}
-    return Field(default, alias=name, le=b.high, description=description, **low)
+    gt, ge = (b.low, None) if b.low_exclusive else (None, b.low)
+    return Field(default, alias=name, gt=gt, ge=ge, le=b.high, description=description)
 
 
 class ScalingRule(Frozen):
