@@ -16,12 +16,9 @@ from typing import Any
 from runtime.errors import ConfigError
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.model import ModelSpec, RuntimeName
-from runtime.spec.placement import Device, Placement, Tier, TierRole
+from runtime.spec.placement import CUDA_CAPABLE, Device, Placement, Tier, TierRole
 
-__all__ = ["CUDA_RUNTIMES", "check_placement", "default_placement", "placements_from_plan"]
-
-# Runtimes that can use a GPU (the WASM runtime is CPU only: DESIGN.md, "Runtimes").
-CUDA_RUNTIMES = (RuntimeName.LLAMA, RuntimeName.ONNX)
+__all__ = ["check_placement", "default_placement", "placements_from_plan"]
 
 
 def default_placement(spec: ModelSpec, cluster: ClusterSpec) -> Placement:
@@ -36,7 +33,7 @@ def default_placement(spec: ModelSpec, cluster: ClusterSpec) -> Placement:
     if not spec.runtimes:
         raise ValueError(f"model {spec.name!r} has no runtimes (it is served by an endpoint)")
     name = cluster.name
-    gpu_runtime = next((r for r in spec.runtimes if r in CUDA_RUNTIMES), None)
+    gpu_runtime = next((r for r in spec.runtimes if r in CUDA_CAPABLE), None)
     if cluster.has_gpu and gpu_runtime is not None:
         bridge_runtime = RuntimeName.WASM if RuntimeName.WASM in spec.runtimes else gpu_runtime
         tiers: tuple[Tier, ...] = (
@@ -70,7 +67,7 @@ def check_placement(spec: ModelSpec, placement: Placement, cluster: ClusterSpec)
         if tier.device is Device.CUDA and not cluster.has_gpu:
             kind = "an edge" if "edge" in cluster.labels else "a CPU-only"
             problems.append(f"{where}: {kind} cluster never gets a GPU tier")
-        if tier.device is Device.CUDA and tier.runtime not in CUDA_RUNTIMES:
+        if tier.device is Device.CUDA and tier.runtime not in CUDA_CAPABLE:
             problems.append(f"{where}: the {tier.runtime.value} runtime has no CUDA device")
         if tier.runtime not in spec.runtimes:
             listed = ", ".join(r.value for r in spec.runtimes)

@@ -34,6 +34,7 @@ from runtime.errors import (
     UnsupportedTask,
 )
 from runtime.spec.model import ArtifactFormat, RuntimeName
+from runtime.spec.placement import Device
 from runtime.spec.types import GenerateRequest, LoadReport, TokenChunk
 
 __all__ = ["LlamaRuntime", "gguf_chat_template"]
@@ -56,7 +57,7 @@ class LlamaRuntime(Runtime):
         return bool(llama_cpp.llama_supports_gpu_offload())
 
     async def load(self) -> LoadReport:
-        if self.device == "cuda" and not self.supports_cuda():
+        if self.device == Device.CUDA and not self.supports_cuda():
             raise RuntimeUnavailable(
                 "device cuda asked for, but this llama-cpp-python build has no GPU offload "
                 "(build it with CMAKE_ARGS=-DGGML_CUDA=on)"
@@ -85,7 +86,7 @@ class LlamaRuntime(Runtime):
                 n_batch=min(opts.batch_size, opts.context_length),
                 n_threads=threads,
                 n_threads_batch=threads,
-                n_gpu_layers=opts.gpu_layers if self.device == "cuda" else 0,
+                n_gpu_layers=opts.gpu_layers if self.device == Device.CUDA else 0,
                 use_mmap=True,
                 verbose=False,
             )

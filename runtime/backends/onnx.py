@@ -45,6 +45,7 @@ from runtime.errors import (
 from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.datatypes import from_onnx_type, numpy_dtype
 from runtime.spec.model import ArtifactFormat, RuntimeName, Task
+from runtime.spec.placement import Device
 from runtime.spec.types import Embeddings, LoadReport, Tensor, TensorSpec
 
 __all__ = ["OnnxRuntime"]
@@ -134,7 +135,7 @@ class OnnxRuntime(Runtime):
         return opts
 
     def _providers(self) -> list[str]:
-        if self.device == "cuda":
+        if self.device == Device.CUDA:
             if not self.supports_cuda():
                 raise RuntimeUnavailable(
                     "device cuda asked for, but this onnxruntime build has no "

@@ -23,6 +23,7 @@ from runtime.backends.devices import cuda_available, resident_memory_bytes
 from runtime.errors import BadInput, RuntimeUnavailable, UnsupportedTask
 from runtime.settings import Settings
 from runtime.spec.model import ArtifactFormat, ModelSpec, RuntimeName
+from runtime.spec.placement import CUDA_CAPABLE, DEVICE_CHOICES, Device
 from runtime.spec.types import (
     Embeddings,
     GenerateRequest,
@@ -105,7 +106,8 @@ class Runtime(ABC):
 
     @classmethod
     def supports_cuda(cls) -> bool:
-        """Whether this build of the runtime's library can use a CUDA device."""
+        """Whether this build of the runtime's library can use a CUDA device (only the
+        runtimes in ``runtime.spec.placement.CUDA_CAPABLE`` ever can)."""
         return False
 
     @abstractmethod
@@ -176,7 +178,7 @@ def cuda_runtimes() -> frozenset[RuntimeName]:
     if not cuda_available():
         return frozenset()
     found = set()
-    for name in _REGISTRY:
+    for name in CUDA_CAPABLE & _REGISTRY.keys():
         try:
             if runtime_class(name).supports_cuda():
                 found.add(name)
@@ -204,16 +206,18 @@ def runtime_class(name: RuntimeName) -> type[Runtime]:
     return cls
 
 
-def resolve_device(requested: str, cls: type[Runtime]) -> str:
+def resolve_device(requested: str, cls: type[Runtime]) -> Device:
     """``auto`` becomes ``cuda`` where a GPU is present and the runtime's build can use
     it, else ``cpu``; ``cuda`` on a host without one is an error, not a silent fallback."""
     if requested == "auto":
-        return "cuda" if cuda_available() and cls.supports_cuda() else "cpu"
-    if requested == "cuda" and not cuda_available():
+        return Device.CUDA if cuda_available() and cls.supports_cuda() else Device.CPU
+    if requested not in DEVICE_CHOICES:
+        raise RuntimeUnavailable(
+            f"unknown device {requested!r}; allowed: {', '.join(DEVICE_CHOICES)}"
+        )
+    if requested == Device.CUDA and not cuda_available():
         raise RuntimeUnavailable("--device cuda was asked for, but this host has no CUDA device")
-    if requested not in {"cpu", "cuda"}:
-        raise RuntimeUnavailable(f"unknown device {requested!r}; allowed: auto, cpu, cuda")
-    return requested
+    return Device(requested)
 
 
 def create_runtime(

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import RUNTIME_FORMATS, ModelSpec, RuntimeName
+from runtime.spec.placement import Device
 
 __all__ = [
     "LoadPoint",
@@ -233,7 +234,7 @@ class ProfileStore:
                 )
             except Exception:  # an artifact that cannot be resolved here has no profile
                 continue
-            for device in ("cpu", "cuda"):
+            for device in Device:
                 profile = self.get(spec.name, runtime, device, digest)
                 if profile is not None:
                     found.append(profile)

@@ -14,12 +14,23 @@ from enum import StrEnum
 
 from runtime.spec.model import RuntimeName
 
-__all__ = ["Device", "Placement", "Tier", "TierRole"]
+__all__ = ["CUDA_CAPABLE", "DEVICE_CHOICES", "Device", "Placement", "Tier", "TierRole"]
 
 
 class Device(StrEnum):
+    """What a replica computes on."""
+
     CPU = "cpu"
     CUDA = "cuda"
+
+
+# What a worker's ``--device`` takes: a device, or ``auto`` (CUDA where this host has a
+# GPU and the runtime's build can use it; see ``runtime.backends.registry``).
+DEVICE_CHOICES: tuple[str, ...] = ("auto", *(d.value for d in Device))
+
+# The runtimes that can run on a GPU at all (the WASM runtime is CPU only: DESIGN.md,
+# "Runtimes"). Whether this host's build of one can is ``Runtime.supports_cuda``.
+CUDA_CAPABLE: frozenset[RuntimeName] = frozenset({RuntimeName.LLAMA, RuntimeName.ONNX})
 
 
 class TierRole(StrEnum):

@@ -11,10 +11,9 @@ import sys
 from runtime.errors import EdgeInferError
 from runtime.settings import Settings
 from runtime.spec.model import RuntimeName, load_config
+from runtime.spec.placement import DEVICE_CHOICES
 
 __all__ = ["main", "parser"]
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def parser(prog: str = "python -m runtime.worker") -> argparse.ArgumentParser:
@@ -26,7 +25,7 @@ def parser(prog: str = "python -m runtime.worker") -> argparse.ArgumentParser:
         "--config", default=None, help="Model config (YAML); the bundled models when omitted."
     )
     p.add_argument("--runtime", default="auto", choices=["auto", *(r.value for r in RuntimeName)])
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0..65535 (0: any free port)")
     return p

@@ -12,6 +12,7 @@ from runtime.backends.registry import create_runtime, resolve_device, runtime_cl
 from runtime.errors import BadInput, RuntimeUnavailable
 from runtime.settings import Settings
 from runtime.spec.model import ModelSpec, RuntimeName
+from runtime.spec.placement import CUDA_CAPABLE, DEVICE_CHOICES, Device
 from runtime.spec.types import GenerateRequest, SamplingParams
 
 SETTINGS = Settings(state_dir=Path("/nonexistent"))
@@ -118,3 +119,33 @@ def test_a_runtime_refuses_what_it_cannot_honour(params: SamplingParams, what: s
         onnx.check_generation(GenerateRequest(prompt="x", params=params))
     llama = runtime_class(RuntimeName.LLAMA)
     assert {"grammar", "logprobs"} <= llama.generation_features
+
+
+def test_gpu_capable_runtimes_are_the_specs_set() -> None:
+    """A runtime whose class can ever report CUDA support is in the spec's one set of
+    GPU-capable runtimes, and only those: the placement, Knative and worker code read
+    that set instead of asking each class."""
+    overriding = {
+        name
+        for name in registry.registered_runtimes()
+        if runtime_class(name).supports_cuda.__func__ is not registry.Runtime.supports_cuda.__func__  # type: ignore[attr-defined]
+    }
+    assert overriding == CUDA_CAPABLE
+
+
+def test_gpu_runtimes_come_only_from_the_capable_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    for name in registry.registered_runtimes():
+        monkeypatch.setattr(runtime_class(name), "supports_cuda", classmethod(lambda cls: True))
+    assert registry.cuda_runtimes() == CUDA_CAPABLE
+
+
+@pytest.mark.parametrize("device", DEVICE_CHOICES)
+def test_every_device_choice_resolves_to_a_device(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    monkeypatch.setattr(OnnxRuntime, "supports_cuda", classmethod(lambda cls: True))
+    got = resolve_device(device, OnnxRuntime)
+    assert isinstance(got, Device)
+    assert got is (Device.CUDA if device == "auto" else Device(device))
