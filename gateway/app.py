@@ -20,11 +20,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
@@ -41,6 +42,7 @@ from runtime.errors import (
     MethodNotAllowed,
     ModelNotFound,
     ResponseCut,
+    RouteNotFound,
     RuntimeFailure,
     Unauthorized,
 )
@@ -53,9 +55,6 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("edgeinfer.gateway")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _OPENAI_PROXY = {
     "/v1/chat/completions",
@@ -185,7 +184,7 @@ class Gateway:
             status = exc.status
             if isinstance(exc, ModelNotFound):
                 # Names and paths a client made up never become metric labels.
-                model = "-" if isinstance(exc, _NotFound) else "(unknown)"
+                model = "-" if isinstance(exc, RouteNotFound) else "(unknown)"
                 route = _route_label(path)
             await error_response(path, exc)(scope, receive, send)
         except Exception as exc:  # a bug here must still answer in the API's shape
@@ -343,7 +342,7 @@ class Gateway:
         if path == "/admin/models" and method == "GET":
             self._authenticate(scope, admin=True)
             return await _send_json(send, 200, {"models": self._admin_models()})
-        raise _NotFound(f"{method} {path}: no such route")
+        raise RouteNotFound(f"{method} {path}: no such route")
 
     def _admin_models(self) -> list[dict[str, Any]]:
         out = []
@@ -399,10 +398,6 @@ class Gateway:
                 }
             )
         return out
-
-
-class _NotFound(ModelNotFound):
-    code = "not_found"
 
 
 _LOCAL_ROUTES = frozenset(

@@ -10,19 +10,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from gateway.ratelimit import FailureLimiter, Limit, RateLimiter
 from runtime.errors import PayloadTooLarge, PermissionDenied, Unauthorized
+from runtime.spec.frozen import Frozen
 
 __all__ = ["ANONYMOUS", "ApiKeyConfig", "AuthConfig", "Authenticator", "KeyIdentity"]
 
 
-class ApiKeyConfig(BaseModel):
+class ApiKeyConfig(Frozen):
     """One API key: ``name`` names it in logs and metrics; the secret is ``key`` or the
     environment variable ``key_env``, exactly one. ``models`` None = all models."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     key: SecretStr | None = Field(None, min_length=1)
     key_env: str | None = None
@@ -37,11 +37,10 @@ class ApiKeyConfig(BaseModel):
         return self
 
 
-class AuthConfig(BaseModel):
+class AuthConfig(Frozen):
     """The ``auth:`` section. ``api_keys_env``: a variable holding ``name:secret[,...]``;
     the admin key guards ``/metrics`` and ``/admin/*``; no rate at all = unlimited."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     api_keys: list[ApiKeyConfig] = []
     api_keys_env: str | None = None
     admin_key: SecretStr | None = Field(None, min_length=1)

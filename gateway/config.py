@@ -9,21 +9,20 @@ gateway's HTTP server puts on every client connection (``server:``, see
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from gateway.auth import AuthConfig
 from runtime.errors import ConfigError
+from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig
 
 __all__ = ["GatewayConfig", "ServerConfig", "gateway_config"]
 
 
-class ServerConfig(BaseModel):
+class ServerConfig(Frozen):
     """What a client connection may cost the gateway's HTTP server: time, head bytes,
     header fields, and how many connections are open at once. The defaults are the
     ones a deployment facing the internet would use."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     keep_alive_seconds: float = Field(
         5.0, gt=0, le=3600, description="an idle connection (no request begun) is closed"
@@ -55,9 +54,7 @@ class ServerConfig(BaseModel):
     max_headers: int = Field(100, ge=8, le=1000, description="header fields; 431")
 
 
-class GatewayConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class GatewayConfig(Frozen):
     auth: AuthConfig = AuthConfig()
     server: ServerConfig = ServerConfig()
     tick_seconds: float = Field(1.0, gt=0, le=60, description="autoscaler period")

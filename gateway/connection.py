@@ -12,11 +12,11 @@ import http
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 import httptools
+from starlette.types import Message, Scope
 
 from runtime.api.render import error_body
 from runtime.errors import HttpStatus
@@ -24,13 +24,9 @@ from runtime.errors import HttpStatus
 if TYPE_CHECKING:
     from gateway.http1 import Http1Server
 
-__all__ = ["ASGI", "App", "Connection", "Message", "Scope"]
+__all__ = ["ASGI", "Connection"]
 
 log = logging.getLogger("edgeinfer.http")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-App = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Any]
 
 # Request body bytes buffered for an app that has not read them yet before the
 # server stops reading from the socket (TCP pushes back on the client).

@@ -52,8 +52,10 @@ import resource
 import signal
 from typing import Any, cast
 
+from starlette.types import ASGIApp, Message
+
 from gateway.config import ServerConfig
-from gateway.connection import ASGI, App, Connection, Message
+from gateway.connection import ASGI, Connection
 
 __all__ = ["Http1Server", "connection_cap"]
 
@@ -80,7 +82,7 @@ class Http1Server:
 
     def __init__(
         self,
-        app: App,
+        app: ASGIApp,
         *,
         host: str,
         port: int,
@@ -179,7 +181,7 @@ class Http1Server:
 class _Lifespan:
     """Runs the app's ASGI lifespan: startup before serving, shutdown after."""
 
-    def __init__(self, app: App, state: dict[str, Any]) -> None:
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
         self.app = app
         self.state = state
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()

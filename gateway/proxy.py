@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.upstream import UpstreamError, UpstreamPool
+from starlette.types import Receive, Send
+
+from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
-from runtime.errors import DeadlineExceeded, EdgeInferError, ReplicaFailed, ResponseCut
+from runtime.errors import (
+    DeadlineExceeded,
+    EdgeInferError,
+    ReplicaFailed,
+    ResponseCut,
+    UpstreamError,
+)
 
 __all__ = ["ForwardResult", "forward", "upstream_headers"]
-
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Headers that describe one hop, or the client's credentials: never forwarded. The
 # client's own X-Forwarded-* / Forwarded go too: the gateway says who the peer was.

@@ -19,9 +19,9 @@ from typing import cast
 
 import httptools
 
-from runtime.errors import BadInput
+from runtime.errors import BadInput, BadResponseHead, StrayResponse, UpstreamError
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "request_bytes"]
+__all__ = ["UpstreamPool", "UpstreamResponse", "request_bytes"]
 
 _IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse one it may be closing
 # A replica's response head: the same bounds the gateway's server puts on a client's.
@@ -34,18 +34,6 @@ MAX_BUFFERED = 256 * 1024
 _LOW_BUFFERED = MAX_BUFFERED // 4
 # Methods safe to send twice: the only ones re-sent after their bytes went out.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class UpstreamError(ConnectionError):
-    """The connection failed or closed before the response was complete."""
-
-
-class _BadHead(Exception):
-    """A response head past the limits, or one nobody could have asked for."""
-
-
-class _Stray(Exception):
-    """Bytes after a complete response that nobody asked for."""
 
 
 @dataclass
@@ -134,7 +122,7 @@ class _Connection(asyncio.Protocol):
             cause = exc.__context__
             if self.complete:  # the answer was whole; what came after it was not asked for
                 self._discard()
-            elif isinstance(cause, _BadHead):
+            elif isinstance(cause, BadResponseHead):
                 self._fail(UpstreamError(f"the replica's response head is refused: {cause}"))
             else:
                 self._fail(UpstreamError(f"bad response from the replica: {exc}"))
@@ -153,21 +141,21 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.complete:
-            raise _Stray
+            raise StrayResponse("bytes after a complete response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
         self.header_bytes += len(name) + len(value)
         if len(self.headers) > MAX_HEADERS:
-            raise _BadHead(f"more than {MAX_HEADERS} headers")
+            raise BadResponseHead(f"more than {MAX_HEADERS} headers")
         if self.header_bytes > MAX_HEAD_BYTES:
-            raise _BadHead(f"headers over {MAX_HEAD_BYTES} bytes")
+            raise BadResponseHead(f"headers over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
             if status == 101:
-                raise _BadHead("a protocol switch (101) nobody asked for")
+                raise BadResponseHead("a protocol switch (101) nobody asked for")
             # An interim answer (100 Continue, 103 Early Hints): the final one follows.
             self.headers = []
             return

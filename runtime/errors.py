@@ -14,18 +14,33 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
     ├── Unauthorized (401)
     ├── PermissionDenied (403)
     ├── RateLimited (429)
+    ├── MethodNotAllowed (405)
+    ├── HttpStatus (the HTTP status it carries)
     ├── ModelNotFound (404)
+    │   └── RouteNotFound (404)
     ├── ModelNotReady (503)
     ├── Overloaded (503)
     ├── DeadlineExceeded (504)
+    ├── ReplicaFailed (502)
+    │   ├── ResponseCut (502)
+    │   └── UpstreamError (502)
+    │       ├── BadResponseHead (502)
+    │       └── StrayResponse (502)
     ├── RuntimeFailure (500)
     │   ├── GuestTrap (500)
     │   │   └── GuestOutOfMemory (500)
     │   └── GuestLinkError (500)
+    │       └── SnapshotUnsupported (500)
     ├── RuntimeUnavailable (501)
     ├── ConfigError (500)
+    │   └── GraphConversionError (500)
     └── KubeError (the Kubernetes API's status, else 502)
         └── ApplyConflict (409)
+
+One exception class lives elsewhere on purpose: ``runtime.backends.wasm.wasi_nn.types.
+NnError`` is not an error anyone is told of but a wasi-nn status code in flight from
+deep in the host's handler to the host function's return value (the guest receives the
+code; the message goes only to the log), so it never reaches this tree's renderers.
 
 :func:`describe_validation` is the one wording of a pydantic validation error, for
 request bodies (400) and config files alike.
@@ -42,10 +57,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ApplyConflict",
     "BadInput",
+    "BadResponseHead",
     "ConfigError",
     "ContextOverflow",
     "DeadlineExceeded",
     "EdgeInferError",
+    "GraphConversionError",
     "GuestLinkError",
     "GuestOutOfMemory",
     "GuestTrap",
@@ -60,11 +77,14 @@ __all__ = [
     "RateLimited",
     "ReplicaFailed",
     "ResponseCut",
+    "RouteNotFound",
     "RuntimeFailure",
     "RuntimeUnavailable",
     "SnapshotUnsupported",
+    "StrayResponse",
     "Unauthorized",
     "UnsupportedTask",
+    "UpstreamError",
     "describe_validation",
     "field_problem",
 ]
@@ -175,6 +195,13 @@ class ModelNotFound(EdgeInferError):
     error_type = "invalid_request_error"
 
 
+class RouteNotFound(ModelNotFound):
+    """No route at that path (404). A kind of :class:`ModelNotFound` (the gateway reads
+    the model from the path), told apart so a made-up path never becomes a label."""
+
+    code = "not_found"
+
+
 class ModelNotReady(EdgeInferError):
     """The model exists but is not loaded yet or is unloading (503)."""
 
@@ -211,6 +238,28 @@ class ResponseCut(ReplicaFailed):
     code = "response_cut"
 
 
+class UpstreamError(ReplicaFailed):
+    """The connection to a replica failed or closed before its response was complete
+    (the gateway's HTTP client; 502)."""
+
+    code = "upstream_error"
+
+
+class BadResponseHead(UpstreamError):
+    """A replica's response head is past the gateway's limits, or is one nobody could
+    have asked for (a protocol switch). Raised inside the response parser's callbacks
+    to stop parsing; the client reports it as an :class:`UpstreamError` (502)."""
+
+    code = "bad_response_head"
+
+
+class StrayResponse(UpstreamError):
+    """Bytes after a complete response that no request asked for: raised inside the
+    response parser to stop it; the connection is discarded, never reused (502)."""
+
+    code = "stray_response"
+
+
 class RuntimeFailure(EdgeInferError):
     """The runtime failed while serving a valid request (500)."""
 
@@ -239,6 +288,13 @@ class ConfigError(EdgeInferError):
         """``where: field: what is wrong; ...`` for a section that failed validation,
         each field's dotted path after ``prefix`` (the section's own name, if any)."""
         return cls(f"{where}: {describe_validation(exc, whole='(top)', prefix=prefix)}")
+
+
+class GraphConversionError(ConfigError):
+    """An ONNX model a compute package converts (``options.convert: onnx``) uses what the
+    WASM engine's graph program cannot express; the message names the node (500)."""
+
+    code = "graph_conversion_error"
 
 
 class GuestTrap(RuntimeFailure):

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.upstream import UpstreamError, UpstreamPool, request_bytes
-from runtime.errors import BadInput
+from gateway.upstream import UpstreamPool, request_bytes
+from runtime.errors import BadInput, UpstreamError
 
 
 class Server:

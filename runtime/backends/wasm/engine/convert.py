@@ -58,8 +58,9 @@ from runtime.backends.wasm.engine.program import (
     run_op,
     run_program,
 )
+from runtime.errors import GraphConversionError
 
-__all__ = ["CONVERTER_VERSION", "GraphConversionError", "convert_onnx", "ensure_graph"]
+__all__ = ["CONVERTER_VERSION", "convert_onnx", "ensure_graph"]
 
 CONVERTER_VERSION = "engine-graph-2"
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min"}
@@ -76,10 +77,6 @@ _UNARY = {
 }
 _REDUCE = {"ReduceSum": "sum", "ReduceMax": "max", "ReduceMean": "mean"}
 _ALIASES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
-
-
-class GraphConversionError(ValueError):
-    """The ONNX model uses something the engine's graph program cannot express."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import wasmtime
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from runtime.backends.wasm.host import (
     CallState,
@@ -40,6 +40,7 @@ from runtime.backends.wasm.host import (
     translate,
 )
 from runtime.errors import BadInput, ConfigError, DeadlineExceeded
+from runtime.spec.frozen import Frozen
 
 __all__ = [
     "INFO_MAX_SEQ",
@@ -57,10 +58,8 @@ LOAD_TIMEOUT_S = 300.0  # instantiating and loading the weights
 PROFILE_SLOTS = ("gemm", "attention", "gelu", "layernorm", "embed", "other")
 
 
-class ComputeOptions(BaseModel):
+class ComputeOptions(Frozen):
     """``options`` of a ``compute`` package manifest."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     instances: int = Field(
         0, ge=0, le=64, description="engine instances (threads); 0: the model's parallel, else CPUs"

@@ -67,7 +67,10 @@ DTYPES: dict[int, np.dtype] = {
 
 class NnError(Exception):
     """A wasi-nn call failed with ``code``; the host function returns the code to the
-    guest (the message goes to the log, never across the sandbox)."""
+    guest (the message goes to the log, never across the sandbox).
+
+    Not in ``runtime.errors``' tree on purpose: it is a status code on its way to the
+    guest, caught in the host function that raised it, never an error a caller sees."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)

@@ -13,10 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.backends.wasm.build import build_guest
-from runtime.backends.wasm.engine.convert import GraphConversionError, convert_onnx, ensure_graph
+from runtime.backends.wasm.engine.convert import convert_onnx, ensure_graph
 from runtime.backends.wasm.engine.reactor import KIND_GRAPH, EngineInstance
 from runtime.backends.wasm.host import Sandbox, WasmHost
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, GraphConversionError
 from runtime.settings import Settings
 
 RNG = np.random.default_rng(3)
