@@ -34,6 +34,7 @@ from gateway.openapi import gateway_document
 from gateway.proxy import forward, upstream_headers
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
+from runtime.api import openai
 from runtime.api.body import json_object
 from runtime.api.render import error_response
 from runtime.errors import (
@@ -313,20 +314,12 @@ class Gateway:
                 for m in self.config.models
                 if identity.models is None or m.name in identity.models
             ]
-            data = [
-                {"id": n, "object": "model", "created": self.created, "owned_by": "edgeinfer"}
-                for n in names
-            ]
-            return await _send_json(send, 200, {"object": "list", "data": data})
+            return await _send_json(send, 200, openai.models_response(names, self.created))
         if path.startswith("/v1/models/") and method == "GET":
             name = path.removeprefix("/v1/models/")
             self._admit(self._authenticate(scope), name)
             self.supervisor.pool(name)
-            return await _send_json(
-                send,
-                200,
-                {"id": name, "object": "model", "created": self.created, "owned_by": "edgeinfer"},
-            )
+            return await _send_json(send, 200, openai.model_object(name, self.created))
         if path == "/metrics" and method == "GET":
             self._authenticate(scope, admin=True)
             payload = generate_latest(self.metrics.registry)

@@ -11,7 +11,6 @@ request, which closes the connection to the worker, which stops the generation.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from starlette.types import Receive, Send
 
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
+from runtime.api import openai
 from runtime.errors import (
     DeadlineExceeded,
     EdgeInferError,
@@ -171,10 +171,7 @@ async def _end(send: Send) -> None:
 
 async def _error_event(send: Send, failure: EdgeInferError) -> None:
     """An SSE error event, in OpenAI's error shape, before a stream is cut."""
-    event = {
-        "error": {"message": failure.message, "type": failure.error_type, "code": failure.code}
-    }
-    body = b"data: " + json.dumps(event).encode() + b"\n\n"
+    body = openai.sse_event(openai.error_body(failure))
     await send({"type": "http.response.body", "body": body, "more_body": True})
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from runtime.api.openai import COMPLETION_TOKENS, PROMPT_TOKENS
+from runtime.api.openai import COMPLETION_TOKENS, PROMPT_TOKENS, SSE_DATA
 
 __all__ = ["UsageTap"]
 
@@ -32,8 +32,8 @@ class UsageTap:
             return data
         kept = []
         for event in data.split(b"\n\n"):
-            if event.startswith(b"data: {") and b'"usage"' in event:
-                usage = _usage(event[6:])
+            if event.startswith(SSE_DATA + b"{") and b'"usage"' in event:
+                usage = _usage(event[len(SSE_DATA) :])
                 if usage:
                     self.prompt = _count(usage.get("prompt_tokens"), self.prompt)
                     self.completion = _count(usage.get("completion_tokens"), self.completion)

@@ -114,3 +114,20 @@ def test_the_gateway_defines_no_asgi_aliases_of_its_own() -> None:
             for target in targets:
                 assert isinstance(target, ast.Name)
                 assert target.id not in ASGI_NAMES, f"{path.name} defines {target.id}"
+
+
+# What only runtime/api may write: an OpenAI model object, an error body, an SSE frame.
+OPENAI_SHAPES = {"owned_by", "data: ", b"data: ", "[DONE]", b"[DONE]"}
+
+
+def test_the_gateway_builds_no_openai_shape_by_hand() -> None:
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+                assert not any(
+                    isinstance(s, type(node.value)) and s in node.value  # type: ignore[operator]
+                    for s in OPENAI_SHAPES
+                ), f"{path.name}:{node.lineno} writes {node.value!r}"
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                assert not keys & {"error", "owned_by"}, f"{path.name}:{node.lineno}"

@@ -18,6 +18,7 @@ checked for type and change nothing in the answer. Structured output and tools a
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ __all__ = [
     "MAX_CHOICES",
     "PROMPT_TOKENS",
     "REFUSED",
+    "SSE_DATA",
+    "SSE_DONE",
     "Answer",
     "BaseRequest",
     "ChatCompletionRequest",
@@ -64,8 +67,10 @@ __all__ = [
     "completion_response",
     "embedding_response",
     "error_body",
+    "model_object",
     "models_response",
     "new_id",
+    "sse_event",
     "usage_body",
 ]
 
@@ -524,14 +529,25 @@ def embedding_response(
     }
 
 
+def model_object(name: str, created: int) -> dict[str, Any]:
+    """One model as ``GET /v1/models/{model}`` answers it (OpenAI's ``model`` object)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "edgeinfer"}
+
+
 def models_response(names: list[str], created: int) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": "edgeinfer"}
-            for name in names
-        ],
-    }
+    """``GET /v1/models``: a ``list`` of :func:`model_object` s."""
+    return {"object": "list", "data": [model_object(name, created) for name in names]}
+
+
+# Server-sent events as OpenAI streams them: one ``data:`` line of JSON per event, a
+# blank line after each, and ``data: [DONE]`` last.
+SSE_DATA = b"data: "
+SSE_DONE = SSE_DATA + b"[DONE]\n\n"
+
+
+def sse_event(body: dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``body`` (a chunk, the usage, or an error)."""
+    return SSE_DATA + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
 def error_body(exc: EdgeInferError) -> dict[str, Any]:

@@ -4,7 +4,6 @@ one after the other), embeddings, models."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -48,7 +47,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request, name: str) -> Response:
     state = worker_state(request)
     state.check_name(name)
-    return json_response(openai.models_response([name], state.created)["data"][0])
+    return json_response(openai.model_object(name, state.created))
 
 
 def _choices(core: GenerateRequest, n: int) -> list[GenerateRequest]:
@@ -294,28 +293,24 @@ async def _stream(
                 async with aclosing(current):
                     if i == 0:
                         for body in event(0, first):
-                            yield _sse(body)
+                            yield openai.sse_event(body)
                     async for chunk in current:
                         last = chunk
                         for body in event(i, chunk):
-                            yield _sse(body)
+                            yield openai.sse_event(body)
                 completion += last.completion_tokens
             finished = True
         except EdgeInferError as exc:
-            yield _sse(openai.error_body(exc))
+            yield openai.sse_event(openai.error_body(exc))
             finished = True
         finally:
             if not finished:
                 state.metrics.cancelled.inc()
         state.metrics.count_tokens(prompt, completion)
         if include_usage:
-            yield _sse(usage(openai.usage_body(prompt, completion)))
-        yield b"data: [DONE]\n\n"
+            yield openai.sse_event(usage(openai.usage_body(prompt, completion)))
+        yield openai.SSE_DONE
 
     # Completion tokens are only known at the end: they travel in the usage event.
     headers = {**_SSE_HEADERS, PROMPT_TOKENS: str(first.prompt_tokens)}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-
-def _sse(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"

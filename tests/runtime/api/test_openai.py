@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
 
+from runtime.api import openai
 from runtime.api.body import parse_json
 from runtime.api.openai import (
     ChatCompletionRequest,
@@ -180,3 +182,23 @@ def test_tool_history_is_rendered_in_the_documented_format() -> None:
         parse_json(
             b'{"model": "m", "messages": [{"role": "tool", "content": "x"}]}', ChatCompletionRequest
         )
+
+
+def test_model_object_is_the_listings_item() -> None:
+    listing = openai.models_response(["a", "b"], 7)
+    assert listing["object"] == "list"
+    assert listing["data"] == [openai.model_object("a", 7), openai.model_object("b", 7)]
+    assert openai.model_object("a", 7) == {
+        "id": "a",
+        "object": "model",
+        "created": 7,
+        "owned_by": "edgeinfer",
+    }
+
+
+def test_sse_event_is_one_data_line_and_a_blank_line() -> None:
+    frame = openai.sse_event({"error": {"message": "a\nb"}})
+    assert frame.startswith(b"data: {") and frame.endswith(b"\n\n")
+    assert frame.count(b"\n") == 2  # a newline in the payload stays escaped
+    assert json.loads(frame[len(openai.SSE_DATA) :]) == {"error": {"message": "a\nb"}}
+    assert openai.SSE_DONE == b"data: [DONE]\n\n"
