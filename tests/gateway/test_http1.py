@@ -35,6 +35,7 @@ class EchoApp:
         self.events: list[str] = []
         self.disconnected = threading.Event()
         self.slow_started = threading.Event()
+        self.hang_started = threading.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -76,6 +77,7 @@ class EchoApp:
         if path == "/fail":
             raise RuntimeError("boom")
         if path == "/hang":
+            self.hang_started.set()
             while (await receive())["type"] != "http.disconnect":
                 pass
             self.disconnected.set()
@@ -262,7 +264,7 @@ def test_an_app_error_is_a_500_and_the_next_request_is_served(served: Running) -
 def test_a_client_that_hangs_up_is_seen_by_the_app(served: Running) -> None:
     with socket.create_connection(("127.0.0.1", served.port)) as s:
         s.sendall(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
-        time.sleep(0.2)
+        assert served.app.hang_started.wait(5)  # the request is in the app: now hang up
     assert served.app.disconnected.wait(5)
 
 

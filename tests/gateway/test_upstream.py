@@ -58,6 +58,25 @@ async def read_all(pool: UpstreamPool, port: int, body: bytes) -> tuple[int, byt
     return response.status, data
 
 
+async def settled(pool: UpstreamPool, port: int) -> None:
+    """Until the idle connections to ``port`` are lost (the replica closed them, or the
+    pool dropped them for bytes nobody asked for): a wait on the event each connection
+    fires itself (``connection_lost``), not on time."""
+    lost: list[asyncio.Event] = []
+    for conn in pool._idle[("127.0.0.1", port)]:
+        if conn.transport is None:
+            continue  # lost already
+        event, inner = asyncio.Event(), conn.connection_lost
+
+        def connection_lost(exc: Exception | None, inner: Any = inner, event: Any = event) -> None:
+            inner(exc)
+            event.set()
+
+        setattr(conn, "connection_lost", connection_lost)  # noqa: B010
+        lost.append(event)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in lost)), 5)
+
+
 def test_keep_alive_connections_are_reused() -> None:
     async def run() -> int:
         server = Server()
@@ -79,7 +98,7 @@ def test_a_connection_the_server_closed_is_not_reused() -> None:
         pool = UpstreamPool()
         for _ in range(3):
             assert await read_all(pool, server.port, b"x") == (200, b"x")
-            await asyncio.sleep(0.01)  # let the close arrive
+            await settled(pool, server.port)  # the close has arrived
         pool.close()
         srv.close()
         return server.connections
@@ -115,10 +134,11 @@ def test_giving_up_before_the_answer_hangs_up_on_the_server() -> None:
     replica sees the hang-up (and stops generating) instead of working on for nobody."""
 
     async def run() -> bool:
-        hung_up = asyncio.Event()
+        hung_up, arrived = asyncio.Event(), asyncio.Event()
 
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
+            arrived.set()
             await reader.read()  # returns at EOF: the client hung up
             hung_up.set()
             writer.close()
@@ -127,7 +147,7 @@ def test_giving_up_before_the_answer_hangs_up_on_the_server() -> None:
         port = server.sockets[0].getsockname()[1]
         pool = UpstreamPool()
         request = asyncio.ensure_future(pool.request("127.0.0.1", port, "POST", "/x", [], b""))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(arrived.wait(), 5)  # the request is at the replica
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request
@@ -224,7 +244,7 @@ def test_a_connection_with_bytes_nobody_asked_for_is_not_reused(later: bool) -> 
                 answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
                 writer.write(answer if later else answer + stray)
                 await writer.drain()
-                if later:
+                if later:  # the stray answer comes while the connection is idle
                     await asyncio.sleep(0.05)
                     writer.write(stray)
                     await writer.drain()
@@ -232,7 +252,7 @@ def test_a_connection_with_bytes_nobody_asked_for_is_not_reused(later: bool) -> 
         server, port = await serve(handler)
         pool = UpstreamPool()
         assert await read_all(pool, port, b"one") == (200, b"one")
-        await asyncio.sleep(0.2)  # let the stray bytes arrive
+        await settled(pool, port)  # the stray bytes have arrived and been refused
         _, second = await read_all(pool, port, b"two")
         pool.close()
         server.close()

@@ -3,9 +3,12 @@ Knative's controller and kubelets would write there (none of them run)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from knative.apply import list_owned
 from knative.kube import Cluster, connect
@@ -154,3 +157,21 @@ def add_node(kubeconfig: str, name: str, gpus: int) -> None:
     node = api.read_node_status(name)
     node.status = client.V1NodeStatus(allocatable=alloc, capacity=alloc)
     api.replace_node_status(name, node)
+
+
+def watch_started(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set each time a wait (``knative.status.wait_for``, also under the CLI's
+    ``--wait``) has listed the Services and begins to watch them. A test's controller
+    waits for it before changing a Service, so the change reaches the wait through its
+    watch (what these tests are about), never only through its first list."""
+    from kubernetes.dynamic import DynamicClient
+
+    started = threading.Event()
+    inner = DynamicClient.watch
+
+    def watch(self: DynamicClient, *args: Any, **kwargs: Any) -> Any:
+        started.set()
+        return inner(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamicClient, "watch", watch)
+    return started

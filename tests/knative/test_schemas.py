@@ -11,6 +11,7 @@ import pytest
 
 from knative.targets import Overrides, render_config, select_clusters
 from runtime.spec.model import load_config
+from tests.knative import conftest as knative_conftest
 from tests.knative.conftest import WASM_MODEL, missing_shared, write_config
 
 CLUSTERS: list[dict[str, Any]] = [
@@ -118,3 +119,17 @@ def test_a_missing_shared_folder_fails_under_ci(
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="shared folder"):
         missing_shared("no CRD schemas at /nowhere (the shared folder beside the repository)")
+
+
+def test_a_missing_schema_file_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The fixtures reach the same rule: under ``CI=true`` a schema folder that is not
+    there fails the run instead of skipping the schema tests."""
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(knative_conftest, "SCHEMAS", tmp_path / "nowhere")
+    with pytest.raises(pytest.fail.Exception, match="no CRD schemas"):
+        knative_conftest.crd_schema("knative-service-crd.yaml")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no CRD schemas"):
+        knative_conftest.crd_schema("knative-service-crd.yaml")

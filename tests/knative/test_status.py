@@ -5,7 +5,6 @@ and for deletion; replicas from the latest Revision."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.knative.cluster_helpers import (
     manifests,
     set_ready,
     setup,
+    watch_started,
 )
 
 pytestmark = pytest.mark.slow
@@ -63,14 +63,17 @@ def test_status_read_back_after_knative_marks_ready(
     assert {row["name"] for row in lines} == set(rows)
 
 
-def test_watch_sees_ready_and_deletion(tmp_path: Path, kubeconfig: str, namespace: str) -> None:
+def test_watch_sees_ready_and_deletion(
+    tmp_path: Path, kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg, cluster = setup(tmp_path, kubeconfig, namespace, [MINILM])
     apply_manifests(cluster, manifests(cfg))
     names = ["minilm-onnx-cuda", "minilm-onnx-cpu"]
     seen: list[Any] = []
+    watching = watch_started(monkeypatch)
 
     def controller() -> None:
-        time.sleep(0.5)
+        assert watching.wait(30)
         for name in names:
             set_ready(cluster, name)
 
@@ -85,8 +88,10 @@ def test_watch_sees_ready_and_deletion(tmp_path: Path, kubeconfig: str, namespac
     apply_manifests(cluster, manifests(cfg2))
     assert wait_for(cluster, ["magika-onnx-cpu"], until="ready", timeout=2) == {"magika-onnx-cpu"}
 
+    watching.clear()
+
     def remove() -> None:
-        time.sleep(0.5)
+        assert watching.wait(30)
         delete_owned(cluster, ["minilm"])
 
     worker = threading.Thread(target=remove)
@@ -122,7 +127,7 @@ def test_replicas_read_from_the_latest_revision(
 
 
 def test_cli_apply_wait_reports_progress_and_timeouts(
-    tmp_path: Path, kubeconfig: str, namespace: str
+    tmp_path: Path, kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, cluster = setup(tmp_path, kubeconfig, namespace, [MAGIKA])
     runner = CliRunner()
@@ -131,8 +136,10 @@ def test_cli_apply_wait_reports_progress_and_timeouts(
     assert late.exit_code == 1
     assert "not Ready after 2s: magika-onnx-cpu, magika-onnx-cuda" in late.output
 
+    watching = watch_started(monkeypatch)  # after the late run: the next --wait watches
+
     def controller() -> None:
-        time.sleep(1.0)
+        assert watching.wait(30)
         for name in ("magika-onnx-cuda", "magika-onnx-cpu"):
             set_ready(cluster, name)
 
