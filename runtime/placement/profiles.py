@@ -51,7 +51,7 @@ class LoadPoint(Frozen):
 class Profile(Frozen):
     model: str
     runtime: RuntimeName
-    device: str
+    device: Device
     artifact_hash: str
     source: str = Field("measured", pattern="^(measured|estimated)$")
     note: str = ""
@@ -136,7 +136,7 @@ def estimate_cuda(cpu: Profile, *, speedup: float, init_s: float, gpu_memory_mib
     cold["load"] = cold.get("load", 0.0) + init_s
     return cpu.model_copy(
         update={
-            "device": "cuda",
+            "device": Device.CUDA,
             "source": "estimated",
             "note": f"estimated from the {cpu.key} profile: {speedup:g}x faster, "
             f"+{init_s:g}s CUDA start-up",
