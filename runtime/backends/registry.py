@@ -56,7 +56,7 @@ class LoadPhases:
     """Times the phases of one model load, back to back, and the resident memory it
     adds: ``end("resolve")``, ``end("load")``, ``end("warmup")``, then ``report()``."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: Device) -> None:
         self.device = device
         self._rss = resident_memory_bytes()
         self._mark = time.perf_counter()
@@ -91,7 +91,7 @@ class Runtime(ABC):
     #: refused by :meth:`check_generation`, never served without it.
     generation_features: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, spec: ModelSpec, *, device: str, settings: Settings, base_dir: Path):
+    def __init__(self, spec: ModelSpec, *, device: Device, settings: Settings, base_dir: Path):
         self.spec = spec
         self.device = device
         self.settings = settings

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.spec.placement import Device
+
 __all__ = [
     "ChatMessage",
     "Embeddings",
@@ -120,7 +122,7 @@ class LoadReport:
 
     phases: dict[str, float] = field(default_factory=dict)
     memory_bytes: int = 0
-    device: str = "cpu"
+    device: Device = Device.CPU
 
     @property
     def total(self) -> float:
