@@ -233,6 +233,11 @@ class Cycle:
             parts.append(b"transfer-encoding: chunked\r\n")
         else:  # HTTP/1.0 has no chunks: the end of the body is the end of the connection
             self.keep_alive = False
+        if not self.complete:
+            # Answered before the whole request body arrived (a 401 before the body is
+            # read): the connection closes after this answer (``Connection.cycle_done``),
+            # so the head says so and the client does not send its next request on it.
+            self.keep_alive = False
         if not self.keep_alive or self.conn.server.closing:
             self.keep_alive = False
             parts.append(b"connection: close\r\n")

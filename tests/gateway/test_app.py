@@ -85,6 +85,8 @@ def test_the_key_is_checked_before_the_body_is_read(
     answer = first_answer(gw.port, head)
     assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
     assert b"100 Continue" not in answer
+    # The body is never read, so the connection closes after the answer, and says so.
+    assert b"\r\nconnection: close\r\n" in answer.lower()
     assert echo.seen == []
 
 
