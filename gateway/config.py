@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationError
 
 from gateway.auth import AuthConfig
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, field_problem
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig
 
@@ -73,11 +73,8 @@ def gateway_config(config: ModelConfig) -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(config.gateway)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            field = ".".join(str(p) for p in err["loc"])
-            lines.append(
-                f"{config.source}: gateway: field {field!r}: "
-                f"{err['msg'].removeprefix('Value error, ')}"
-            )
+        lines = [
+            f"{config.source}: gateway: {field_problem(e['loc'], e['msg'], '(the section)')}"
+            for e in exc.errors(include_url=False)
+        ]
         raise ConfigError("\n".join(lines)) from None
