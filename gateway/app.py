@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from runtime.scaling.source import ReplicaSource
 
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
@@ -47,6 +46,7 @@ from runtime.errors import (
 )
 from runtime.placement.manager import Manager
 from runtime.scaling.replica import ColdStart
+from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
 
 __all__ = ["Gateway"]

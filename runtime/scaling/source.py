@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from runtime.scaling.pool import PoolStatus
 from runtime.scaling.replica import ColdStart, Replica
-from runtime.scaling.supervisor import PoolStatus
 from runtime.spec.model import ModelSpec
 
 __all__ = ["ReplicaPool", "ReplicaSource"]
