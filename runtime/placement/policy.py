@@ -21,7 +21,7 @@ inventory, the GPU ledger, the policy config, the expected load and ``now``):
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from pydantic import Field, ValidationError
 
@@ -29,6 +29,7 @@ from runtime.errors import ConfigError
 from runtime.placement.gpu_packing import Resident, fit
 from runtime.placement.inventory import Inventory
 from runtime.placement.profiles import Profile, estimate_cuda
+from runtime.scaling.kpa import UNBOUNDED
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 CUDA_CAPABLE = frozenset({RuntimeName.LLAMA, RuntimeName.ONNX})
+# GPU memory of a cluster node whose label does not say (an 80 GiB data-center GPU):
+# what a GPU tier there is priced against.
+ASSUMED_NODE_GPU_MIB = 81920
 
 
 class CostModel(Frozen):
@@ -219,6 +223,140 @@ def _cost_per_hour(
     return per_s * 3600
 
 
+@dataclass(frozen=True)
+class Room:
+    """What the hardware of one tier allows a model: at most ``max_replicas``, each
+    holding ``need_mib`` (of GPU memory on a GPU tier, host memory on a CPU tier); on
+    this host's GPU, which one (``gpu``, of ``gpu_total_mib``) and whom it evicts."""
+
+    max_replicas: int
+    need_mib: float
+    gpu_total_mib: float = 0.0
+    gpu: int | None = None
+    evict: tuple[str, ...] = ()
+
+
+def host_memory_mib(spec: ModelSpec, profile: Profile) -> float:
+    """Host memory one CPU replica holds: the most of what was measured and declared."""
+    return max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
+
+
+def gpu_memory_mib(spec: ModelSpec, profile: Profile) -> float:
+    """GPU memory one replica holds: measured, else declared, else its host memory."""
+    return profile.gpu_memory_mib or (spec.resources.gpu_memory_mib or profile.memory_mib)
+
+
+def room_on_host_gpu(
+    spec: ModelSpec,
+    profile: Profile,
+    inv: Inventory,
+    resident: tuple[Resident, ...],
+    cfg: PolicyConfig,
+) -> Room | str:
+    """This host's GPUs, packed (:mod:`gpu_packing`): one replica per GPU at most."""
+    need = gpu_memory_mib(spec, profile)
+    placed = fit(inv.gpus, resident, need, reserve_mib=cfg.gpu_reserve_mib, model=spec.name)
+    if placed.gpu is None:
+        return placed.reason
+    total = next(g.memory_total_mib for g in inv.gpus if g.index == placed.gpu)
+    return Room(len(inv.gpus), need, float(total), placed.gpu, placed.evict)
+
+
+def room_on_cluster_gpu(
+    spec: ModelSpec, profile: Profile, inv: Inventory, cluster: str
+) -> Room | str:
+    """A cluster's GPU nodes with enough memory per GPU (a node whose label does not
+    say is taken to have it, and priced as :data:`ASSUMED_NODE_GPU_MIB`)."""
+    need = gpu_memory_mib(spec, profile)
+    nodes = [n for n in inv.nodes if n.cluster == cluster and n.gpus]
+    sized = [n for n in nodes if n.gpu_memory_mib is None or n.gpu_memory_mib >= need]
+    if not sized:
+        return f"no GPU in {cluster} has {need:.0f} MiB"
+    total = float(sized[0].gpu_memory_mib or ASSUMED_NODE_GPU_MIB)
+    return Room(sum(n.gpus for n in sized), need, total)
+
+
+def room_on_cluster_cpu(
+    spec: ModelSpec, profile: Profile, inv: Inventory, cluster: str
+) -> Room | str:
+    """A cluster's or edge site's nodes: as many replicas as whole replica-sized slots
+    of cores fit on the nodes with the memory."""
+    need = host_memory_mib(spec, profile)
+    cores = replica_cores(spec, profile, inv)
+    nodes = [n for n in inv.nodes if n.cluster == cluster and n.memory_mib >= need]
+    slots = sum(int(n.cpu_cores // cores) for n in nodes)
+    if not slots:
+        return f"no node in {cluster} has {cores:g} cores and {need:.0f} MiB"
+    return Room(slots, need)
+
+
+def room_on_host_cpu(spec: ModelSpec, profile: Profile, inv: Inventory) -> Room | str:
+    """This host's cores and free memory (at least one replica where one fits)."""
+    need = host_memory_mib(spec, profile)
+    if need > inv.memory_free_mib:
+        return f"needs {need:.0f} MiB of memory, {inv.memory_free_mib} MiB free"
+    cores = replica_cores(spec, profile, inv)
+    return Room(
+        min(
+            max(1, int(inv.cpu.cores // cores)),
+            max(1, int(inv.memory_free_mib // max(need, 1))),
+        ),
+        need,
+    )
+
+
+def room(
+    spec: ModelSpec,
+    tier: Tier,
+    profile: Profile,
+    inv: Inventory,
+    resident: tuple[Resident, ...],
+    cfg: PolicyConfig,
+) -> Room | str:
+    """What ``tier``'s hardware allows the model, or why it does not fit; max-scale
+    bounds the replicas on every kind."""
+    if tier.device is Device.CUDA:
+        got = (
+            room_on_host_gpu(spec, profile, inv, resident, cfg)
+            if tier.cluster is None
+            else room_on_cluster_gpu(spec, profile, inv, tier.cluster)
+        )
+    elif tier.cluster is not None:
+        got = room_on_cluster_cpu(spec, profile, inv, tier.cluster)
+    else:
+        got = room_on_host_cpu(spec, profile, inv)
+    if isinstance(got, str):
+        return got
+    limit = spec.scaling.max_scale or UNBOUNDED
+    return replace(got, max_replicas=min(limit, got.max_replicas))
+
+
+def _no_profile(spec: ModelSpec, tier: Tier, available: frozenset[RuntimeName] | None) -> Candidate:
+    missing = (
+        f"runtime {tier.runtime.value!r} is not available in this build"
+        if available is not None and tier.runtime not in available
+        else f"no profile; run `edgeinfer profile --model {spec.name}`"
+    )
+    if tier.device is Device.CUDA:
+        missing = f"no {tier.key} or cpu profile to estimate from ({missing})"
+    return Candidate(tier, "none", reason=missing)
+
+
+def _judge(spec: ModelSpec, cand: Candidate, note: str) -> Candidate:
+    """The verdict on a scored candidate against the model's latency and tokens goals."""
+    goal = spec.latency
+    p95 = cand.predicted_p95_ms if cand.predicted_p95_ms is not None else math.inf
+    tps = cand.tokens_per_s
+    if math.isinf(p95):
+        return replace(cand, reason=f"overloaded: {note}")
+    if p95 > goal.p95_ms:
+        extra = f" ({note})" if note else ""
+        return replace(cand, reason=f"p95 {p95:.0f} ms > goal {goal.p95_ms:g} ms{extra}")
+    if goal.min_tokens_per_s and (tps or 0) < goal.min_tokens_per_s:
+        return replace(cand, reason=f"{tps or 0:.1f} tokens/s < goal {goal.min_tokens_per_s:g}")
+    return replace(cand, meets_goal=True, reason=note)
+
+
 def _evaluate(
     spec: ModelSpec,
     tier: Tier,
@@ -230,97 +368,38 @@ def _evaluate(
     available: frozenset[RuntimeName] | None,
     observed_p95: dict[str, float],
 ) -> Candidate:
+    """One tier for the model: its profile, the room its hardware allows, the predicted
+    p95 and cost at ``load_rps``, and whether it meets the goal."""
     profile = _profile_for(spec, tier.runtime, tier.device, profiles, cfg)
     if profile is None:
-        missing = (
-            f"runtime {tier.runtime.value!r} is not available in this build"
-            if available is not None and tier.runtime not in available
-            else f"no profile; run `edgeinfer profile --model {spec.name}`"
-        )
-        if tier.device is Device.CUDA:
-            missing = f"no {tier.key} or cpu profile to estimate from ({missing})"
-        return Candidate(tier, "none", reason=missing)
+        return _no_profile(spec, tier, available)
     base = Candidate(
         tier,
         profile.source,
         cold_start_ms=profile.cold_start_s * 1000,
         solo_p95_ms=profile.points[0].p95_ms,
     )
-    # What the hardware allows.
-    max_replicas = spec.scaling.max_scale or 1_000_000
-    gpu_total = 0.0
-    gpu: int | None = None
-    evict: tuple[str, ...] = ()
-    if tier.device is Device.CUDA:
-        need = profile.gpu_memory_mib or (spec.resources.gpu_memory_mib or profile.memory_mib)
-        if tier.cluster is None:
-            placed = fit(inv.gpus, resident, need, reserve_mib=cfg.gpu_reserve_mib, model=spec.name)
-            if placed.gpu is None:
-                return replace(base, reason=placed.reason, fits=False)
-            gpu, evict = placed.gpu, placed.evict
-            gpu_total = next(g.memory_total_mib for g in inv.gpus if g.index == gpu)
-            max_replicas = min(max_replicas, len(inv.gpus))
-        else:
-            nodes = [n for n in inv.nodes if n.cluster == tier.cluster and n.gpus]
-            sized = [n for n in nodes if n.gpu_memory_mib is None or n.gpu_memory_mib >= need]
-            if not sized:
-                return replace(
-                    base, reason=f"no GPU in {tier.cluster} has {need:.0f} MiB", fits=False
-                )
-            gpu_total = float(sized[0].gpu_memory_mib or 81920)
-            max_replicas = min(max_replicas, sum(n.gpus for n in sized))
-    elif tier.cluster is not None:
-        need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
-        cores = replica_cores(spec, profile, inv)
-        nodes = [n for n in inv.nodes if n.cluster == tier.cluster and n.memory_mib >= need]
-        slots = sum(int(n.cpu_cores // cores) for n in nodes)
-        if not slots:
-            return replace(
-                base,
-                reason=f"no node in {tier.cluster} has {cores:g} cores and {need:.0f} MiB",
-                fits=False,
-            )
-        max_replicas = min(max_replicas, slots)
-    else:
-        need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
-        if need > inv.memory_free_mib:
-            return replace(
-                base,
-                reason=f"needs {need:.0f} MiB of memory, {inv.memory_free_mib} MiB free",
-                fits=False,
-            )
-        cores = replica_cores(spec, profile, inv)
-        max_replicas = min(
-            max_replicas,
-            max(1, int(inv.cpu.cores // cores)),
-            max(1, int(inv.memory_free_mib // max(need, 1))),
-        )
-    p95, replicas, tps, note = _predict(spec, profile, load_rps, max_replicas, cfg)
+    space = room(spec, tier, profile, inv, resident, cfg)
+    if isinstance(space, str):
+        return replace(base, reason=space, fits=False)
+    p95, replicas, tps, note = _predict(spec, profile, load_rps, space.max_replicas, cfg)
     seen = observed_p95.get(tier.key)
     if seen is not None and math.isinf(seen):
         return replace(base, reason="its replicas failed to start or to serve here (observed)")
     if seen is not None and seen > p95:
         p95, note = seen, f"observed p95 {seen:.0f} ms"
-    cost = _cost_per_hour(tier, profile, replicas, load_rps, gpu_total, inv, spec, cfg)
+    cost = _cost_per_hour(tier, profile, replicas, load_rps, space.gpu_total_mib, inv, spec, cfg)
     cand = replace(
         base,
         predicted_p95_ms=p95,
         tokens_per_s=tps,
         replicas=replicas,
         cost_per_hour=cost,
-        evict=evict,
-        gpu=gpu,
-        memory_mib=need,
+        evict=space.evict,
+        gpu=space.gpu,
+        memory_mib=space.need_mib,
     )
-    goal = spec.latency
-    if math.isinf(p95):
-        return replace(cand, reason=f"overloaded: {note}")
-    if p95 > goal.p95_ms:
-        extra = f" ({note})" if note else ""
-        return replace(cand, reason=f"p95 {p95:.0f} ms > goal {goal.p95_ms:g} ms{extra}")
-    if goal.min_tokens_per_s and (tps or 0) < goal.min_tokens_per_s:
-        return replace(cand, reason=f"{tps or 0:.1f} tokens/s < goal {goal.min_tokens_per_s:g}")
-    return replace(cand, meets_goal=True, reason=note)
+    return _judge(spec, cand, note)
 
 
 def choose_runtime(

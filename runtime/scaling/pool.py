@@ -33,18 +33,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import ModelNotReady
-from runtime.scaling.kpa import ConcurrencyWindow, ScaleDecision, ScalerState, decide
+from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
 from runtime.scaling.queue import RequestQueue
 from runtime.scaling.replica import ColdStart, Launcher, Replica, ReplicaState
 from runtime.scaling.tiers import is_primary, same_tier, tier_moves
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Placement, Tier, TierRole
 
-__all__ = ["UNLIMITED", "ModelPool", "PoolStatus"]
+__all__ = ["ModelPool", "PoolStatus"]
 
 log = logging.getLogger("edgeinfer.supervisor")
-
-UNLIMITED = 1_000_000  # what "no limit" (container-concurrency or max-scale 0) counts as
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ class ModelPool:
     @property
     def capacity(self) -> int:
         """Requests one replica takes at once (container-concurrency; 0 = unlimited)."""
-        return self.spec.scaling.container_concurrency or UNLIMITED
+        return self.spec.scaling.container_concurrency or UNBOUNDED
 
     def _primary(self, r: Replica) -> bool:
         return is_primary(self.placement, r)
@@ -210,7 +208,7 @@ class ModelPool:
         rather than at the next autoscaler tick, within max-scale."""
         starting = self.count(ReplicaState.STARTING)
         active = self.count(ReplicaState.STARTING, ReplicaState.READY)
-        limit = self.spec.scaling.max_scale or UNLIMITED
+        limit = self.spec.scaling.max_scale or UNBOUNDED
         needed = -(-len(self.queue) // self.capacity)  # ceil
         if starting < needed and active < limit:
             self.scale_up(min(needed - starting, limit - active))
