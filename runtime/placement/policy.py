@@ -429,68 +429,11 @@ def choose_runtime(
         )
         for t in _tiers(spec, inventory, cuda_runtimes)
     ]
-    goal = spec.latency.p95_ms
-    meeting = [c for c in cands if c.meets_goal]
-    if meeting:
-        best = min(meeting, key=lambda c: (c.cost_per_hour or 0.0, c.predicted_p95_ms or 0.0))
-        why = (
-            f"cheapest that meets p95 {goal:g} ms at {load:g} req/s: predicted "
-            f"{best.predicted_p95_ms:.0f} ms, {best.cost_per_hour:.4f}/hour"
-        )
-        goal_met = True
-    else:
-        scored = [c for c in cands if c.predicted_p95_ms is not None]
-        if scored:
-            best = min(scored, key=lambda c: c.predicted_p95_ms or math.inf)
-            why = (
-                f"NO candidate meets p95 {goal:g} ms at {load:g} req/s; placed on the "
-                f"fastest, {best.key} ({best.reason})"
-            )
-        elif any(c.source != "none" for c in cands):
-            cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
-            best = cpu[0]
-            why = (
-                f"NO candidate fits this hardware; placed on {best.key} anyway "
-                f"({best.key}: {best.reason})"
-            )
-        else:
-            cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
-            # As `--device auto` would: the GPU where there is one, else the CPU.
-            gpu = [c for c in cands if c.tier.device is Device.CUDA]
-            best = (gpu or cpu)[0]
-            why = (
-                f"no profile to decide from; placed on {best.key}, the first runtime "
-                f"the model lists, on the GPU where there is one "
-                f"(run `edgeinfer profile --model {spec.name}`)"
-            )
-        goal_met = False
-    best = replace(best, verdict="chosen", reason=why)
-    tiers = [best.tier]
+    best, why, goal_met = _pick(spec, cands, load)
+    tiers: list[Tier] = [best.tier]
     warm = 0
     if spec.scaling.min_scale == 0 and best.cold_start_ms is not None:
-        first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
-        if first > goal and not config.cover_cold_starts:
-            why += (
-                f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: left to "
-                "scale to zero as configured (manager.cover_cold_starts: false)"
-            )
-            best = replace(best, reason=why)
-        elif first > goal:
-            bridge, warm, note = _cold_start_cover(spec, best, cands, config)
-            if bridge is not None:
-                as_primary = f" (as the primary: {bridge.reason})" if bridge.reason else ""
-                cands = [
-                    replace(c, verdict="bridge", reason=note + as_primary) if c is bridge else c
-                    for c in cands
-                ]
-                tiers.append(
-                    replace(bridge.tier, role=TierRole.BRIDGE, min_scale=1 if warm else None)
-                )
-                warm = 0
-            else:
-                tiers[0] = replace(best.tier, min_scale=warm)
-            why += f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: {note}"
-            best = replace(best, reason=why)
+        best, tiers, cands, warm, why = _cover_cold_start(spec, best, cands, config, why)
     cands = [best if c.tier == best.tier else c for c in cands]
     for i, c in enumerate(cands):
         if c.verdict == "rejected" and c.meets_goal:
@@ -500,6 +443,87 @@ def choose_runtime(
     cands += _without_gpu(spec, inventory, cuda_runtimes, cands)
     placement = Placement(spec.name, tuple(tiers), reason=why)
     return PlacementDecision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
+
+
+def _pick(spec: ModelSpec, cands: list[Candidate], load: float) -> tuple[Candidate, str, bool]:
+    """(the chosen candidate, why, whether it meets the goal): the cheapest that meets
+    the goal, else the fastest scored one, else a fallback by hardware kind."""
+    goal = spec.latency.p95_ms
+    meeting = [c for c in cands if c.meets_goal]
+    if meeting:
+        best = min(meeting, key=lambda c: (c.cost_per_hour or 0.0, c.predicted_p95_ms or 0.0))
+        why = (
+            f"cheapest that meets p95 {goal:g} ms at {load:g} req/s: predicted "
+            f"{best.predicted_p95_ms:.0f} ms, {best.cost_per_hour:.4f}/hour"
+        )
+        return replace(best, verdict="chosen", reason=why), why, True
+    scored = [c for c in cands if c.predicted_p95_ms is not None]
+    if scored:
+        best = min(scored, key=lambda c: c.predicted_p95_ms or math.inf)
+        why = (
+            f"NO candidate meets p95 {goal:g} ms at {load:g} req/s; placed on the "
+            f"fastest, {best.key} ({best.reason})"
+        )
+    else:
+        best, why = _fallback(spec, cands)
+    return replace(best, verdict="chosen", reason=why), why, False
+
+
+def _fallback(spec: ModelSpec, cands: list[Candidate]) -> tuple[Candidate, str]:
+    """No candidate could be scored: with profiles but no hardware that fits, the first
+    CPU tier; with no profile at all, the first GPU tier, else the first CPU one."""
+    cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
+    if any(c.source != "none" for c in cands):
+        best = cpu[0]
+        return best, (
+            f"NO candidate fits this hardware; placed on {best.key} anyway "
+            f"({best.key}: {best.reason})"
+        )
+    # As `--device auto` would: the GPU where there is one, else the CPU.
+    gpu = [c for c in cands if c.tier.device is Device.CUDA]
+    best = (gpu or cpu)[0]
+    return best, (
+        f"no profile to decide from; placed on {best.key}, the first runtime "
+        f"the model lists, on the GPU where there is one "
+        f"(run `edgeinfer profile --model {spec.name}`)"
+    )
+
+
+def _cover_cold_start(
+    spec: ModelSpec,
+    best: Candidate,
+    cands: list[Candidate],
+    config: PolicyConfig,
+    why: str,
+) -> tuple[Candidate, list[Tier], list[Candidate], int, str]:
+    """For a model that scales to zero: (chosen, tiers, candidates, warm minimum, why)
+    once a cold start that alone breaks the goal is covered (a bridge tier or a warm
+    primary replica, :func:`_cold_start_cover`) or, as configured, left alone."""
+    goal = spec.latency.p95_ms
+    tiers = [best.tier]
+    assert best.cold_start_ms is not None
+    first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
+    if first <= goal:
+        return best, tiers, cands, 0, why
+    if not config.cover_cold_starts:
+        why += (
+            f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: left to "
+            "scale to zero as configured (manager.cover_cold_starts: false)"
+        )
+        return replace(best, reason=why), tiers, cands, 0, why
+    bridge, warm, note = _cold_start_cover(spec, best, cands, config)
+    if bridge is not None:
+        as_primary = f" (as the primary: {bridge.reason})" if bridge.reason else ""
+        cands = [
+            replace(c, verdict="bridge", reason=note + as_primary) if c is bridge else c
+            for c in cands
+        ]
+        tiers.append(replace(bridge.tier, role=TierRole.BRIDGE, min_scale=1 if warm else None))
+        warm = 0
+    else:
+        tiers[0] = replace(best.tier, min_scale=warm)
+    why += f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: {note}"
+    return replace(best, reason=why), tiers, cands, warm, why
 
 
 def _without_gpu(
