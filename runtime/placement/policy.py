@@ -4,7 +4,8 @@
 inventory, the GPU ledger, the policy config, the expected load and ``now``):
 
 1. candidates are the model's runtimes x the devices the hardware allows (``wasm`` on
-   CPU only; CUDA where the inventory has a GPU with room, by :mod:`runtime.placement.gpu_packing`);
+   CPU only; CUDA where the inventory has a GPU with room), each with the room its
+   hardware allows (:mod:`runtime.placement.capacity`);
 2. each candidate's p95 at the expected load is predicted from its profile: the warm
    p95 at the concurrency each replica carries, plus the p95 of queueing (Erlang C,
    M/M/c, with c = replicas x the parallelism the profile measured), with as few
@@ -21,15 +22,15 @@ inventory, the GPU ledger, the policy config, the expected load and ``now``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from pydantic import Field, ValidationError
 
 from runtime.errors import ConfigError
-from runtime.placement.gpu_packing import Resident, fit
+from runtime.placement.capacity import replica_cores, room
+from runtime.placement.gpu_packing import Resident
 from runtime.placement.inventory import Inventory
 from runtime.placement.profiles import Profile, estimate_cuda
-from runtime.scaling.kpa import UNBOUNDED
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
@@ -47,9 +48,6 @@ __all__ = [
 ]
 
 CUDA_CAPABLE = frozenset({RuntimeName.LLAMA, RuntimeName.ONNX})
-# GPU memory of a cluster node whose label does not say (an 80 GiB data-center GPU):
-# what a GPU tier there is priced against.
-ASSUMED_NODE_GPU_MIB = 81920
 
 
 class CostModel(Frozen):
@@ -132,12 +130,6 @@ def _profile_for(
     return estimate_cuda(
         cpu, speedup=speedup, init_s=cfg.cuda_init_s, gpu_memory_mib=mem + cfg.cuda_context_mib
     )
-
-
-def replica_cores(spec: ModelSpec, profile: Profile, inv: Inventory) -> float:
-    """Cores one CPU replica takes: as the spec says, else as many as the profile was
-    measured on (its latency holds for that many), else all of this host's."""
-    return spec.resources.cpu or spec.options.threads or profile.cpu_cores or inv.cpu.cores
 
 
 def _tiers(
@@ -223,114 +215,6 @@ def _cost_per_hour(
     return per_s * 3600
 
 
-@dataclass(frozen=True)
-class Room:
-    """What the hardware of one tier allows a model: at most ``max_replicas``, each
-    holding ``need_mib`` (of GPU memory on a GPU tier, host memory on a CPU tier); on
-    this host's GPU, which one (``gpu``, of ``gpu_total_mib``) and whom it evicts."""
-
-    max_replicas: int
-    need_mib: float
-    gpu_total_mib: float = 0.0
-    gpu: int | None = None
-    evict: tuple[str, ...] = ()
-
-
-def host_memory_mib(spec: ModelSpec, profile: Profile) -> float:
-    """Host memory one CPU replica holds: the most of what was measured and declared."""
-    return max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
-
-
-def gpu_memory_mib(spec: ModelSpec, profile: Profile) -> float:
-    """GPU memory one replica holds: measured, else declared, else its host memory."""
-    return profile.gpu_memory_mib or (spec.resources.gpu_memory_mib or profile.memory_mib)
-
-
-def room_on_host_gpu(
-    spec: ModelSpec,
-    profile: Profile,
-    inv: Inventory,
-    resident: tuple[Resident, ...],
-    cfg: PolicyConfig,
-) -> Room | str:
-    """This host's GPUs, packed (:mod:`gpu_packing`): one replica per GPU at most."""
-    need = gpu_memory_mib(spec, profile)
-    placed = fit(inv.gpus, resident, need, reserve_mib=cfg.gpu_reserve_mib, model=spec.name)
-    if placed.gpu is None:
-        return placed.reason
-    total = next(g.memory_total_mib for g in inv.gpus if g.index == placed.gpu)
-    return Room(len(inv.gpus), need, float(total), placed.gpu, placed.evict)
-
-
-def room_on_cluster_gpu(
-    spec: ModelSpec, profile: Profile, inv: Inventory, cluster: str
-) -> Room | str:
-    """A cluster's GPU nodes with enough memory per GPU (a node whose label does not
-    say is taken to have it, and priced as :data:`ASSUMED_NODE_GPU_MIB`)."""
-    need = gpu_memory_mib(spec, profile)
-    nodes = [n for n in inv.nodes if n.cluster == cluster and n.gpus]
-    sized = [n for n in nodes if n.gpu_memory_mib is None or n.gpu_memory_mib >= need]
-    if not sized:
-        return f"no GPU in {cluster} has {need:.0f} MiB"
-    total = float(sized[0].gpu_memory_mib or ASSUMED_NODE_GPU_MIB)
-    return Room(sum(n.gpus for n in sized), need, total)
-
-
-def room_on_cluster_cpu(
-    spec: ModelSpec, profile: Profile, inv: Inventory, cluster: str
-) -> Room | str:
-    """A cluster's or edge site's nodes: as many replicas as whole replica-sized slots
-    of cores fit on the nodes with the memory."""
-    need = host_memory_mib(spec, profile)
-    cores = replica_cores(spec, profile, inv)
-    nodes = [n for n in inv.nodes if n.cluster == cluster and n.memory_mib >= need]
-    slots = sum(int(n.cpu_cores // cores) for n in nodes)
-    if not slots:
-        return f"no node in {cluster} has {cores:g} cores and {need:.0f} MiB"
-    return Room(slots, need)
-
-
-def room_on_host_cpu(spec: ModelSpec, profile: Profile, inv: Inventory) -> Room | str:
-    """This host's cores and free memory (at least one replica where one fits)."""
-    need = host_memory_mib(spec, profile)
-    if need > inv.memory_free_mib:
-        return f"needs {need:.0f} MiB of memory, {inv.memory_free_mib} MiB free"
-    cores = replica_cores(spec, profile, inv)
-    return Room(
-        min(
-            max(1, int(inv.cpu.cores // cores)),
-            max(1, int(inv.memory_free_mib // max(need, 1))),
-        ),
-        need,
-    )
-
-
-def room(
-    spec: ModelSpec,
-    tier: Tier,
-    profile: Profile,
-    inv: Inventory,
-    resident: tuple[Resident, ...],
-    cfg: PolicyConfig,
-) -> Room | str:
-    """What ``tier``'s hardware allows the model, or why it does not fit; max-scale
-    bounds the replicas on every kind."""
-    if tier.device is Device.CUDA:
-        got = (
-            room_on_host_gpu(spec, profile, inv, resident, cfg)
-            if tier.cluster is None
-            else room_on_cluster_gpu(spec, profile, inv, tier.cluster)
-        )
-    elif tier.cluster is not None:
-        got = room_on_cluster_cpu(spec, profile, inv, tier.cluster)
-    else:
-        got = room_on_host_cpu(spec, profile, inv)
-    if isinstance(got, str):
-        return got
-    limit = spec.scaling.max_scale or UNBOUNDED
-    return replace(got, max_replicas=min(limit, got.max_replicas))
-
-
 def _no_profile(spec: ModelSpec, tier: Tier, available: frozenset[RuntimeName] | None) -> Candidate:
     missing = (
         f"runtime {tier.runtime.value!r} is not available in this build"
@@ -379,7 +263,7 @@ def _evaluate(
         cold_start_ms=profile.cold_start_s * 1000,
         solo_p95_ms=profile.points[0].p95_ms,
     )
-    space = room(spec, tier, profile, inv, resident, cfg)
+    space = room(spec, tier, profile, inv, resident, cfg.gpu_reserve_mib)
     if isinstance(space, str):
         return replace(base, reason=space, fits=False)
     p95, replicas, tps, note = _predict(spec, profile, load_rps, space.max_replicas, cfg)

@@ -1,4 +1,4 @@
-"""runtime.placement.policy: what each kind of hardware allows a model (host CPU, host
+"""runtime.placement.capacity: what each kind of hardware allows a model (host CPU, host
 GPU, cluster or edge-site CPU nodes, cluster GPU nodes), each kind on its own."""
 
 from __future__ import annotations
@@ -7,10 +7,8 @@ from typing import Any
 
 import pytest
 
-from runtime.placement.inventory import CpuInfo, Inventory, NodeInfo
-from runtime.placement.policy import (
+from runtime.placement.capacity import (
     ASSUMED_NODE_GPU_MIB,
-    PolicyConfig,
     Room,
     room,
     room_on_cluster_cpu,
@@ -18,6 +16,7 @@ from runtime.placement.policy import (
     room_on_host_cpu,
     room_on_host_gpu,
 )
+from runtime.placement.inventory import CpuInfo, Inventory, NodeInfo
 from runtime.spec.model import RuntimeName
 from runtime.spec.placement import Device, Tier
 from tests.runtime.placement.test_policy import CPU_ONLY, FULL_GPU, ONE_GPU, SITES, chat, profile
@@ -52,9 +51,9 @@ def test_room_on_host_cpu(cores: int, free: int, cpu: float, mib: float, expecte
 
 
 def test_room_on_host_gpu_packs_or_says_why_not() -> None:
-    got = room_on_host_gpu(chat(), GPU_300, ONE_GPU, (), PolicyConfig(gpu_reserve_mib=0))
+    got = room_on_host_gpu(chat(), GPU_300, ONE_GPU, (), 0)
     assert got == Room(1, 300, 24576.0, gpu=0)
-    full = room_on_host_gpu(chat(), GPU_300, FULL_GPU, (), PolicyConfig(gpu_reserve_mib=0))
+    full = room_on_host_gpu(chat(), GPU_300, FULL_GPU, (), 0)
     assert isinstance(full, str) and full
 
 
@@ -123,11 +122,11 @@ def test_room_dispatches_by_kind_and_max_scale_bounds_every_kind(
 ) -> None:
     spec = chat(scaling={"min-scale": 0, "max-scale": max_scale})
     prof = GPU_300 if tier.device is Device.CUDA else CPU_300
-    got = room(spec, tier, prof, SITES, (), PolicyConfig())
+    got = room(spec, tier, prof, SITES, (), 512)
     assert isinstance(got, Room)
     assert got.max_replicas == expected
 
 
 def test_a_host_gpu_tier_on_a_host_without_one_does_not_fit() -> None:
-    got = room(chat(), Tier(RuntimeName.LLAMA, Device.CUDA), GPU_300, CPU_ONLY, (), PolicyConfig())
+    got = room(chat(), Tier(RuntimeName.LLAMA, Device.CUDA), GPU_300, CPU_ONLY, (), 512)
     assert isinstance(got, str) and got
