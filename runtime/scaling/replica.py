@@ -336,6 +336,6 @@ class WorkerLauncher:
 
     async def __call__(self, spec: ModelSpec, tier: Tier | None = None) -> Replica:
         if self._session is None:
-            raise RuntimeError("WorkerLauncher.start() must run before it launches replicas")
+            raise ModelNotReady(f"model {spec.name!r}: the worker launcher was not started")
         readiness = HttpReadiness(self._session, self._clock, self._ready_timeout)
         return await spawn_worker(self.spawner, spec, self._clock, tier, readiness)
