@@ -23,6 +23,7 @@ from runtime.placement.manager import Manager
 from runtime.placement.policy import policy_config
 from runtime.placement.profiles import ProfileStore
 from runtime.scaling.forkserver import ForkServer
+from runtime.scaling.replica import WorkerLauncher
 from runtime.scaling.source import ReplicaSource
 from runtime.scaling.supervisor import Supervisor
 from runtime.settings import Settings
@@ -61,12 +62,12 @@ def build_gateway(
         log_dir=settings.state_dir / "logs",
         socket_path=settings.state_dir / f"forkserver-{os.getpid()}.sock",
     )
+    launcher = WorkerLauncher(spawner, clock=clock, ready_timeout=gw.ready_timeout_seconds)
     supervisor = Supervisor(
         config,
-        spawner=spawner,
+        launcher=launcher,
         tick=gw.tick_seconds,
         max_queue=gw.max_queue,
-        ready_timeout=gw.ready_timeout_seconds,
         scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
         clock=clock,
     )

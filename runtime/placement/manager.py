@@ -35,7 +35,8 @@ from runtime.placement.gpu_packing import Resident
 from runtime.placement.inventory import Inventory
 from runtime.placement.policy import PlacementDecision, PolicyConfig, choose_runtime
 from runtime.placement.profiles import Profile
-from runtime.scaling.supervisor import Supervisor, same_tier
+from runtime.scaling.supervisor import Supervisor
+from runtime.scaling.tiers import same_tier
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device
 
@@ -405,8 +406,7 @@ class Manager:
     async def start(self) -> None:
         """Plan, hand the placements to the supervisor, start it, then watch."""
         self.plan()
-        self.supervisor.placements = {n: d.placement for n, d in self.decisions.items()}
-        await self.supervisor.start()
+        await self.supervisor.start({n: d.placement for n, d in self.decisions.items()})
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

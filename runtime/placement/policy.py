@@ -4,7 +4,8 @@
 inventory, the GPU ledger, the policy config, the expected load and ``now``):
 
 1. candidates are the model's runtimes x the devices the hardware allows (``wasm`` on
-   CPU only; CUDA where the inventory has a GPU with room, by :mod:`runtime.placement.gpu_packing`);
+   CPU only; CUDA where the inventory has a GPU with room), each with the room its
+   hardware allows (:mod:`runtime.placement.capacity`);
 2. each candidate's p95 at the expected load is predicted from its profile: the warm
    p95 at the concurrency each replica carries, plus the p95 of queueing (Erlang C,
    M/M/c, with c = replicas x the parallelism the profile measured), with as few
@@ -26,12 +27,13 @@ from dataclasses import replace
 from pydantic import Field, ValidationError
 
 from runtime.errors import ConfigError
-from runtime.placement.gpu_packing import Resident, fit
+from runtime.placement.capacity import replica_cores, room
+from runtime.placement.gpu_packing import Resident
 from runtime.placement.inventory import Inventory
 from runtime.placement.profiles import Profile, estimate_cuda
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
-from runtime.spec.placement import Device, Placement, Tier, TierRole
+from runtime.spec.placement import CUDA_CAPABLE, Device, Placement, Tier, TierRole
 from runtime.spec.placement_decision import Candidate, PlacementDecision
 
 __all__ = [
@@ -44,8 +46,6 @@ __all__ = [
     "plan",
     "policy_config",
 ]
-
-CUDA_CAPABLE = frozenset({RuntimeName.LLAMA, RuntimeName.ONNX})
 
 
 class CostModel(Frozen):
@@ -128,12 +128,6 @@ def _profile_for(
     return estimate_cuda(
         cpu, speedup=speedup, init_s=cfg.cuda_init_s, gpu_memory_mib=mem + cfg.cuda_context_mib
     )
-
-
-def replica_cores(spec: ModelSpec, profile: Profile, inv: Inventory) -> float:
-    """Cores one CPU replica takes: as the spec says, else as many as the profile was
-    measured on (its latency holds for that many), else all of this host's."""
-    return spec.resources.cpu or spec.options.threads or profile.cpu_cores or inv.cpu.cores
 
 
 def _tiers(
@@ -219,6 +213,32 @@ def _cost_per_hour(
     return per_s * 3600
 
 
+def _no_profile(spec: ModelSpec, tier: Tier, available: frozenset[RuntimeName] | None) -> Candidate:
+    missing = (
+        f"runtime {tier.runtime.value!r} is not available in this build"
+        if available is not None and tier.runtime not in available
+        else f"no profile; run `edgeinfer profile --model {spec.name}`"
+    )
+    if tier.device is Device.CUDA:
+        missing = f"no {tier.key} or cpu profile to estimate from ({missing})"
+    return Candidate(tier, "none", reason=missing)
+
+
+def _judge(spec: ModelSpec, cand: Candidate, note: str) -> Candidate:
+    """The verdict on a scored candidate against the model's latency and tokens goals."""
+    goal = spec.latency
+    p95 = cand.predicted_p95_ms if cand.predicted_p95_ms is not None else math.inf
+    tps = cand.tokens_per_s
+    if math.isinf(p95):
+        return replace(cand, reason=f"overloaded: {note}")
+    if p95 > goal.p95_ms:
+        extra = f" ({note})" if note else ""
+        return replace(cand, reason=f"p95 {p95:.0f} ms > goal {goal.p95_ms:g} ms{extra}")
+    if goal.min_tokens_per_s and (tps or 0) < goal.min_tokens_per_s:
+        return replace(cand, reason=f"{tps or 0:.1f} tokens/s < goal {goal.min_tokens_per_s:g}")
+    return replace(cand, meets_goal=True, reason=note)
+
+
 def _evaluate(
     spec: ModelSpec,
     tier: Tier,
@@ -230,97 +250,38 @@ def _evaluate(
     available: frozenset[RuntimeName] | None,
     observed_p95: dict[str, float],
 ) -> Candidate:
+    """One tier for the model: its profile, the room its hardware allows, the predicted
+    p95 and cost at ``load_rps``, and whether it meets the goal."""
     profile = _profile_for(spec, tier.runtime, tier.device, profiles, cfg)
     if profile is None:
-        missing = (
-            f"runtime {tier.runtime.value!r} is not available in this build"
-            if available is not None and tier.runtime not in available
-            else f"no profile; run `edgeinfer profile --model {spec.name}`"
-        )
-        if tier.device is Device.CUDA:
-            missing = f"no {tier.key} or cpu profile to estimate from ({missing})"
-        return Candidate(tier, "none", reason=missing)
+        return _no_profile(spec, tier, available)
     base = Candidate(
         tier,
         profile.source,
         cold_start_ms=profile.cold_start_s * 1000,
         solo_p95_ms=profile.points[0].p95_ms,
     )
-    # What the hardware allows.
-    max_replicas = spec.scaling.max_scale or 1_000_000
-    gpu_total = 0.0
-    gpu: int | None = None
-    evict: tuple[str, ...] = ()
-    if tier.device is Device.CUDA:
-        need = profile.gpu_memory_mib or (spec.resources.gpu_memory_mib or profile.memory_mib)
-        if tier.cluster is None:
-            placed = fit(inv.gpus, resident, need, reserve_mib=cfg.gpu_reserve_mib, model=spec.name)
-            if placed.gpu is None:
-                return replace(base, reason=placed.reason, fits=False)
-            gpu, evict = placed.gpu, placed.evict
-            gpu_total = next(g.memory_total_mib for g in inv.gpus if g.index == gpu)
-            max_replicas = min(max_replicas, len(inv.gpus))
-        else:
-            nodes = [n for n in inv.nodes if n.cluster == tier.cluster and n.gpus]
-            sized = [n for n in nodes if n.gpu_memory_mib is None or n.gpu_memory_mib >= need]
-            if not sized:
-                return replace(
-                    base, reason=f"no GPU in {tier.cluster} has {need:.0f} MiB", fits=False
-                )
-            gpu_total = float(sized[0].gpu_memory_mib or 81920)
-            max_replicas = min(max_replicas, sum(n.gpus for n in sized))
-    elif tier.cluster is not None:
-        need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
-        cores = replica_cores(spec, profile, inv)
-        nodes = [n for n in inv.nodes if n.cluster == tier.cluster and n.memory_mib >= need]
-        slots = sum(int(n.cpu_cores // cores) for n in nodes)
-        if not slots:
-            return replace(
-                base,
-                reason=f"no node in {tier.cluster} has {cores:g} cores and {need:.0f} MiB",
-                fits=False,
-            )
-        max_replicas = min(max_replicas, slots)
-    else:
-        need = max(profile.rss_mib, profile.memory_mib, float(spec.resources.memory_mib or 0))
-        if need > inv.memory_free_mib:
-            return replace(
-                base,
-                reason=f"needs {need:.0f} MiB of memory, {inv.memory_free_mib} MiB free",
-                fits=False,
-            )
-        cores = replica_cores(spec, profile, inv)
-        max_replicas = min(
-            max_replicas,
-            max(1, int(inv.cpu.cores // cores)),
-            max(1, int(inv.memory_free_mib // max(need, 1))),
-        )
-    p95, replicas, tps, note = _predict(spec, profile, load_rps, max_replicas, cfg)
+    space = room(spec, tier, profile, inv, resident, cfg.gpu_reserve_mib)
+    if isinstance(space, str):
+        return replace(base, reason=space, fits=False)
+    p95, replicas, tps, note = _predict(spec, profile, load_rps, space.max_replicas, cfg)
     seen = observed_p95.get(tier.key)
     if seen is not None and math.isinf(seen):
         return replace(base, reason="its replicas failed to start or to serve here (observed)")
     if seen is not None and seen > p95:
         p95, note = seen, f"observed p95 {seen:.0f} ms"
-    cost = _cost_per_hour(tier, profile, replicas, load_rps, gpu_total, inv, spec, cfg)
+    cost = _cost_per_hour(tier, profile, replicas, load_rps, space.gpu_total_mib, inv, spec, cfg)
     cand = replace(
         base,
         predicted_p95_ms=p95,
         tokens_per_s=tps,
         replicas=replicas,
         cost_per_hour=cost,
-        evict=evict,
-        gpu=gpu,
-        memory_mib=need,
+        evict=space.evict,
+        gpu=space.gpu,
+        memory_mib=space.need_mib,
     )
-    goal = spec.latency
-    if math.isinf(p95):
-        return replace(cand, reason=f"overloaded: {note}")
-    if p95 > goal.p95_ms:
-        extra = f" ({note})" if note else ""
-        return replace(cand, reason=f"p95 {p95:.0f} ms > goal {goal.p95_ms:g} ms{extra}")
-    if goal.min_tokens_per_s and (tps or 0) < goal.min_tokens_per_s:
-        return replace(cand, reason=f"{tps or 0:.1f} tokens/s < goal {goal.min_tokens_per_s:g}")
-    return replace(cand, meets_goal=True, reason=note)
+    return _judge(spec, cand, note)
 
 
 def choose_runtime(
@@ -350,68 +311,11 @@ def choose_runtime(
         )
         for t in _tiers(spec, inventory, cuda_runtimes)
     ]
-    goal = spec.latency.p95_ms
-    meeting = [c for c in cands if c.meets_goal]
-    if meeting:
-        best = min(meeting, key=lambda c: (c.cost_per_hour or 0.0, c.predicted_p95_ms or 0.0))
-        why = (
-            f"cheapest that meets p95 {goal:g} ms at {load:g} req/s: predicted "
-            f"{best.predicted_p95_ms:.0f} ms, {best.cost_per_hour:.4f}/hour"
-        )
-        goal_met = True
-    else:
-        scored = [c for c in cands if c.predicted_p95_ms is not None]
-        if scored:
-            best = min(scored, key=lambda c: c.predicted_p95_ms or math.inf)
-            why = (
-                f"NO candidate meets p95 {goal:g} ms at {load:g} req/s; placed on the "
-                f"fastest, {best.key} ({best.reason})"
-            )
-        elif any(c.source != "none" for c in cands):
-            cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
-            best = cpu[0]
-            why = (
-                f"NO candidate fits this hardware; placed on {best.key} anyway "
-                f"({best.key}: {best.reason})"
-            )
-        else:
-            cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
-            # As `--device auto` would: the GPU where there is one, else the CPU.
-            gpu = [c for c in cands if c.tier.device is Device.CUDA]
-            best = (gpu or cpu)[0]
-            why = (
-                f"no profile to decide from; placed on {best.key}, the first runtime "
-                f"the model lists, on the GPU where there is one "
-                f"(run `edgeinfer profile --model {spec.name}`)"
-            )
-        goal_met = False
-    best = replace(best, verdict="chosen", reason=why)
-    tiers = [best.tier]
+    best, why, goal_met = _pick(spec, cands, load)
+    tiers: list[Tier] = [best.tier]
     warm = 0
     if spec.scaling.min_scale == 0 and best.cold_start_ms is not None:
-        first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
-        if first > goal and not config.cover_cold_starts:
-            why += (
-                f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: left to "
-                "scale to zero as configured (manager.cover_cold_starts: false)"
-            )
-            best = replace(best, reason=why)
-        elif first > goal:
-            bridge, warm, note = _cold_start_cover(spec, best, cands, config)
-            if bridge is not None:
-                as_primary = f" (as the primary: {bridge.reason})" if bridge.reason else ""
-                cands = [
-                    replace(c, verdict="bridge", reason=note + as_primary) if c is bridge else c
-                    for c in cands
-                ]
-                tiers.append(
-                    replace(bridge.tier, role=TierRole.BRIDGE, min_scale=1 if warm else None)
-                )
-                warm = 0
-            else:
-                tiers[0] = replace(best.tier, min_scale=warm)
-            why += f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: {note}"
-            best = replace(best, reason=why)
+        best, tiers, cands, warm, why = _cover_cold_start(spec, best, cands, config, why)
     cands = [best if c.tier == best.tier else c for c in cands]
     for i, c in enumerate(cands):
         if c.verdict == "rejected" and c.meets_goal:
@@ -421,6 +325,87 @@ def choose_runtime(
     cands += _without_gpu(spec, inventory, cuda_runtimes, cands)
     placement = Placement(spec.name, tuple(tiers), reason=why)
     return PlacementDecision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
+
+
+def _pick(spec: ModelSpec, cands: list[Candidate], load: float) -> tuple[Candidate, str, bool]:
+    """(the chosen candidate, why, whether it meets the goal): the cheapest that meets
+    the goal, else the fastest scored one, else a fallback by hardware kind."""
+    goal = spec.latency.p95_ms
+    meeting = [c for c in cands if c.meets_goal]
+    if meeting:
+        best = min(meeting, key=lambda c: (c.cost_per_hour or 0.0, c.predicted_p95_ms or 0.0))
+        why = (
+            f"cheapest that meets p95 {goal:g} ms at {load:g} req/s: predicted "
+            f"{best.predicted_p95_ms:.0f} ms, {best.cost_per_hour:.4f}/hour"
+        )
+        return replace(best, verdict="chosen", reason=why), why, True
+    scored = [c for c in cands if c.predicted_p95_ms is not None]
+    if scored:
+        best = min(scored, key=lambda c: c.predicted_p95_ms or math.inf)
+        why = (
+            f"NO candidate meets p95 {goal:g} ms at {load:g} req/s; placed on the "
+            f"fastest, {best.key} ({best.reason})"
+        )
+    else:
+        best, why = _fallback(spec, cands)
+    return replace(best, verdict="chosen", reason=why), why, False
+
+
+def _fallback(spec: ModelSpec, cands: list[Candidate]) -> tuple[Candidate, str]:
+    """No candidate could be scored: with profiles but no hardware that fits, the first
+    CPU tier; with no profile at all, the first GPU tier, else the first CPU one."""
+    cpu = [c for c in cands if c.tier.device is Device.CPU] or cands
+    if any(c.source != "none" for c in cands):
+        best = cpu[0]
+        return best, (
+            f"NO candidate fits this hardware; placed on {best.key} anyway "
+            f"({best.key}: {best.reason})"
+        )
+    # As `--device auto` would: the GPU where there is one, else the CPU.
+    gpu = [c for c in cands if c.tier.device is Device.CUDA]
+    best = (gpu or cpu)[0]
+    return best, (
+        f"no profile to decide from; placed on {best.key}, the first runtime "
+        f"the model lists, on the GPU where there is one "
+        f"(run `edgeinfer profile --model {spec.name}`)"
+    )
+
+
+def _cover_cold_start(
+    spec: ModelSpec,
+    best: Candidate,
+    cands: list[Candidate],
+    config: PolicyConfig,
+    why: str,
+) -> tuple[Candidate, list[Tier], list[Candidate], int, str]:
+    """For a model that scales to zero: (chosen, tiers, candidates, warm minimum, why)
+    once a cold start that alone breaks the goal is covered (a bridge tier or a warm
+    primary replica, :func:`_cold_start_cover`) or, as configured, left alone."""
+    goal = spec.latency.p95_ms
+    tiers = [best.tier]
+    assert best.cold_start_ms is not None
+    first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
+    if first <= goal:
+        return best, tiers, cands, 0, why
+    if not config.cover_cold_starts:
+        why += (
+            f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: left to "
+            "scale to zero as configured (manager.cover_cold_starts: false)"
+        )
+        return replace(best, reason=why), tiers, cands, 0, why
+    bridge, warm, note = _cold_start_cover(spec, best, cands, config)
+    if bridge is not None:
+        as_primary = f" (as the primary: {bridge.reason})" if bridge.reason else ""
+        cands = [
+            replace(c, verdict="bridge", reason=note + as_primary) if c is bridge else c
+            for c in cands
+        ]
+        tiers.append(replace(bridge.tier, role=TierRole.BRIDGE, min_scale=1 if warm else None))
+        warm = 0
+    else:
+        tiers[0] = replace(best.tier, min_scale=warm)
+    why += f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: {note}"
+    return replace(best, reason=why), tiers, cands, warm, why
 
 
 def _without_gpu(

@@ -3,7 +3,7 @@ phase by phase, then drive it with a fixed workload at concurrency 1 and at the 
 target concurrency (``edgeinfer profile``).
 
 The worker is started the way the supervisor starts one (a spawner and
-:meth:`Replica.wait_ready`), so the cold-start phases mean the same as in
+:class:`HttpReadiness`), so the cold-start phases mean the same as in
 ``/admin/models``. The workload per task is fixed so profiles compare: a short chat or
 completion with 32 tokens out at temperature 0; one sentence to embed; one small text
 file to classify.
@@ -29,7 +29,7 @@ from runtime.backends.registry import registered_runtimes, runtime_class
 from runtime.errors import ModelNotFound, RuntimeUnavailable
 from runtime.placement.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
 from runtime.scaling.forkserver import ForkServer
-from runtime.scaling.replica import ColdStart, Replica, Spawner, spawn_worker
+from runtime.scaling.replica import ColdStart, HttpReadiness, Replica, Spawner, spawn_worker
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig, ModelSpec, Task, bundled_config_path
 from runtime.spec.placement import Device, Tier
@@ -222,9 +222,10 @@ async def _start(
     ready_timeout: float,
 ) -> tuple[Replica, ColdStart]:
     """Start one replica and wait until it is ready; RuntimeUnavailable if it cannot."""
-    replica = await spawn_worker(spawner, spec, clock, tier)
+    readiness = HttpReadiness(session, clock, ready_timeout)
+    replica = await spawn_worker(spawner, spec, clock, tier, readiness)
     try:
-        return replica, await replica.wait_ready(session, clock, ready_timeout)
+        return replica, await replica.ready()
     except Exception as exc:
         await replica.stop(grace=10)
         raise RuntimeUnavailable(f"{tier.key}: the worker did not start: {exc}") from exc

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from runtime.spec.scaling import ScalingRule
 
 __all__ = [
+    "UNBOUNDED",
     "ConcurrencyWindow",
     "ScaleDecision",
     "ScalerState",
@@ -41,6 +42,9 @@ __all__ = [
 MAX_SCALE_UP_RATE = 1000.0
 MAX_SCALE_DOWN_RATE = 2.0
 _TARGET_MIN = 0.01  # Knative's autoscaling.TargetMin
+# What a limit of 0 ("none": max-scale, container-concurrency) counts as where a number
+# is needed: more replicas or requests than any host or cluster will see.
+UNBOUNDED = 1_000_000
 
 
 class ConcurrencyWindow:

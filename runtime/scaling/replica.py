@@ -1,11 +1,13 @@
 """One replica of a model: a worker process on a loopback port, and how to start it.
 
-A replica is started by a ``Spawner`` (injected, so tests and other hosts can replace
-process creation), becomes *ready* when its ``/v2/health/ready`` answers 200, serves
-until it is *draining* (no new requests; the ones in flight finish), then stops. Its
-cold start is reported in three phases: ``spawn`` (process start until the worker
-answers HTTP), ``load`` (the model's resolve + load, as the worker measured it) and
-``warmup`` (the worker's first inference).
+A replica is started by a ``Launcher`` (injected, so tests and other hosts can replace
+process creation): the real one, :class:`WorkerLauncher`, has a ``Spawner`` start a
+worker process. The replica says itself when it serves: ``await replica.ready()``
+(for a worker, :class:`HttpReadiness` polls its ``/v2/health/ready`` until it answers
+ready). It serves until it is *draining* (no new requests; the ones in flight finish),
+then stops. Its cold start is reported in three phases: ``spawn`` (process start until
+the worker answers HTTP), ``load`` (the model's resolve + load, as the worker measured
+it) and ``warmup`` (the worker's first inference).
 """
 
 from __future__ import annotations
@@ -26,7 +28,19 @@ from runtime.errors import ModelNotReady
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Tier
 
-__all__ = ["ColdStart", "Replica", "ReplicaState", "Spawner", "WorkerProcess", "spawn_worker"]
+__all__ = [
+    "ColdStart",
+    "HttpReadiness",
+    "Launcher",
+    "ProcessHandle",
+    "Readiness",
+    "Replica",
+    "ReplicaState",
+    "Spawner",
+    "WorkerLauncher",
+    "WorkerProcess",
+    "spawn_worker",
+]
 
 
 class ReplicaState(enum.Enum):
@@ -73,6 +87,13 @@ class Spawner(Protocol):
     ) -> Awaitable[ProcessHandle]: ...
 
 
+class Readiness(Protocol):
+    """How a started replica tells that it serves: ``await readiness(replica)`` returns
+    its cold start, or raises ModelNotReady (it exited, failed to load, took too long)."""
+
+    def __call__(self, replica: Replica) -> Awaitable[ColdStart]: ...
+
+
 @dataclass
 class Replica:
     model: str
@@ -87,6 +108,7 @@ class Replica:
 
     base_url: str | None = None
     tier: Tier | None = None  # None: the runtime the worker chose itself
+    readiness: Readiness | None = None  # None: it serves from the start (external)
 
     @property
     def url(self) -> str:
@@ -127,36 +149,12 @@ class Replica:
         if self.in_flight == 0:
             self.idle.set()
 
-    async def wait_ready(
-        self, session: aiohttp.ClientSession, clock: Callable[[], float], limit_s: float
-    ) -> ColdStart:
-        """Poll the worker until it is ready; raises ModelNotReady if it exits or times out."""
-        deadline = clock() + limit_s
-        live_at: float | None = None
-        while clock() < deadline:
-            if not self.alive:
-                raise ModelNotReady(
-                    f"a replica of {self.model!r} exited with {self.process.returncode} "
-                    "while starting"
-                )
-            body = await _probe(session, f"{self.url}/v2/health/ready")
-            if body is not None:
-                live_at = live_at or clock()
-                if body.get("ready"):
-                    return self._cold_start(body, live_at, clock())
-                if body.get("error"):
-                    raise ModelNotReady(f"model {self.model!r} failed to load: {body['error']}")
-            await asyncio.sleep(0.005 if live_at is None else 0.01)
-        raise ModelNotReady(f"a replica of {self.model!r} did not become ready in {limit_s:.0f}s")
-
-    def _cold_start(self, body: dict[str, Any], live_at: float, now: float) -> ColdStart:
-        worker = body.get("load", {}).get("phases", {})
-        load = float(worker.get("resolve", 0.0)) + float(worker.get("load", 0.0))
-        warmup = float(worker.get("warmup", 0.0))
-        return ColdStart(
-            phases={"spawn": live_at - self.started, "load": load, "warmup": warmup},
-            finished_at=now,
-        )
+    async def ready(self) -> ColdStart:
+        """Wait until this replica serves; its cold start. Raises ModelNotReady if it
+        exits, fails to load or takes too long (as its ``readiness`` judges)."""
+        if self.readiness is None:
+            return ColdStart(phases={}, finished_at=self.started)
+        return await self.readiness(self)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process exited."""
@@ -187,6 +185,48 @@ class _External:
     async def wait(self) -> int:
         await asyncio.Event().wait()  # forever: its life is not ours to see
         return 0
+
+
+@dataclass(frozen=True)
+class HttpReadiness:
+    """A worker is ready when its ``/v2/health/ready`` says so; polled on ``session``
+    for at most ``limit_s`` seconds of ``clock``."""
+
+    session: aiohttp.ClientSession
+    clock: Callable[[], float]
+    limit_s: float
+
+    async def __call__(self, replica: Replica) -> ColdStart:
+        clock = self.clock
+        deadline = clock() + self.limit_s
+        live_at: float | None = None
+        while clock() < deadline:
+            if not replica.alive:
+                raise ModelNotReady(
+                    f"a replica of {replica.model!r} exited with "
+                    f"{replica.process.returncode} while starting"
+                )
+            body = await _probe(self.session, f"{replica.url}/v2/health/ready")
+            if body is not None:
+                live_at = live_at or clock()
+                if body.get("ready"):
+                    return _cold_start(replica, body, live_at, clock())
+                if body.get("error"):
+                    raise ModelNotReady(f"model {replica.model!r} failed to load: {body['error']}")
+            await asyncio.sleep(0.005 if live_at is None else 0.01)
+        raise ModelNotReady(
+            f"a replica of {replica.model!r} did not become ready in {self.limit_s:.0f}s"
+        )
+
+
+def _cold_start(replica: Replica, body: dict[str, Any], live_at: float, now: float) -> ColdStart:
+    worker = body.get("load", {}).get("phases", {})
+    load = float(worker.get("resolve", 0.0)) + float(worker.get("load", 0.0))
+    warmup = float(worker.get("warmup", 0.0))
+    return ColdStart(
+        phases={"spawn": live_at - replica.started, "load": load, "warmup": warmup},
+        finished_at=now,
+    )
 
 
 async def _probe(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -244,9 +284,58 @@ class WorkerProcess:
 
 
 async def spawn_worker(
-    spawner: Spawner, spec: ModelSpec, clock: Callable[[], float], tier: Tier | None = None
+    spawner: Spawner,
+    spec: ModelSpec,
+    clock: Callable[[], float],
+    tier: Tier | None = None,
+    readiness: Readiness | None = None,
 ) -> Replica:
     port = free_port()
     started = clock()
     process = await spawner(spec, port, tier)
-    return Replica(model=spec.name, port=port, process=process, started=started, tier=tier)
+    return Replica(
+        model=spec.name,
+        port=port,
+        process=process,
+        started=started,
+        tier=tier,
+        readiness=readiness,
+    )
+
+
+class Launcher(Protocol):
+    """Starts one replica of a model: ``await launcher(spec, tier)`` returns it STARTING
+    (``await replica.ready()`` says when it serves). ``start`` and ``close`` bracket the
+    launcher's life (the supervisor calls them)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def __call__(self, spec: ModelSpec, tier: Tier | None = None) -> Awaitable[Replica]: ...
+
+
+class WorkerLauncher:
+    """The real launcher: worker processes from ``spawner`` on free loopback ports,
+    ready when their health route says so (within ``ready_timeout`` seconds)."""
+
+    def __init__(
+        self, spawner: Spawner, *, clock: Callable[[], float], ready_timeout: float
+    ) -> None:
+        self.spawner = spawner
+        self._clock = clock
+        self._ready_timeout = ready_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        await self.spawner.start()
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.spawner.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def __call__(self, spec: ModelSpec, tier: Tier | None = None) -> Replica:
+        if self._session is None:
+            raise ModelNotReady(f"model {spec.name!r}: the worker launcher was not started")
+        readiness = HttpReadiness(self._session, self._clock, self._ready_timeout)
+        return await spawn_worker(self.spawner, spec, self._clock, tier, readiness)

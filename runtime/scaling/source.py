@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from runtime.scaling.pool import PoolStatus
 from runtime.scaling.replica import ColdStart, Replica
-from runtime.scaling.supervisor import PoolStatus
 from runtime.spec.model import ModelSpec
 
 __all__ = ["ReplicaPool", "ReplicaSource"]
@@ -40,8 +40,9 @@ class ReplicaPool(Protocol):
 class ReplicaSource(Protocol):
     """Every model's pool, started and stopped with the gateway.
 
-    ``on_cold_start`` is still set by the gateway after construction (its metrics own
-    the histogram); taking it through the constructors is left to a follow-up."""
+    ``on_cold_start`` hears of every replica that became ready. The supervisor takes it
+    through its constructor; the gateway (whose metrics own the histogram and are made
+    after the source) still assigns it before ``start``, as Knative's router needs."""
 
     on_cold_start: Callable[[str, ColdStart], None] | None
 

@@ -22,7 +22,7 @@ import yaml
 from gateway.app import Gateway
 from gateway.http1 import Http1Server
 from gateway.server import build_gateway
-from runtime.scaling.supervisor import ModelPool
+from runtime.scaling.pool import ModelPool
 from runtime.settings import Settings
 from runtime.spec.model import load_config
 from tests.conftest import free_port

@@ -28,7 +28,8 @@ from gateway.server import build_gateway
 from runtime.backends.devices import cuda_available
 from runtime.placement.inventory import CpuInfo, GpuInfo, Inventory
 from runtime.placement.profiles import LoadPoint, Profile, ProfileStore, artifact_hash
-from runtime.scaling.replica import ProcessHandle, Spawner
+from runtime.scaling.replica import ProcessHandle, Spawner, WorkerLauncher
+from runtime.scaling.supervisor import Supervisor
 from runtime.settings import Settings
 from runtime.spec.model import ModelSpec, RuntimeName, load_config
 from runtime.spec.placement import Device, Tier
@@ -117,8 +118,11 @@ class Live:
         app = build_gateway(config, settings, clock=clock, environ={}, probe=lambda: self.inventory)
         assert app.manager is not None
         if stand_in:
-            self.spawner = CpuStandIn(app.supervisor._spawner, cuda_start=3.0)
-            app.supervisor._spawner = self.spawner
+            assert isinstance(app.supervisor, Supervisor)
+            launcher = app.supervisor.launcher
+            assert isinstance(launcher, WorkerLauncher)
+            self.spawner = CpuStandIn(launcher.spawner, cuda_start=3.0)
+            launcher.spawner = self.spawner
             # Part of the same fake: the build is taken to use the GPU the probe claims.
             app.manager.cuda_runtimes = None
         self.gw = GatewayServer(app, clock)
