@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from runtime.scaling.source import ReplicaSource
 
+from gateway import ollama
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -47,6 +47,7 @@ from runtime.errors import (
 )
 from runtime.placement.manager import Manager
 from runtime.scaling.replica import ColdStart
+from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
 
 __all__ = ["Gateway"]
@@ -136,7 +137,7 @@ class Gateway:
                 identity = self._authenticate(scope)  # from the head: before the body
                 body = await self._body(scope, receive)
                 request = json_object(body, unique_keys=("model",))
-                model = _model_field(request)
+                model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
                 tap = UsageTap()
                 if request.get("stream") is True:
@@ -172,6 +173,9 @@ class Gateway:
                     self._admit(self._authenticate(scope), model)  # all before the body
                     body = await self._body(scope, receive) if allow == "POST" else b""
                     status = await self._proxy(scope, receive, send, target, model, body)
+            elif path == ollama.SHOW or path in ollama.LISTINGS:
+                model, route = "-", path
+                status = await self._ollama(scope, receive, send, path)
             else:
                 model, route = "-", _route_label(path)
                 status = await self._local(scope, send, path)
@@ -299,6 +303,19 @@ class Gateway:
         # A model scaled to zero is ready: the first request starts a replica.
         return await _send_json(send, 200, {"name": model, "ready": True})
 
+    async def _ollama(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
+        """Ollama's discovery routes, behind the same key as ``/v1/models``."""
+        method, allow = scope["method"], "POST" if path == ollama.SHOW else "GET"
+        if method != allow:
+            raise MethodNotAllowed(f"{method} {path}: this route takes {allow}", allow=allow)
+        identity = self._authenticate(scope)  # from the head: before the body
+        if path != ollama.SHOW:
+            answer = ollama.listing(path, self.config, self.supervisor, identity)
+            return await _send_json(send, 200, answer)
+        name = ollama.show_target(await self._body(scope, receive))
+        self._admit(identity, name)
+        return await _send_json(send, 200, ollama.show(self.config, name))
+
     async def _local(self, scope: Scope, send: Send, path: str) -> int:
         method = scope["method"]
         if path == "/v2/health/live" and method == "GET":
@@ -309,11 +326,7 @@ class Gateway:
             return await _send_json(send, 200, gateway_document(self.config, bool(self.auth.keys)))
         if path == "/v1/models" and method == "GET":
             identity = self._authenticate(scope)
-            names = [
-                m.name
-                for m in self.config.models
-                if identity.models is None or m.name in identity.models
-            ]
+            names = [m.name for m in ollama.usable(self.config, identity)]
             data = [
                 {"id": n, "object": "model", "created": self.created, "owned_by": "edgeinfer"}
                 for n in names
@@ -413,6 +426,8 @@ _LOCAL_ROUTES = frozenset(
         "/metrics",
         "/admin/models",
         "/openapi.json",
+        ollama.SHOW,
+        *ollama.LISTINGS,
     }
 )
 
