@@ -172,7 +172,7 @@ def test_the_ollama_client_against_smollm2_through_the_gateway(
     assert said.eval_count and said.prompt_eval_count
     # Both answers counted under the model's own name (the NDJSON stream's last line).
     text = httpx.get(f"{gw.url}/metrics").text
-    completion = _sample(text, 'edgeinfer_tokens_total{model="smollm2",kind="completion"}')
+    completion = _sample(text, 'edgeinfer_tokens_total{kind="completion",model="smollm2"}')
     assert completion == parts[-1].eval_count + said.eval_count, text
 
 
