@@ -67,6 +67,7 @@ _OPENAI_PROXY = {
     "/api/generate",
     "/api/embed",
 }
+_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
 # Only what a model name (runtime.spec) and a version may hold: nothing a request line
 # could be split on reaches the path a replica sees.
 _VERSION = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
@@ -140,7 +141,9 @@ class Gateway:
                 model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
                 tap = UsageTap()
-                if request.get("stream") is True:
+                # Only OpenAI's chat and completions streams hide their usage unless
+                # asked; /v1/responses and Ollama's answers always carry theirs.
+                if request.get("stream") is True and path in _USAGE_ON_REQUEST:
                     options = request.get("stream_options")
                     if options is not None and not isinstance(options, dict):
                         raise BadInput(

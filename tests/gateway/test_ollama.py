@@ -190,3 +190,13 @@ def test_show_body_is_ollamas_shape(served: tuple[GatewayServer, EchoReplica]) -
     assert r.status_code == 200, r.text
     assert set(body) >= {"modelfile", "parameters", "template", "details", "model_info"}
     assert json.dumps(body["details"]) and body["capabilities"] == ["embedding"]
+
+
+def test_an_ollama_stream_is_forwarded_as_sent(served: tuple[GatewayServer, EchoReplica]) -> None:
+    # The gateway asks OpenAI chat/completions streams for their usage event; Ollama's
+    # streams end with their counts anyway, and their body is not rewritten.
+    gw, echo = served
+    sent = {"model": "other:latest", "messages": [], "stream": True}
+    r = httpx.post(f"{gw.url}/api/chat", json=sent, headers=ALL)
+    assert r.status_code == 200, r.text
+    assert json.loads(echo.seen[-1]["body"]) == sent
