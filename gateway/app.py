@@ -27,6 +27,7 @@ from urllib.parse import quote
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from gateway import ollama
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -66,6 +67,7 @@ _OPENAI_PROXY = {
     "/api/generate",
     "/api/embed",
 }
+_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
 # Only what a model name (runtime.spec) and a version may hold: nothing a request line
 # could be split on reaches the path a replica sees.
 _VERSION = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
@@ -136,10 +138,12 @@ class Gateway:
                 identity = self._authenticate(scope)  # from the head: before the body
                 body = await self._body(scope, receive)
                 request = json_object(body, unique_keys=("model",))
-                model = _model_field(request)
+                model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
                 tap = UsageTap()
-                if request.get("stream") is True:
+                # Only OpenAI's chat and completions streams hide their usage unless
+                # asked; /v1/responses and Ollama's answers always carry theirs.
+                if request.get("stream") is True and path in _USAGE_ON_REQUEST:
                     options = request.get("stream_options")
                     if options is not None and not isinstance(options, dict):
                         raise BadInput(
@@ -172,6 +176,9 @@ class Gateway:
                     self._admit(self._authenticate(scope), model)  # all before the body
                     body = await self._body(scope, receive) if allow == "POST" else b""
                     status = await self._proxy(scope, receive, send, target, model, body)
+            elif path == ollama.SHOW or path in ollama.LISTINGS:
+                model, route = "-", path
+                status = await self._ollama(scope, receive, send, path)
             else:
                 model, route = "-", _route_label(path)
                 status = await self._local(scope, send, path)
@@ -299,6 +306,19 @@ class Gateway:
         # A model scaled to zero is ready: the first request starts a replica.
         return await _send_json(send, 200, {"name": model, "ready": True})
 
+    async def _ollama(self, scope: Scope, receive: Receive, send: Send, path: str) -> int:
+        """Ollama's discovery routes, behind the same key as ``/v1/models``."""
+        method, allow = scope["method"], "POST" if path == ollama.SHOW else "GET"
+        if method != allow:
+            raise MethodNotAllowed(f"{method} {path}: this route takes {allow}", allow=allow)
+        identity = self._authenticate(scope)  # from the head: before the body
+        if path != ollama.SHOW:
+            answer = ollama.listing(path, self.config, self.supervisor, identity)
+            return await _send_json(send, 200, answer)
+        name = ollama.show_target(await self._body(scope, receive))
+        self._admit(identity, name)
+        return await _send_json(send, 200, ollama.show(self.config, name))
+
     async def _local(self, scope: Scope, send: Send, path: str) -> int:
         method = scope["method"]
         if path == "/v2/health/live" and method == "GET":
@@ -309,11 +329,7 @@ class Gateway:
             return await _send_json(send, 200, gateway_document(self.config, bool(self.auth.keys)))
         if path == "/v1/models" and method == "GET":
             identity = self._authenticate(scope)
-            names = [
-                m.name
-                for m in self.config.models
-                if identity.models is None or m.name in identity.models
-            ]
+            names = [m.name for m in ollama.usable(self.config, identity)]
             return await _send_json(send, 200, openai.models_response(names, self.created))
         if path.startswith("/v1/models/") and method == "GET":
             name = path.removeprefix("/v1/models/")
@@ -401,6 +417,8 @@ _LOCAL_ROUTES = frozenset(
         "/metrics",
         "/admin/models",
         "/openapi.json",
+        ollama.SHOW,
+        *ollama.LISTINGS,
     }
 )
 

@@ -201,7 +201,7 @@ async def _forward(
                 {
                     k.decode("latin-1"): v.decode("latin-1")
                     for k, v in out
-                    if k.startswith(b"x-edgeinfer-")
+                    if k.startswith(b"x-edgeinfer-") or k == b"content-type"
                 }
             )
         whole = None if streaming else response.whole_body()
@@ -210,6 +210,8 @@ async def _forward(
         if whole is not None:  # one body message for an answer that is all here already
             result.first_byte = result.last_byte = time.perf_counter()
             result.chunks = 1
+            if tap is not None:
+                tap.body(whole)
             await send({"type": "http.response.body", "body": whole, "more_body": False})
             return
         try:
@@ -226,6 +228,8 @@ async def _forward(
             if streaming:
                 await _error_event(send, failure)
             raise ResponseCut(failure.message) from None
+        if tap is not None:
+            tap.end()
         await _end(send)
     finally:
         response.close()

@@ -22,6 +22,8 @@ MAX_DEPTH = 64
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _BLOCK = 1 << 20
+# A \u escape of a UTF-16 surrogate (paired or not): the bodies checked for lone ones.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def load_json(body: bytes, *, unique_keys: Collection[str] = ()) -> Any:
@@ -40,11 +42,36 @@ def load_json(body: bytes, *, unique_keys: Collection[str] = ()) -> Any:
     ):
         hook = _unique(frozenset(unique_keys))
     try:
-        return json.loads(body, object_pairs_hook=hook)
+        value = json.loads(body, object_pairs_hook=hook)
     except RecursionError:
         raise BadInput("request body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
         raise BadInput(f"request body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(body):  # only such bodies pay for the walk
+        _check_text(value, "")
+    return value
+
+
+def _check_text(value: Any, where: str) -> None:
+    """BadInput naming the field of the first string holding a lone UTF-16 surrogate
+    (JSON lets ``\\ud800`` through; no tokenizer can encode it, and a 500 came of it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            field = f"field {where!r}" if where else "the body"
+            raise BadInput(
+                f"{field} holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+                "without its pair): not text",
+                param=where or None,
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}.{i}" if where else str(i))
 
 
 def json_object(body: bytes, *, unique_keys: Collection[str] = ()) -> dict[str, Any]:

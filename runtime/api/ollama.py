@@ -33,7 +33,8 @@ from runtime.api.structured import (
     render_tool_calls,
     render_tool_response,
 )
-from runtime.errors import BadInput, EdgeInferError
+from runtime.errors import BadInput, EdgeInferError, ModelNotFound
+from runtime.spec.model import ModelSpec, Task
 from runtime.spec.types import ChatMessage, GenerateRequest, SamplingParams
 
 __all__ = [
@@ -42,9 +43,14 @@ __all__ = [
     "OllamaEmbedRequest",
     "OllamaGenerateRequest",
     "OllamaShowRequest",
+    "capabilities",
+    "details",
     "error_body",
+    "list_entry",
     "model_name",
     "now",
+    "show_body",
+    "tagged",
 ]
 
 # Option -> (why, values that ask for what edgeinfer does anyway).
@@ -287,8 +293,67 @@ class OllamaShowRequest(BaseModel):
 
 
 def model_name(name: str) -> str:
-    """Ollama's names carry a tag (``smollm2:latest``); edgeinfer's models have none."""
-    return name.removesuffix(":latest")
+    """Ollama's names carry a tag (``smollm2:latest``); edgeinfer's models have none, so
+    ``NAME:latest`` is ``NAME`` and any other tag names no model here (404)."""
+    base, colon, tag = name.partition(":")
+    if colon and tag != "latest":
+        raise ModelNotFound(
+            f"model {name!r} not found: models here have one version, tagged 'latest' "
+            f"(send {base!r} or '{base}:latest')"
+        )
+    return base
+
+
+def tagged(name: str) -> str:
+    """A model's name as Ollama lists it, with its tag."""
+    return f"{name}:latest"
+
+
+def details(spec: ModelSpec) -> dict[str, Any]:
+    """Ollama's ``details`` of a model: its file format; the rest is unknown here."""
+    formats = [f.value for f in spec.artifacts]
+    return {
+        "parent_model": "",
+        "format": formats[0] if formats else "",
+        "family": "",
+        "families": None,
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+
+
+def capabilities(spec: ModelSpec) -> list[str]:
+    """What ``/api/show`` says a model can do, from its task."""
+    return {
+        Task.CHAT: ["completion", "tools"],
+        Task.COMPLETION: ["completion"],
+        Task.EMBEDDING: ["embedding"],
+    }.get(spec.task, [])
+
+
+def list_entry(spec: ModelSpec) -> dict[str, Any]:
+    """One model of ``/api/tags`` (``/api/ps`` adds ``expires_at`` and ``size_vram``)."""
+    return {
+        "name": tagged(spec.name),
+        "model": tagged(spec.name),
+        "modified_at": now(),
+        "size": 0,
+        "digest": "",
+        "details": details(spec),
+    }
+
+
+def show_body(spec: ModelSpec) -> dict[str, Any]:
+    """The answer of ``POST /api/show``: no Modelfile or template to show."""
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": details(spec),
+        "model_info": {},
+        "capabilities": capabilities(spec),
+        "modified_at": now(),
+    }
 
 
 def now() -> str:

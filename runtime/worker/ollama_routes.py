@@ -31,29 +31,6 @@ def _check_model(state: WorkerState, name: str) -> None:
     state.check_name(ollama.model_name(name))
 
 
-def _details(state: WorkerState) -> dict[str, Any]:
-    formats = [f.value for f in state.spec.artifacts]
-    return {
-        "format": formats[0] if formats else "",
-        "family": "",
-        "families": None,
-        "parameter_size": "",
-        "quantization_level": "",
-        "parent_model": "",
-    }
-
-
-def _model_entry(state: WorkerState) -> dict[str, Any]:
-    return {
-        "name": state.spec.name,
-        "model": state.spec.name,
-        "modified_at": ollama.now(),
-        "size": 0,
-        "digest": "",
-        "details": _details(state),
-    }
-
-
 def _counts(last: TokenChunk, seconds: float) -> dict[str, Any]:
     return {
         "done_reason": last.finish_reason or "stop",
@@ -158,13 +135,13 @@ async def embed(request: Request) -> Response:
 
 @router.get("/api/tags")
 async def tags(request: Request) -> Response:
-    return json_response({"models": [_model_entry(worker_state(request))]})
+    return json_response({"models": [ollama.list_entry(worker_state(request).spec)]})
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> Response:
     state = worker_state(request)
-    loaded = [{**_model_entry(state), "size_vram": 0}] if state.ready else []
+    loaded = [{**ollama.list_entry(state.spec), "size_vram": 0}] if state.ready else []
     return json_response({"models": loaded})
 
 
@@ -173,22 +150,7 @@ async def show(request: Request) -> Response:
     state = worker_state(request)
     body = parse_json(await request.body(), ollama.OllamaShowRequest)
     _check_model(state, body.target)
-    task = state.spec.task
-    capabilities = {
-        Task.CHAT: ["completion", "tools"],
-        Task.COMPLETION: ["completion"],
-        Task.EMBEDDING: ["embedding"],
-    }.get(task, [])
-    out = {
-        "modelfile": "",
-        "parameters": "",
-        "template": "",
-        "details": _details(state),
-        "model_info": {},
-        "capabilities": capabilities,
-        "modified_at": ollama.now(),
-    }
-    return json_response(out)
+    return json_response(ollama.show_body(state.spec))
 
 
 def _headers(last: TokenChunk) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -35,6 +36,13 @@ def test_responses_and_ollama_chat_through_the_gateway(
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert len(deltas) > 1 and "".join(deltas) == whole.output_text
     assert events[-1].type in ("response.completed", "response.incomplete")
+    # Both answers' tokens counted by the gateway: the whole answer's usage and the
+    # stream's, which only its final event carries.
+    streamed = events[-1].response.usage
+    assert whole.usage is not None and streamed is not None
+    text = httpx.get(f"{gw.url}/metrics").text
+    expected = whole.usage.output_tokens + streamed.output_tokens
+    assert f'edgeinfer_tokens_total{{kind="completion",model="smollm2"}} {float(expected)}' in text
     oc = ollama.Client(host=gw.url)
     options = {"temperature": 0, "num_predict": 10, "repeat_penalty": 1.0}
     messages = [{"role": "user", "content": "Name a colour."}]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -91,6 +92,22 @@ def test_an_endless_header_value_counts_against_the_head_limit(target: Target) -
 def test_ten_thousand_headers_are_refused(target: Target) -> None:
     out = attacks.many_headers(target, count=10_000)
     assert out.status == 431, out
+
+
+def test_ten_thousand_headers_again_and_again_do_not_grow_the_gateway(
+    target: Target, served: ServedGateway
+) -> None:
+    # Parsing stops at the 101st header and the refused connection keeps nothing: a
+    # server that parsed and kept every header until the head ended (or until the
+    # byte limit) would hold ~10 000 header tuples per attack while they overlap.
+    # 100 attacks, 4 at a time, measured as RSS growth of the gateway process
+    # (/proc), with a generous bound: one attack's headers held would be ~1 MiB each.
+    before = served.rss_bytes()
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: attacks.many_headers(target, count=10_000), range(100)))
+    grown = served.rss_bytes() - before
+    assert all(out.status == 431 for out in outcomes), outcomes[:3]
+    assert grown < 24 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 100 attacks"
 
 
 def test_more_than_about_a_hundred_headers_are_refused(target: Target) -> None:

@@ -157,12 +157,43 @@ def test_schemathesis_worker(model: str, worker_logs: Path) -> None:
         assert worker.proc.poll() is None, worker.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker bug found by schemathesis (EDGEINFER_FUZZ_EXAMPLES=40): this completion "
-    "body never answers on smollm2; the single fields alone do not hang; not yet diagnosed",
-)
-def test_a_fuzzed_completion_that_hangs_the_smollm2_worker(smollm2_worker: WorkerProcess) -> None:
+def _hang_body() -> dict[str, Any]:
+    """The fuzzed body that hung smollm2, without its made-up fields (now a 400 each) and
+    ``max_completion_tokens`` (a chat field, refused on completions): ``repeat_penalty:
+    0`` makes llama.cpp divide the prompt's positive logits by zero, and with this prompt
+    (bytes of astral characters), ``top_p`` and ``temperature`` the model then repeats a
+    token that begins a UTF-8 sequence. llama-cpp-python's ``create_completion`` held
+    back incomplete UTF-8 *before* its ``max_tokens`` check, so it never stopped short
+    of the context's end, detokenizing the whole answer at every token (minutes).
+    ``runtime.backends.llama_decode`` counts every sampled token against the limit."""
+    raw = json.loads((Path(__file__).parent / "schemathesis_hang_body.json").read_text())
+    body = {k: v for k, v in raw.items() if k.isascii() and k.isidentifier()}
+    del body["max_completion_tokens"]
+    assert body["repeat_penalty"] == 0.0 and body["max_tokens"] == 4, body
+    return body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fuzzed_completion_that_hung_the_smollm2_worker_stops_at_max_tokens(
+    smollm2_worker: WorkerProcess, stream: bool
+) -> None:
+    body = {**_hang_body(), "stream": stream, "stream_options": {"include_usage": True}}
+    if not stream:
+        del body["stream_options"]
+    r = httpx.post(f"{smollm2_worker.url}/v1/completions", json=body, timeout=CASE_TIMEOUT)
+    assert r.status_code == 200, r.text
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line[6:7] == "{"]
+        usage, finish = events[-1]["usage"], events[-2]["choices"][0]["finish_reason"]
+    else:
+        usage, finish = r.json()["usage"], r.json()["choices"][0]["finish_reason"]
+    assert usage["completion_tokens"] == 4 and finish == "length", r.text
+    assert smollm2_worker.proc.poll() is None, smollm2_worker.output()
+
+
+def test_the_fuzzed_body_with_its_unknown_fields_is_a_400_naming_one(
+    smollm2_worker: WorkerProcess,
+) -> None:
     body = (Path(__file__).parent / "schemathesis_hang_body.json").read_bytes()
     r = httpx.post(
         f"{smollm2_worker.url}/v1/completions",
@@ -170,4 +201,31 @@ def test_a_fuzzed_completion_that_hangs_the_smollm2_worker(smollm2_worker: Worke
         headers={"content-type": "application/json"},
         timeout=CASE_TIMEOUT,
     )
-    assert r.status_code < 500
+    assert r.status_code == 400 and r.json()["error"]["param"], r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"prompt": "\ud800x", "max_tokens": 2}, "prompt"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "\udc00"}], "max_tokens": 2},
+            "messages.0.content",
+        ),
+    ],
+)
+def test_a_prompt_with_a_lone_surrogate_is_a_400_naming_the_field(
+    smollm2_worker: WorkerProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    # json.dumps writes the lone surrogate as a \\u escape, as the fuzzer did; the
+    # tokenizer cannot encode it (it was a 500).
+    content = json.dumps({"model": "smollm2", **body}).encode()
+    r = httpx.post(
+        f"{smollm2_worker.url}{path}",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=CASE_TIMEOUT,
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert smollm2_worker.proc.poll() is None, smollm2_worker.output()

@@ -95,3 +95,23 @@ def test_a_deep_tensor_within_the_limit_is_judged_by_its_shape() -> None:
 
 def test_a_big_integer_within_the_digit_limit_still_parses() -> None:
     assert json_object(b'{"n": 12345678901234567890}') == {"n": 12345678901234567890}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"prompt": "\\ud800x"}', "prompt"),
+        (b'{"prompt": "x\\uDFFF"}', "prompt"),
+        (b'{"messages": [{"role": "user", "content": "\\udc00\\ud800"}]}', "messages.0.content"),
+        (b'{"\\ud800": 1}', None),
+    ],
+)
+def test_a_lone_surrogate_is_a_bad_input_naming_its_field(body: bytes, param: str | None) -> None:
+    with pytest.raises(BadInput) as caught:
+        json_object(body)
+    assert "surrogate" in caught.value.message and caught.value.param == param
+
+
+def test_paired_surrogates_and_a_literal_backslash_u_are_text() -> None:
+    assert json_object(b'{"prompt": "\\ud83d\\ude00"}') == {"prompt": "\U0001f600"}
+    assert json_object(b'{"prompt": "\\\\ud800"}') == {"prompt": "\\ud800"}

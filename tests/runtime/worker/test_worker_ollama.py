@@ -67,8 +67,9 @@ def test_generate_format_and_tools(smollm2_worker: WorkerProcess) -> None:
 
 def test_listings_and_refusals(smollm2_worker: WorkerProcess) -> None:
     c = ollama.Client(host=smollm2_worker.url)
-    assert [m.model for m in c.list().models] == ["smollm2"]
-    assert [m.model for m in c.ps().models] == ["smollm2"]
+    # Listed as Ollama lists models, with their tag.
+    assert [m.model for m in c.list().models] == ["smollm2:latest"]
+    assert [m.model for m in c.ps().models] == ["smollm2:latest"]
     shown = c.show("smollm2")
     assert shown.capabilities == ["completion", "tools"] and shown.details is not None
     for kwargs, param in (
@@ -83,6 +84,9 @@ def test_listings_and_refusals(smollm2_worker: WorkerProcess) -> None:
     with pytest.raises(ollama.ResponseError) as missing:
         c.chat(model="llama3", messages=ASK)
     assert missing.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as tagged:
+        c.chat(model="smollm2:7b", messages=ASK)
+    assert tagged.value.status_code == 404 and "smollm2:7b" in tagged.value.error
 
 
 def test_embed(minilm_worker: WorkerProcess) -> None:
