@@ -37,6 +37,7 @@ from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api import openai
 from runtime.api.body import json_object
+from runtime.api.ollama import keep_alive_seconds
 from runtime.api.render import error_response
 from runtime.errors import (
     BadInput,
@@ -140,6 +141,9 @@ class Gateway:
                 request = json_object(body, unique_keys=("model",))
                 model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
+                if path in ollama.OLLAMA_PROXY and "keep_alive" in request:
+                    self._keep_alive(model, request.pop("keep_alive"))
+                    body = json.dumps(request).encode()  # the worker has no pool to hold
                 tap = UsageTap()
                 # Only OpenAI's chat and completions streams hide their usage unless
                 # asked; /v1/responses and Ollama's answers always carry theirs.
@@ -239,6 +243,20 @@ class Gateway:
             self.failures.check(address, now)
             self.failures.failed(address, now)
             raise
+
+    def _keep_alive(self, model: str, value: object) -> None:
+        """Ollama's ``keep_alive``: hold the model's pool at one replica or more for that
+        long, at most ``max_keep_alive_seconds``. 0 (unload now) is refused: a model
+        goes to zero by its scaling rule's idle window, not on request."""
+        seconds = keep_alive_seconds(value)
+        limit = self.settings.max_keep_alive_seconds
+        if seconds == 0 or limit == 0:
+            raise BadInput(
+                "field 'keep_alive': "
+                + ("0 (unload now) is not supported: " if seconds == 0 else "is disabled here: ")
+                + "a model goes to zero after its scaling rule's idle window; leave it out"
+            )
+        self.supervisor.pool(model).hold(self.clock() + min(seconds, limit))
 
     def _admit(self, identity: KeyIdentity, model: str) -> None:
         """The key's model scope (403) and its rate (429)."""

@@ -62,6 +62,12 @@ class GatewayConfig(Frozen):
         30.0, ge=0, le=3600, description="Knative's scale-to-zero-grace-period"
     )
     max_queue: int = Field(100, ge=0, description="requests waiting per model, then 503")
+    max_keep_alive_seconds: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="the longest hold an Ollama keep_alive may ask for (-1 gets this); 0: refused",
+    )
     ready_timeout_seconds: float = Field(300.0, gt=0, description="replica start limit")
     timeout_header: str = Field(
         "x-edgeinfer-timeout", description="request header giving a shorter deadline (s)"

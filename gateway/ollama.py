@@ -22,19 +22,28 @@ from runtime.errors import ModelNotFound
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import ModelConfig, ModelSpec
 
-__all__ = ["LISTINGS", "SHOW", "listing", "proxied_model", "show", "show_target", "usable"]
+__all__ = [
+    "LISTINGS",
+    "OLLAMA_PROXY",
+    "SHOW",
+    "listing",
+    "proxied_model",
+    "show",
+    "show_target",
+    "usable",
+]
 
 SHOW = "/api/show"
 LISTINGS = frozenset({"/api/tags", "/api/ps", "/api/version"})
 # Routes whose body's ``model`` is an Ollama name (tag allowed).
-_OLLAMA_PROXY = frozenset({"/api/chat", "/api/generate", "/api/embed"})
+OLLAMA_PROXY = frozenset({"/api/chat", "/api/generate", "/api/embed"})
 
 
 def proxied_model(path: str, name: str) -> str:
     """The configured model a proxied request's ``model`` field names: Ollama's routes
     take ``NAME:latest`` for ``NAME`` (404 for another tag); the others take names as
     they are."""
-    return ollama.model_name(name) if path in _OLLAMA_PROXY else name
+    return ollama.model_name(name) if path in OLLAMA_PROXY else name
 
 
 def usable(config: ModelConfig, identity: KeyIdentity) -> list[ModelSpec]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from knative.status import ServiceStatus
-from runtime.errors import ModelNotFound, ModelNotReady
+from runtime.errors import BadInput, ModelNotFound, ModelNotReady
 from runtime.scaling.replica import ColdStart, Replica, ReplicaState
 from runtime.scaling.supervisor import PoolStatus
 from runtime.spec.clusters import ClusterSpec
@@ -198,6 +198,13 @@ class ClusterPool:
         replica.end()
         if self.primary is not None and replica is self._by_name.get(self.primary.key):
             self.last_answer = self._clock()
+
+    def hold(self, until: float) -> None:
+        """A cluster's replicas follow the Service's Knative scaling rule only."""
+        raise BadInput(
+            "field 'keep_alive': in cluster mode a model's replicas follow its Knative "
+            "scaling rule (min-scale, scale-to-zero-pod-retention-period); leave it out"
+        )
 
     def status(self) -> PoolStatus:
         views = [v for v in (self.primary, *self.bridges) if v is not None]

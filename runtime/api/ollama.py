@@ -10,13 +10,15 @@ Schema) and ``tools`` are decoded under the chat API's grammar
 string). Sampling ``options`` are honoured or refused by name (:data:`OPTIONS_REFUSED`);
 the ones that only tune the machine (threads, GPU layers, mmap) are accepted and
 change nothing in the answer. Unknown fields are refused, as everywhere in edgeinfer.
-``keep_alive`` is refused for now: a model's retention is its scaling rule's
-``scale-to-zero-pod-retention-period``, which a request does not change.
+``keep_alive`` (:func:`keep_alive_seconds`) is the gateway's: it holds the model's
+pool at one replica or more for that long (see ``gateway/app.py``) and takes the field
+out before forwarding; a worker called directly has no pool to hold and refuses it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -46,6 +48,7 @@ __all__ = [
     "capabilities",
     "details",
     "error_body",
+    "keep_alive_seconds",
     "list_entry",
     "model_name",
     "now",
@@ -66,7 +69,7 @@ OPTIONS_REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "penalize_newline": ("penalize_newline is not supported", ()),
 }
 _REQUEST_REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "keep_alive": ("retention is the model's scale-to-zero-pod-retention-period", ()),
+    "keep_alive": ("a worker has no pool to hold; send keep_alive through the gateway", ()),
     "think": ("the models served here do not think", (False,)),
     "images": ("images are not supported", ([],)),
     "suffix": ("suffix (insertion) is not supported", ("",)),
@@ -363,3 +366,34 @@ def now() -> str:
 def error_body(exc: EdgeInferError) -> dict[str, Any]:
     """Ollama's error shape."""
     return {"error": exc.message}
+
+
+_DURATION = re.compile(r"^(-)?((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_seconds(value: object) -> float:
+    """Ollama's ``keep_alive`` in seconds: a number of seconds or a Go duration string
+    (``"5m"``, ``"1h30m"``, ``"90s"``, ``"-1"``); negative means for ever (``inf``), 0
+    means unload now. :class:`BadInput` naming the field for anything else."""
+    if isinstance(value, bool) or value is None:
+        raise BadInput("field 'keep_alive': a number of seconds or a duration such as '5m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (text := value.strip()):
+        try:
+            seconds = float(text)  # "300", "-1"
+        except ValueError:
+            if len(text) > 64 or not _DURATION.match(text):
+                raise BadInput(
+                    f"field 'keep_alive': {value[:64]!r} is not a duration such as '5m', "
+                    "'1h30m' or '-1'"
+                ) from None
+            total = sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
+            seconds = -total if text.startswith("-") else total
+    else:
+        raise BadInput("field 'keep_alive': a number of seconds or a duration such as '5m'")
+    if seconds != seconds:  # NaN
+        raise BadInput("field 'keep_alive': not a number")
+    return float("inf") if seconds < 0 else seconds

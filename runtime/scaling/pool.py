@@ -98,6 +98,7 @@ class ModelPool:
         self.last_cold_start: ColdStart | None = None
         self.start_error: str | None = None
         self.bridge_served = 0
+        self.hold_until = 0.0  # clock time until which at least one replica stays (hold)
         self.moves = 0
         self._spawning = 0
         self._bridging = 0
@@ -347,6 +348,11 @@ class ModelPool:
         self._forget(replica)
         log.info("replica of %s on :%d stopped", self.spec.name, replica.port)
 
+    def hold(self, until: float) -> None:
+        """Keep at least one replica until clock time ``until`` (Ollama's ``keep_alive``;
+        the latest request's hold wins, as in Ollama)."""
+        self.hold_until = until
+
     def autoscale(self, now: float) -> None:
         """One autoscaler step: decide on the observed concurrency, then act."""
         if self.external:
@@ -359,6 +365,8 @@ class ModelPool:
         warm = self.placement.primary.min_scale if self.placement else None
         if warm and warm > rule.min_scale:
             rule = rule.model_copy(update={"min_scale": warm})
+        if now < self.hold_until and rule.min_scale < 1:
+            rule = rule.model_copy(update={"min_scale": 1})
         self._apply_tiers(hold=max(1, self._replace))
         decision = decide(
             self.window.stats(now, rule),

@@ -36,6 +36,11 @@ class ReplicaPool(Protocol):
 
     def status(self) -> PoolStatus: ...
 
+    def hold(self, until: float) -> None:
+        """Keep at least one replica until clock time ``until`` (Ollama's ``keep_alive``),
+        or an EdgeInferError saying why this source cannot."""
+        ...
+
 
 class ReplicaSource(Protocol):
     """Every model's pool, started and stopped with the gateway.

@@ -200,3 +200,30 @@ def test_an_ollama_stream_is_forwarded_as_sent(served: tuple[GatewayServer, Echo
     r = httpx.post(f"{gw.url}/api/chat", json=sent, headers=ALL)
     assert r.status_code == 200, r.text
     assert json.loads(echo.seen[-1]["body"]) == sent
+
+
+def test_keep_alive_holds_the_pool_and_is_not_forwarded(
+    served: tuple[GatewayServer, EchoReplica],
+) -> None:
+    gw, echo = served
+    pool = gw.app.supervisor.pool("other")
+    for keep_alive, held in (("5m", 300.0), (90, 90.0), ("1h30m", 3600.0), (-1, 3600.0)):
+        sent = {"model": "other", "messages": [], "stream": False, "keep_alive": keep_alive}
+        r = httpx.post(f"{gw.url}/api/chat", json=sent, headers=ALL)
+        assert r.status_code == 200, r.text
+        forwarded = json.loads(echo.seen[-1]["body"])
+        assert "keep_alive" not in forwarded and forwarded["model"] == "other"
+        # held for the asked time, at most max_keep_alive_seconds (3600 by default)
+        assert pool.hold_until == pytest.approx(gw.clock() + held), keep_alive
+
+
+@pytest.mark.parametrize("keep_alive", [0, "0s", "soon", True, None, "5 minutes"])
+def test_keep_alive_that_is_not_a_hold_is_a_400_naming_it(
+    served: tuple[GatewayServer, EchoReplica], keep_alive: object
+) -> None:
+    gw, echo = served
+    before = len(echo.seen)
+    sent = {"model": "other", "prompt": "x", "keep_alive": keep_alive}
+    r = httpx.post(f"{gw.url}/api/generate", json=sent, headers=ALL)
+    assert r.status_code == 400 and "keep_alive" in r.json()["error"], r.text
+    assert len(echo.seen) == before

@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.config import gateway_config
 from knative.router import ClusterRouter, TierView, route
 from knative.status import ServiceStatus
+from runtime.errors import BadInput
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.model import load_config
 from tests.gateway.conftest import FakeClock, GatewayServer
@@ -262,3 +263,15 @@ def test_tiers_across_clusters_and_a_cluster_that_cannot_be_read(tmp_path: Path)
     broken["shop"] = True
     asyncio.run(router.sync())  # the edge site's last known status stays
     assert [b.cluster for b in router.pools["magika"].bridges] == ["shop"]
+
+
+def test_a_cluster_pool_refuses_a_keep_alive_hold(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [MAGIKA]}))
+    config = load_config(path)
+    router = ClusterRouter(
+        config, [ClusterSpec(name="core")], fetch=lambda c: [], refresh=3600, clock=FakeClock()
+    )
+    with pytest.raises(BadInput, match="keep_alive") as refused:
+        router.pool("magika").hold(60.0)
+    assert refused.value.status == 400

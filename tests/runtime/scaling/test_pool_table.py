@@ -246,6 +246,35 @@ def test_scale_to_zero_after_the_window_and_grace(
     run(scenario)
 
 
+def test_a_hold_keeps_one_replica_past_the_idle_window_then_lets_it_go() -> None:
+    """Ollama's keep_alive: with a hold until +60 s the idle pool keeps its replica past
+    the 6 s window; once the hold is over, the rule scales it to zero."""
+
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        pool = make(clock, launcher, scale_to_zero_grace=0, scaling={"window": "6s"})
+        calls = waiters(pool, 1)
+        await settle()
+        launcher.ready(0)
+        await settle()
+        pool.release(calls[0].result())
+        last = clock.now
+        pool.hold(last + 60)
+        for t in range(1, 60, 5):
+            clock.now = last + t
+            pool.autoscale(clock.now)
+            await settle()
+            assert pool.status().ready == 1, f"scaled to zero {t} s into a 60 s hold"
+        for t in range(60, 80):
+            clock.now = last + t
+            pool.autoscale(clock.now)
+            await settle()
+        assert pool.status().ready == 0
+        await pool.close()
+
+    run(scenario)
+
+
 # -- a replica that dies before it is ready ---------------------------------------------
 
 
