@@ -112,7 +112,7 @@ def test_ids_without_their_own_limit(default: Limit | None, requests_allowed: in
         limiter.check("other", 0.0)  # each id gets its own bucket of the default
 
 
-def test_failed_keys_are_limited_per_address_and_refused_before_the_key() -> None:
+def test_failed_keys_are_limited_per_address() -> None:
     limiter = FailureLimiter(Limit(rate_per_s=1.0, burst=2), max_clients=10)
     limiter.check("10.0.0.1", 0.0)  # never failed: free
     limiter.failed("10.0.0.1", 0.0)
