@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from runtime.backends.wasm.engine.reactor import EngineInstance, EngineLayout
+from runtime.backends.wasm.engine.reactor import EngineInstance, EngineLayout, LaidOut
 from runtime.backends.wasm.host import Sandbox, WasmHost
 from runtime.backends.wasm.snapshot import SnapshotModule
 from runtime.errors import DeadlineExceeded
@@ -23,7 +23,7 @@ from runtime.errors import DeadlineExceeded
 __all__ = ["RequestPool"]
 
 
-class RequestPool:
+class RequestPool(LaidOut):
     """The interface of :class:`~runtime.backends.wasm.engine.reactor.EnginePool`, one
     instance a call."""
 
@@ -52,26 +52,6 @@ class RequestPool:
         self._free = size
         self._count_lock = threading.Lock()
         self.calls = 0  # instances made for calls
-
-    @property
-    def kind(self) -> int:
-        return self.layout.kind
-
-    @property
-    def output_width(self) -> int:
-        return self.layout.output_width
-
-    @property
-    def input_width(self) -> int:
-        return self.layout.input_width
-
-    @property
-    def max_tokens(self) -> int:
-        return self.layout.max_tokens
-
-    @property
-    def max_seq(self) -> int:
-        return self.layout.max_seq
 
     def instance(self) -> EngineInstance:
         """A fresh instance of the snapshot under the package's sandbox (the caller

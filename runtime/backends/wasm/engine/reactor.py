@@ -49,6 +49,7 @@ __all__ = [
     "EngineInstance",
     "EngineLayout",
     "EnginePool",
+    "LaidOut",
 ]
 
 INFO_KIND, INFO_OUTPUT_WIDTH, INFO_MAX_TOKENS, INFO_MAX_SEQ, INFO_INPUT_WIDTH, INFO_ABI = range(6)
@@ -116,7 +117,34 @@ class EngineLayout:
     output_ptr: int
 
 
-class EngineInstance:
+class LaidOut:
+    """What an engine, a pool of engines or a pool of per-call engines tells its callers
+    of the model: its :class:`EngineLayout`'s sizes."""
+
+    layout: EngineLayout
+
+    @property
+    def kind(self) -> int:
+        return self.layout.kind
+
+    @property
+    def output_width(self) -> int:
+        return self.layout.output_width
+
+    @property
+    def input_width(self) -> int:
+        return self.layout.input_width
+
+    @property
+    def max_tokens(self) -> int:
+        return self.layout.max_tokens
+
+    @property
+    def max_seq(self) -> int:
+        return self.layout.max_seq
+
+
+class EngineInstance(LaidOut):
     """One engine in its own store: loads the model once, then computes batches.
 
     From a snapshot's template (``runtime.backends.wasm.engine.snapshot``) the instance starts
@@ -164,26 +192,6 @@ class EngineInstance:
             input_bytes=self._fn("ei_input_bytes")(self.store),
             output_ptr=self._fn("ei_output")(self.store),
         )
-
-    @property
-    def kind(self) -> int:
-        return self.layout.kind
-
-    @property
-    def output_width(self) -> int:
-        return self.layout.output_width
-
-    @property
-    def input_width(self) -> int:
-        return self.layout.input_width
-
-    @property
-    def max_tokens(self) -> int:
-        return self.layout.max_tokens
-
-    @property
-    def max_seq(self) -> int:
-        return self.layout.max_seq
 
     def _instantiate(self, template: Template) -> None:
         instance = template.pre.instantiate(self.store)
@@ -256,7 +264,7 @@ class EngineInstance:
         self.store.close()
 
 
-class EnginePool:
+class EnginePool(LaidOut):
     """``size`` engine instances, each used by one thread at a time.
 
     Instances are made up front (``load``); :meth:`run` takes a free one, and replaces
@@ -282,12 +290,7 @@ class EnginePool:
         self._all: list[EngineInstance] = []
         self._lock = threading.Lock()
         first = self._make()
-        self.kind, self.output_width = first.kind, first.output_width
-        self.input_width, self.max_tokens, self.max_seq = (
-            first.input_width,
-            first.max_tokens,
-            first.max_seq,
-        )
+        self.layout = first.layout
         self._free.put(first)
         for _ in range(size - 1):
             self._free.put(self._make())
