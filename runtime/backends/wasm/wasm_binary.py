@@ -42,19 +42,15 @@ END = 0x0B
 
 
 def read_uleb(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise SnapshotUnsupported("truncated or oversized LEB128 integer in the module")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
+    return _read_leb(buf, pos, signed=False)
 
 
 def read_sleb(buf: bytes, pos: int) -> tuple[int, int]:
+    return _read_leb(buf, pos, signed=True)
+
+
+def _read_leb(buf: bytes, pos: int, *, signed: bool) -> tuple[int, int]:
+    """The LEB128 integer at ``pos``, and the position after it."""
     result = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -64,7 +60,7 @@ def read_sleb(buf: bytes, pos: int) -> tuple[int, int]:
         result |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
-            if byte & 0x40:
+            if signed and byte & 0x40:
                 result -= 1 << shift
             return result, pos
 
