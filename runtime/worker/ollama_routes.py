@@ -166,18 +166,7 @@ async def _stream(
 ) -> Response:
     """NDJSON, a line per token; the last line has ``done: true`` and the counts.
     Waits for the first token, so an error found up front is a 4xx."""
-    runtime = await state.wait_ready()
-    runtime.check_generation(core)
-    start = time.perf_counter()
-    stream = runtime.stream(core)
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = TokenChunk("", "stop")
-    except BaseException:
-        await stream.aclose()
-        raise
-    state.metrics.ttft.observe(time.perf_counter() - start)
+    _, stream, first, start = await state.first_token(core)
     reader = ToolCallStream(mode)
 
     def encode(body: dict[str, Any]) -> bytes:

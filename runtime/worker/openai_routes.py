@@ -270,18 +270,7 @@ async def _stream(
     """SSE, token by token, one choice after the other. Waits for the first token
     before answering, so an error found up front (context overflow, bad template) is a
     proper 4xx, not a 200 stream."""
-    runtime = await state.wait_ready()
-    runtime.check_generation(cores[0])
-    start = time.perf_counter()
-    stream = runtime.stream(cores[0])
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = TokenChunk("", "stop")
-    except BaseException:
-        await stream.aclose()
-        raise
-    state.metrics.ttft.observe(time.perf_counter() - start)
+    runtime, stream, first, _ = await state.first_token(cores[0])
 
     async def events() -> AsyncIterator[bytes]:
         prompt, completion = first.prompt_tokens, 0

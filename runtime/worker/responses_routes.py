@@ -61,18 +61,7 @@ async def _stream(
     """Typed events as the tokens come. Like the chat stream, waits for the first
     token so that an error found up front is a 4xx, not a 200 stream."""
     state = worker_state(request)
-    runtime = await state.wait_ready()
-    runtime.check_generation(core)
-    start = time.perf_counter()
-    stream = runtime.stream(core)
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = TokenChunk("", "stop")
-    except BaseException:
-        await stream.aclose()
-        raise
-    state.metrics.ttft.observe(time.perf_counter() - start)
+    _, stream, first, _ = await state.first_token(core)
     events = responses.ResponseEvents(responses.item_id("resp"), body.model, body)
     reader = ToolCallStream(mode)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator
+from typing import NamedTuple
 
 from starlette.requests import Request
 
@@ -17,11 +19,21 @@ from runtime.errors import (
     RuntimeFailure,
 )
 from runtime.spec.model import ModelSpec
+from runtime.spec.types import GenerateRequest, TokenChunk
 from runtime.worker.metrics import WorkerMetrics
 
-__all__ = ["WorkerState", "worker_state"]
+__all__ = ["Started", "WorkerState", "worker_state"]
 
 log = logging.getLogger("edgeinfer.worker")
+
+
+class Started(NamedTuple):
+    """A generation under way (:meth:`WorkerState.first_token`)."""
+
+    runtime: Runtime
+    stream: AsyncGenerator[TokenChunk, None]
+    first: TokenChunk  # an empty "stop" chunk when the stream yields none
+    start: float  # perf_counter() when the stream was asked for
 
 
 class WorkerState:
@@ -84,6 +96,24 @@ class WorkerState:
         if self.load_error is not None:
             raise ModelNotReady(f"model {self.spec.name!r} failed to load: {self.load_error}")
         return self.runtime
+
+    async def first_token(self, core: GenerateRequest) -> Started:
+        """Start generating ``core`` and wait for its first token (the time to it is
+        the TTFT metric), so that an error found up front (context overflow, a bad
+        template) is raised before a stream's 200 is sent."""
+        runtime = await self.wait_ready()
+        runtime.check_generation(core)
+        start = time.perf_counter()
+        stream = runtime.stream(core)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            first = TokenChunk("", "stop")
+        except BaseException:
+            await stream.aclose()
+            raise
+        self.metrics.ttft.observe(time.perf_counter() - start)
+        return Started(runtime, stream, first, start)
 
     def check_name(self, name: str) -> None:
         if name != self.spec.name:
