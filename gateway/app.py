@@ -33,6 +33,7 @@ from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import gateway_document
 from gateway.proxy import forward, upstream_headers
+from gateway.traffic import ticket as request_ticket
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api import openai
@@ -50,6 +51,7 @@ from runtime.errors import (
     Unauthorized,
 )
 from runtime.placement.manager import Manager
+from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
@@ -98,6 +100,7 @@ class Gateway:
         self.auth = authenticator
         self.limiter = authenticator.rate_limiter()
         self.failures = authenticator.failure_limiter()
+        self.quotas = authenticator.quota_book()
         self.clock = clock
         self.metrics = GatewayMetrics(supervisor, (m.name for m in config.models))
         self.upstream = UpstreamPool()
@@ -141,6 +144,7 @@ class Gateway:
                 request = json_object(body, unique_keys=("model",))
                 model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
+                ticket = self._ticket(scope, identity)
                 if path in ollama.OLLAMA_PROXY and "keep_alive" in request:
                     self._keep_alive(model, request.pop("keep_alive"))
                     body = json.dumps(request).encode()  # the worker has no pool to hold
@@ -159,7 +163,9 @@ class Gateway:
                         tap = UsageTap(strip_usage_event=True)
                         request["stream_options"] = {**(options or {}), "include_usage": True}
                         body = json.dumps(request).encode()
-                status = await self._proxy(scope, receive, send, target, model, body, tap)
+                status = await self._proxy(
+                    scope, receive, send, target, model, body, tap, ticket, identity.name
+                )
             elif (m := _OIP_MODEL.match(path)) is not None:
                 model, suffix = m.group(1), m.group(2)
                 route = "/v2/models/{name}" + (suffix or "")
@@ -177,9 +183,13 @@ class Gateway:
                         raise MethodNotAllowed(
                             f"{method} {path}: this route takes {allow}", allow=allow
                         )
-                    self._admit(self._authenticate(scope), model)  # all before the body
+                    identity = self._authenticate(scope)
+                    self._admit(identity, model)  # all before the body
+                    ticket = self._ticket(scope, identity)
                     body = await self._body(scope, receive) if allow == "POST" else b""
-                    status = await self._proxy(scope, receive, send, target, model, body)
+                    status = await self._proxy(
+                        scope, receive, send, target, model, body, None, ticket, identity.name
+                    )
             elif path == ollama.SHOW or path in ollama.LISTINGS:
                 model, route = "-", path
                 status = await self._ollama(scope, receive, send, path)
@@ -263,6 +273,17 @@ class Gateway:
         self.auth.authorize(identity, model)
         self.limiter.check(identity.name, self.clock())
 
+    def _ticket(self, scope: Scope, identity: KeyIdentity) -> Ticket:
+        """The key's token quotas (429), then the class and tenant it queues as."""
+        self.quotas.check(identity.name, self.clock())
+        config = self.settings.traffic
+        return request_ticket(
+            identity,
+            config,
+            _header(scope, config.priority_header.encode()),
+            _header(scope, config.fairness_header.encode()),
+        )
+
     async def _proxy(
         self,
         scope: Scope,
@@ -272,11 +293,14 @@ class Gateway:
         model: str,
         body: bytes,
         tap: UsageTap | None = None,
+        ticket: Ticket = STANDARD,
+        key: str = "",
     ) -> int:
         pool = self.supervisor.pool(model)
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
         deadline = self.clock() + timeout
-        replica = pool.try_acquire() or await pool.acquire(deadline)
+        replica = pool.try_acquire(ticket) or await pool.acquire(deadline, ticket=ticket)
+        held = time.perf_counter()
         try:
             host, port = replica.address
             started = time.perf_counter()
@@ -296,8 +320,9 @@ class Gateway:
                 tap=tap,
             )
         finally:
-            pool.release(replica)
+            pool.release(replica, seconds=time.perf_counter() - held)
         if tap is not None:
+            self.quotas.charge(key, self.clock(), tap.prompt, tap.completion)
             self.metrics.tokens.labels(model, "prompt").inc(tap.prompt)
             self.metrics.tokens.labels(model, "completion").inc(tap.completion)
         if result.first_byte is not None and result.chunks > 2:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from pydantic import Field, SecretStr, model_validator
 
+from gateway.quotas import QuotaBook, TokenQuota
 from gateway.ratelimit import FailureLimiter, Limit, RateLimiter
 from runtime.errors import PayloadTooLarge, PermissionDenied, Unauthorized
 from runtime.spec.frozen import Frozen
+from runtime.spec.traffic import Priority
 
 __all__ = ["ANONYMOUS", "ApiKeyConfig", "AuthConfig", "Authenticator", "KeyIdentity"]
 
@@ -29,6 +31,12 @@ class ApiKeyConfig(Frozen):
     models: list[str] | None = None
     rate_per_s: float | None = Field(None, gt=0)
     burst: int | None = Field(None, ge=1)
+    priority: Priority = Field(Priority.STANDARD, description="the key's requests' class")
+    priorities: list[Priority] = Field(
+        default_factory=list, description="other classes it may ask for by header"
+    )
+    fairness_ids: bool = Field(False, description="may name its tenant by the fairness header")
+    quota: TokenQuota | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKeyConfig:
@@ -65,6 +73,10 @@ class KeyIdentity:
     name: str
     models: frozenset[str] | None = None
     limit: Limit | None = None
+    priority: Priority = Priority.STANDARD
+    priorities: frozenset[Priority] = frozenset()
+    fairness_ids: bool = False
+    quota: TokenQuota | None = None
 
 
 ANONYMOUS = KeyIdentity("anonymous")
@@ -125,7 +137,10 @@ class Authenticator:
                 raise ValueError(f"api key '{k.name}' has the same secret as another key")
             limit = _limit(f"api key '{k.name}'", k.rate_per_s or rate, k.burst or burst)
             models = None if k.models is None else frozenset(k.models)
-            keys.append((KeyIdentity(k.name, models, limit), digest))
+            identity = KeyIdentity(
+                k.name, models, limit, k.priority, frozenset(k.priorities), k.fairness_ids, k.quota
+            )
+            keys.append((identity, digest))
         admin, a_key, a_env = None, config.admin_key, config.admin_key_env
         if a_key is not None or a_env is not None:
             admin = _digest(_secret("admin_key", a_key, a_env, environ))
@@ -141,6 +156,10 @@ class Authenticator:
     def rate_limiter(self) -> RateLimiter:
         """A limiter with each key's limit; other ids (anonymous) get the default."""
         return RateLimiter({i.name: i.limit for i, _ in self.keys if i.limit}, self.default_limit)
+
+    def quota_book(self) -> QuotaBook:
+        """The token usage book of every key with a quota."""
+        return QuotaBook({i.name: i.quota for i, _ in self.keys if i.quota is not None})
 
     def failure_limiter(self) -> FailureLimiter:
         """A limiter of failed authentications (401s) per client address."""

@@ -31,6 +31,7 @@ import aiohttp
 
 from knative.status import ServiceStatus
 from runtime.errors import BadInput, ModelNotFound, ModelNotReady
+from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart, Replica, ReplicaState
 from runtime.scaling.supervisor import PoolStatus
 from runtime.spec.clusters import ClusterSpec
@@ -175,7 +176,8 @@ class ClusterPool:
         self.last_route = decision
         return decision
 
-    def try_acquire(self) -> Replica:
+    def try_acquire(self, ticket: Ticket = STANDARD) -> Replica:
+        """Priorities are not applied here: Knative's activator and queue-proxy queue."""
         decision = self.decide()
         if decision.target is None:
             raise ModelNotReady(
@@ -190,11 +192,11 @@ class ClusterPool:
         replica.begin()
         return replica
 
-    async def acquire(self, deadline: float) -> Replica:
+    async def acquire(self, deadline: float, *, ticket: Ticket = STANDARD) -> Replica:
         """Never waits: Knative's activator queues requests for a Service at zero."""
         return self.try_acquire()
 
-    def release(self, replica: Replica) -> None:
+    def release(self, replica: Replica, *, seconds: float | None = None) -> None:
         replica.end()
         if self.primary is not None and replica is self._by_name.get(self.primary.key):
             self.last_answer = self._clock()

@@ -14,6 +14,7 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
     ├── Unauthorized (401)
     ├── PermissionDenied (403)
     ├── RateLimited (429)
+    │   └── QuotaExceeded (429)
     ├── MethodNotAllowed (405)
     ├── HttpStatus (the HTTP status it carries)
     ├── ModelNotFound (404)
@@ -74,6 +75,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PermissionDenied",
+    "QuotaExceeded",
     "RateLimited",
     "ReplicaFailed",
     "ResponseCut",
@@ -154,6 +156,13 @@ class RateLimited(EdgeInferError):
     status = 429
     code = "rate_limit_exceeded"
     error_type = "rate_limit_error"
+
+
+class QuotaExceeded(RateLimited):
+    """The key's token quota (per minute or per day) is used up; the message names it
+    and ``retry_after`` says when its window ends (429)."""
+
+    code = "quota_exceeded"
 
 
 class MethodNotAllowed(EdgeInferError):

@@ -32,13 +32,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import ModelNotReady
+from runtime.errors import DeadlineExceeded, ModelNotReady
 from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
-from runtime.scaling.queue import RequestQueue
+from runtime.scaling.queue import STANDARD, RequestQueue, Ticket
 from runtime.scaling.replica import ColdStart, Launcher, Replica, ReplicaState
+from runtime.scaling.service_time import ServiceTime, deadline_problem
 from runtime.scaling.tiers import is_primary, same_tier, tier_moves
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Placement, Tier, TierRole
+from runtime.spec.traffic import Priority
 
 __all__ = ["ModelPool", "PoolStatus"]
 
@@ -91,6 +93,7 @@ class ModelPool:
         self._clock = clock
         self.replicas: list[Replica] = []
         self.queue: RequestQueue[Replica] = RequestQueue(spec.name, max_queue, clock)
+        self.service = ServiceTime()  # measured in release
         self.window = ConcurrencyWindow(horizon=spec.scaling.window)
         self.scaler = ScalerState.start(spec.scaling, clock())
         self.decision: ScaleDecision | None = None
@@ -150,21 +153,42 @@ class ModelPool:
         in_flight = sum(r.in_flight for r in self.replicas)
         self.window.record(self._clock(), in_flight + len(self.queue))
 
-    def try_acquire(self) -> Replica | None:
+    def try_acquire(self, ticket: Ticket = STANDARD) -> Replica | None:
         """A slot on a ready replica now, or None (then ``acquire`` waits for one)."""
-        if len(self.queue):
-            return None  # first come, first served
+        if self.queue.goes_first(ticket):
+            return None  # its class and the ones above go first come, first served
+        if ticket.leave_free and self._free_slots() <= ticket.leave_free:
+            return None
         replica = self._take()
         if replica is not None:
             self._observe()
         return replica
 
-    async def acquire(self, deadline: float) -> Replica:
-        """A ready replica with a slot taken for the caller; ``release`` gives it back."""
-        replica = self.try_acquire()
+    def _free_slots(self) -> int:
+        ready = [r for r in self.replicas if r.state is ReplicaState.READY and r.alive]
+        return sum(max(0, self.capacity - r.in_flight) for r in ready)
+
+    async def acquire(self, deadline: float, *, ticket: Ticket = STANDARD) -> Replica:
+        """A ready replica with a slot taken for the caller; ``release`` gives it back.
+        A saturated model refuses a sheddable ticket at once (429); a deadline the
+        queue ahead and the measured service time cannot meet is refused at once (504)."""
+        replica = self.try_acquire(ticket)
         if replica is not None:
             return replica
-        waiter = self.queue.join()
+        ready = sum(1 for r in self.replicas if r.state is ReplicaState.READY and r.alive)
+        if ticket.priority is Priority.SHEDDABLE and ready:
+            raise self.queue.shed()
+        if ready and self.capacity < UNBOUNDED:
+            problem = deadline_problem(
+                ahead=self.queue.ahead(ticket),
+                slots=ready * self.capacity,
+                service=self.service.seconds,
+                left=deadline - self._clock(),
+                model=self.spec.name,
+            )
+            if problem is not None:
+                raise DeadlineExceeded(problem)
+        waiter = self.queue.join(ticket)
         self._observe()
         self._scale_for_waiters()
         self._bridge_cold_start()
@@ -174,7 +198,10 @@ class ModelPool:
             self._observe()  # it left the queue
             raise
 
-    def release(self, replica: Replica) -> None:
+    def release(self, replica: Replica, *, seconds: float | None = None) -> None:
+        """Give the slot back; ``seconds``: how long the request held it (measured)."""
+        if seconds is not None:
+            self.service.record(seconds)
         if (
             replica.tier is not None
             and replica.tier.role is TierRole.BRIDGE

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from runtime.scaling.pool import PoolStatus
+from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart, Replica
 from runtime.spec.model import ModelSpec
 
@@ -24,15 +25,17 @@ class ReplicaPool(Protocol):
     @property
     def replicas(self) -> list[Replica]: ...
 
-    def try_acquire(self) -> Replica | None:
-        """A replica with room now, or None (then :meth:`acquire` waits)."""
+    def try_acquire(self, ticket: Ticket = STANDARD) -> Replica | None:
+        """A replica with room now for ``ticket``, or None (then :meth:`acquire` waits)."""
         ...
 
-    async def acquire(self, deadline: float) -> Replica:
+    async def acquire(self, deadline: float, *, ticket: Ticket = STANDARD) -> Replica:
         """A replica by ``deadline`` (clock seconds), or an EdgeInferError saying why not."""
         ...
 
-    def release(self, replica: Replica) -> None: ...
+    def release(self, replica: Replica, *, seconds: float | None = None) -> None:
+        """Give the slot back; ``seconds`` the request held it (None: not served)."""
+        ...
 
     def status(self) -> PoolStatus: ...
 
