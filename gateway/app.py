@@ -33,6 +33,7 @@ from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import gateway_document
 from gateway.proxy import forward, upstream_headers
+from gateway.quotas import QuotaCharge
 from gateway.traffic import ticket as request_ticket
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
@@ -301,6 +302,10 @@ class Gateway:
         deadline = self.clock() + timeout
         replica = pool.try_acquire(ticket) or await pool.acquire(deadline, ticket=ticket)
         held = time.perf_counter()
+        charge = None
+        if tap is not None and key in self.quotas.quotas:
+            charge = QuotaCharge(self.quotas, key, tap, self.clock, send)
+            send = charge.send
         try:
             host, port = replica.address
             started = time.perf_counter()
@@ -321,8 +326,9 @@ class Gateway:
             )
         finally:
             pool.release(replica, seconds=time.perf_counter() - held)
+            if charge is not None:
+                charge.close()
         if tap is not None:
-            self.quotas.charge(key, self.clock(), tap.prompt, tap.completion)
             self.metrics.tokens.labels(model, "prompt").inc(tap.prompt)
             self.metrics.tokens.labels(model, "completion").inc(tap.completion)
         if result.first_byte is not None and result.chunks > 2:

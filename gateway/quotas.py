@@ -5,22 +5,25 @@ counted separately, from what the model really read and produced (the gateway's
 Windows are fixed and aligned to the gateway's clock (60 s and 86 400 s long): a key
 whose input or output tokens in the current window have reached a quota gets 429
 naming the quota, with ``Retry-After`` the time to the window's end. A request is
-charged when its answer ends, so requests already running when a quota fills may take
-it over by what they produce; the next request is refused. Keys are the configured
-set (bounded); nothing here reads the clock.
+charged when its answer ends (:class:`QuotaCharge`: just before the last body message
+goes out, so a client's next request already sees it), so requests already running
+when a quota fills may take it over by what they produce; the next one is refused.
+Keys are the configured set (bounded); nothing here reads the clock.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import Field
+from starlette.types import Message, Send
 
+from gateway.usage import UsageTap
 from runtime.errors import QuotaExceeded
 from runtime.spec.frozen import Frozen
 
-__all__ = ["QuotaBook", "TokenQuota"]
+__all__ = ["QuotaBook", "QuotaCharge", "TokenQuota"]
 
 _WINDOWS = {"minute": 60.0, "day": 86400.0}
 
@@ -84,3 +87,25 @@ class QuotaBook:
                 index = math.floor(now / length)
                 before = self.used(key, direction, window, now)
                 used[(direction, window)] = (index, before + max(0, tokens))
+
+
+class QuotaCharge:
+    """Charges one answer's counted tokens to ``key`` once: just before its last body
+    message is sent (wrap the ``send`` with :meth:`send`), or at :meth:`close` for an
+    answer that never got that far (a cut stream still cost what it produced)."""
+
+    def __init__(
+        self, book: QuotaBook, key: str, tap: UsageTap, clock: Callable[[], float], send: Send
+    ) -> None:
+        self._book, self._key, self._tap, self._clock, self._send = book, key, tap, clock, send
+        self.charged = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.close()
+        await self._send(message)
+
+    def close(self) -> None:
+        if not self.charged:
+            self.charged = True
+            self._book.charge(self._key, self._clock(), self._tap.prompt, self._tap.completion)

@@ -34,8 +34,7 @@ def served_order(joins: list[Ticket], max_queue: int = 100) -> list[int]:
         q: RequestQueue[int] = RequestQueue("m", max_queue=max_queue, clock=FakeClock())
         waiters = [q.join(t) for t in joins]
         for n in range(len(joins)):
-            items = iter([n])
-            q.dispatch(lambda: next(items, None))
+            q.dispatch(iter([n, None]).__next__)
         await settle()
         by_item = {w.result(): i for i, w in enumerate(waiters)}
         order.extend(by_item[n] for n in range(len(joins)))
