@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -27,7 +28,16 @@ from urllib.parse import quote
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from gateway import ollama
+from gateway import failover, ollama
+from gateway.aliases import (
+    Plan,
+    Rewrite,
+    Router,
+    body_rewrite,
+    discard,
+    never_disconnects,
+    path_rewrite,
+)
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -56,6 +66,7 @@ from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
+from runtime.spec.traffic import Priority
 
 __all__ = ["Gateway"]
 
@@ -93,6 +104,7 @@ class Gateway:
         authenticator: Authenticator,
         clock: Callable[[], float] = time.monotonic,
         manager: Manager | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.manager = manager  # places models and re-plans; fed every request's outcome
@@ -103,7 +115,9 @@ class Gateway:
         self.failures = authenticator.failure_limiter()
         self.quotas = authenticator.quota_book()
         self.clock = clock
-        self.metrics = GatewayMetrics(supervisor, (m.name for m in config.models))
+        names = [*(m.name for m in config.models), *(a.name for a in config.aliases)]
+        self.metrics = GatewayMetrics(supervisor, names)
+        self.aliases = Router(config.aliases, self.metrics.registry, rng or random.Random())
         self.upstream = UpstreamPool()
         self.created = int(time.time())
         supervisor.on_cold_start = self._record_cold_start
@@ -126,6 +140,7 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await (self.manager or self.supervisor).stop()
+                await self.aliases.close()
                 self.upstream.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -164,9 +179,23 @@ class Gateway:
                         tap = UsageTap(strip_usage_event=True)
                         request["stream_options"] = {**(options or {}), "include_usage": True}
                         body = json.dumps(request).encode()
-                status = await self._proxy(
-                    scope, receive, send, target, model, body, tap, ticket, identity.name
-                )
+                if (plan := self.aliases.plan(model)) is not None:
+                    stream = request.get("stream") is True
+                    status, model = await self._alias(
+                        plan,
+                        scope,
+                        receive,
+                        send,
+                        tap,
+                        ticket,
+                        identity.name,
+                        stream,
+                        body_rewrite(target, request),
+                    )
+                else:
+                    status = await self._proxy(
+                        scope, receive, send, target, model, body, tap, ticket, identity.name
+                    )
             elif (m := _OIP_MODEL.match(path)) is not None:
                 model, suffix = m.group(1), m.group(2)
                 route = "/v2/models/{name}" + (suffix or "")
@@ -188,9 +217,22 @@ class Gateway:
                     self._admit(identity, model)  # all before the body
                     ticket = self._ticket(scope, identity)
                     body = await self._body(scope, receive) if allow == "POST" else b""
-                    status = await self._proxy(
-                        scope, receive, send, target, model, body, None, ticket, identity.name
-                    )
+                    if (plan := self.aliases.plan(model)) is not None:
+                        status, model = await self._alias(
+                            plan,
+                            scope,
+                            receive,
+                            send,
+                            None,
+                            ticket,
+                            identity.name,
+                            False,
+                            path_rewrite(target, model, suffix, body),
+                        )
+                    else:
+                        status = await self._proxy(
+                            scope, receive, send, target, model, body, None, ticket, identity.name
+                        )
             elif path == ollama.SHOW or path in ollama.LISTINGS:
                 model, route = "-", path
                 status = await self._ollama(scope, receive, send, path)
@@ -284,6 +326,39 @@ class Gateway:
             _header(scope, config.priority_header.encode()),
             _header(scope, config.fairness_header.encode()),
         )
+
+    async def _alias(
+        self,
+        plan: Plan,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        tap: UsageTap | None,
+        ticket: Ticket,
+        key: str,
+        stream: bool,
+        rewrite: Rewrite,
+    ) -> tuple[int, str]:
+        """Serve a request to an alias (gateway.aliases): its shadow copy, if drawn,
+        then its models in failover order (gateway.failover); the status and the model
+        that answered."""
+
+        async def attempt(model: str, out: Send) -> int:
+            target, body = rewrite(model)
+            return await self._proxy(scope, receive, out, target, model, body, tap, ticket, key)
+
+        async def copy(model: str) -> int:
+            target, body = rewrite(model)
+            shadow = Ticket(Priority.SHEDDABLE, f"shadow:{plan.alias.name}")
+            return await self._proxy(
+                scope, never_disconnects, discard, target, model, body, None, shadow, ""
+            )
+
+        self.aliases.shadow(plan, copy)
+        stall = plan.alias.stall_seconds if stream else None
+        outcome = await failover.in_order(plan.models, attempt, send, stall_seconds=stall)
+        self.aliases.answered(plan, outcome.model, outcome.status, [m for m, _ in outcome.failed])
+        return outcome.status, outcome.model
 
     async def _proxy(
         self,

@@ -25,6 +25,7 @@ from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.frozen import Frozen
 from runtime.spec.scaling import ScalingRule
+from runtime.spec.traffic import Alias, check_aliases
 
 __all__ = [
     "MODEL_NAME",
@@ -192,6 +193,9 @@ class ModelConfig(Frozen):
     clusters: list[ClusterSpec] = Field(
         default_factory=list, description="Kubernetes clusters with Knative (runtime.spec.clusters)"
     )
+    aliases: list[Alias] = Field(
+        default_factory=list, description="names that split traffic (runtime.spec.traffic)"
+    )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 
     @model_validator(mode="after")
@@ -204,7 +208,11 @@ class ModelConfig(Frozen):
         clusters = [c.name for c in self.clusters]
         if len(set(clusters)) != len(clusters):
             raise ValueError("each cluster name may be used once")
+        check_aliases(self.aliases, seen, MODEL_NAME)
         return self
+
+    def alias(self, name: str) -> Alias | None:
+        return next((a for a in self.aliases if a.name == name), None)
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
@@ -245,7 +253,7 @@ def load_config(path: str | Path | None = None) -> ModelConfig:
 
 
 # Top-level lists whose entries have a name that error messages cite.
-_LISTS = {"models": "model", "clusters": "cluster"}
+_LISTS = {"models": "model", "clusters": "cluster", "aliases": "alias"}
 
 
 def _describe(file: Path, raw: dict[str, Any], exc: ValidationError) -> str:
