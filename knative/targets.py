@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from knative.aliases import render_alias
 from knative.placement_checks import default_placement
 from knative.render import Rendered, render_model
 from runtime.errors import ConfigError
@@ -87,4 +88,7 @@ def render_config(
             else:
                 placement = default_placement(spec, cluster)
             out[cluster.name].extend(render_model(spec, placement, cluster, config.base_dir))
+    for cluster in clusters:
+        for alias in config.aliases:
+            out[cluster.name].extend(render_alias(alias, out[cluster.name]))
     return out
