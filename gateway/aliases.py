@@ -22,13 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.types import Message
+from starlette.types import Message, Receive, Send
 
-from runtime.spec.traffic import Alias
+from gateway.failover import in_order
+from gateway.usage import UsageTap
+from runtime.scaling.queue import Ticket
+from runtime.spec.traffic import Alias, Priority
 
 __all__ = [
     "AliasMetrics",
     "Plan",
+    "Proxy",
     "Rewrite",
     "Router",
     "body_rewrite",
@@ -38,6 +42,12 @@ __all__ = [
 ]
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+Rewrite = Callable[[str], tuple[str, bytes]]
+# The gateway's proxy of one request to one model: (receive, send, target, model, body,
+# usage tap, ticket, key) -> the answer's status.
+Proxy = Callable[[Receive, Send, str, str, bytes, UsageTap | None, Ticket, str], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -130,13 +140,43 @@ class Router:
         role = "failover" if failed else "primary"
         self.metrics.requests.labels(name, model, role, str(status)).inc()
 
+    async def serve(
+        self,
+        plan: Plan,
+        proxy: Proxy,
+        receive: Receive,
+        send: Send,
+        rewrite: Rewrite,
+        tap: UsageTap | None,
+        ticket: Ticket,
+        key: str,
+        *,
+        stream: bool = False,
+    ) -> tuple[int, str]:
+        """Serve one request to an alias: its shadow copy, if drawn, then its models in
+        failover order (``stall_seconds`` applies to streams only); the status and the
+        model that answered."""
+
+        async def attempt(model: str, out: Send) -> int:
+            target, body = rewrite(model)
+            return await proxy(receive, out, target, model, body, tap, ticket, key)
+
+        async def copy(model: str) -> int:
+            target, body = rewrite(model)
+            shadow = Ticket(Priority.SHEDDABLE, f"shadow:{plan.alias.name}")
+            # no usage tap and no key: a copy is never charged to the caller's quota
+            return await proxy(never_disconnects, discard, target, model, body, None, shadow, "")
+
+        self.shadow(plan, copy)
+        stall = plan.alias.stall_seconds if stream else None
+        outcome = await in_order(plan.models, attempt, send, stall_seconds=stall)
+        self.answered(plan, outcome.model, outcome.status, [m for m, _ in outcome.failed])
+        return outcome.status, outcome.model
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-Rewrite = Callable[[str], tuple[str, bytes]]
 
 
 def body_rewrite(target: str, request: dict[str, Any]) -> Rewrite:

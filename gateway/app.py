@@ -22,22 +22,15 @@ import random
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from gateway import failover, ollama
-from gateway.aliases import (
-    Plan,
-    Rewrite,
-    Router,
-    body_rewrite,
-    discard,
-    never_disconnects,
-    path_rewrite,
-)
+from gateway import ollama
+from gateway.aliases import Router, body_rewrite, path_rewrite
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -66,7 +59,6 @@ from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
-from runtime.spec.traffic import Priority
 
 __all__ = ["Gateway"]
 
@@ -180,17 +172,16 @@ class Gateway:
                         request["stream_options"] = {**(options or {}), "include_usage": True}
                         body = json.dumps(request).encode()
                 if (plan := self.aliases.plan(model)) is not None:
-                    stream = request.get("stream") is True
-                    status, model = await self._alias(
+                    status, model = await self.aliases.serve(
                         plan,
-                        scope,
+                        partial(self._proxy, scope),
                         receive,
                         send,
+                        body_rewrite(target, request),
                         tap,
                         ticket,
                         identity.name,
-                        stream,
-                        body_rewrite(target, request),
+                        stream=request.get("stream") is True,
                     )
                 else:
                     status = await self._proxy(
@@ -218,16 +209,15 @@ class Gateway:
                     ticket = self._ticket(scope, identity)
                     body = await self._body(scope, receive) if allow == "POST" else b""
                     if (plan := self.aliases.plan(model)) is not None:
-                        status, model = await self._alias(
+                        status, model = await self.aliases.serve(
                             plan,
-                            scope,
+                            partial(self._proxy, scope),
                             receive,
                             send,
+                            path_rewrite(target, model, suffix, body),
                             None,
                             ticket,
                             identity.name,
-                            False,
-                            path_rewrite(target, model, suffix, body),
                         )
                     else:
                         status = await self._proxy(
@@ -326,39 +316,6 @@ class Gateway:
             _header(scope, config.priority_header.encode()),
             _header(scope, config.fairness_header.encode()),
         )
-
-    async def _alias(
-        self,
-        plan: Plan,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        tap: UsageTap | None,
-        ticket: Ticket,
-        key: str,
-        stream: bool,
-        rewrite: Rewrite,
-    ) -> tuple[int, str]:
-        """Serve a request to an alias (gateway.aliases): its shadow copy, if drawn,
-        then its models in failover order (gateway.failover); the status and the model
-        that answered."""
-
-        async def attempt(model: str, out: Send) -> int:
-            target, body = rewrite(model)
-            return await self._proxy(scope, receive, out, target, model, body, tap, ticket, key)
-
-        async def copy(model: str) -> int:
-            target, body = rewrite(model)
-            shadow = Ticket(Priority.SHEDDABLE, f"shadow:{plan.alias.name}")
-            return await self._proxy(
-                scope, never_disconnects, discard, target, model, body, None, shadow, ""
-            )
-
-        self.aliases.shadow(plan, copy)
-        stall = plan.alias.stall_seconds if stream else None
-        outcome = await failover.in_order(plan.models, attempt, send, stall_seconds=stall)
-        self.aliases.answered(plan, outcome.model, outcome.status, [m for m, _ in outcome.failed])
-        return outcome.status, outcome.model
 
     async def _proxy(
         self,
