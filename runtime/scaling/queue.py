@@ -115,10 +115,6 @@ class RequestQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._tickets)
 
-    def waiting(self, priority: Priority) -> int:
-        """Waiters of one class."""
-        return sum(1 for t in self._tickets.values() if t.priority is priority)
-
     def ahead(self, ticket: Ticket) -> int:
         """Waiters that would be served before a new waiter holding ``ticket``."""
         higher = sum(1 for t in self._tickets.values() if t.priority.rank < ticket.priority.rank)
