@@ -4,7 +4,8 @@ no byte of the answer has reached the client.
 Each attempt's ``send`` is an :class:`Attempt`: it adds ``x-edgeinfer-target`` (the
 model that answered) to the answer's head and, while a retry is still possible, holds
 the head back until the answer's first body bytes. So a 5xx answer, an error raised
-before the answer began (no replica, a replica that failed), or - with
+before the answer began (no replica, a replica that failed), a stream whose first
+event is an error event (it failed before its first token), or - with
 ``stall_seconds`` - a stream whose first bytes do not come in time, is dropped unseen
 and the request goes to the next model. Once a body byte went out, the answer is the
 client's whatever follows: a later failure cuts it, as without failover.
@@ -19,11 +20,15 @@ from dataclasses import dataclass
 
 from starlette.types import Message, Send
 
+from runtime.api.openai import SSE_DATA
 from runtime.errors import EdgeInferError
 
 __all__ = ["TARGET_HEADER", "Attempt", "Outcome", "in_order"]
 
 TARGET_HEADER = b"x-edgeinfer-target"
+# A stream's error event (runtime.api.openai.sse_event of an error body), as the worker
+# and the gateway's proxy send it when a stream fails.
+_ERROR_EVENT = SSE_DATA + b'{"error"'
 
 
 class Attempt:
@@ -57,6 +62,10 @@ class Attempt:
         if self.head is not None and not self.sent:
             if message.get("more_body", False) and not message.get("body"):
                 return  # nothing to show yet
+            if message.get("body", b"").startswith(_ERROR_EVENT):
+                self.dropped = True  # a stream that fails before its first token
+                self.began.set()
+                return
             self.sent = True
             self.began.set()
             await self._send(self.head)

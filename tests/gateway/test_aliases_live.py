@@ -62,6 +62,12 @@ async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head
     await reader.read(1)  # the first token never comes: wait until the gateway hangs up
 
 
+async def die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+    await writer.drain()
+    writer.close()  # gone before the first token: the answer is cut
+
+
 def endpoint(name: str, url: str, task: str) -> dict[str, Any]:
     return {"name": name, "task": task, "endpoint": url}
 
@@ -131,33 +137,44 @@ def test_failover_shadow_and_weights(tmp_path: Path, started: list[GatewayServer
         assert r.status_code == 404
 
 
-def test_a_stream_that_stalls_before_its_first_token_fails_over(
+def test_a_stream_that_stalls_or_dies_before_its_first_token_fails_over(
     tmp_path: Path, started: list[GatewayServer]
 ) -> None:
-    with RawReplica(stall) as stalled:
+    with RawReplica(stall) as stalled, RawReplica(die) as dying:
         gw = gateway(
             tmp_path,
             started,
-            [SMOLLM2, endpoint("stalled", stalled.url, "chat")],
+            [
+                SMOLLM2,
+                endpoint("stalled", stalled.url, "chat"),
+                endpoint("dying", dying.url, "chat"),
+            ],
             [
                 {
                     "name": "chat",
                     "targets": [{"model": "stalled", "weight": 1}],
                     "failover": ["smollm2"],
                     "stall_seconds": 1,
-                }
+                },
+                {
+                    "name": "chat2",
+                    "targets": [{"model": "dying", "weight": 1}],
+                    "failover": ["smollm2"],
+                },
             ],
         )
-        body = {
-            "model": "chat",
-            "messages": [{"role": "user", "content": "Say hi."}],
-            "max_tokens": 4,
-            "stream": True,
-        }
-        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=180) as r:
-            text = "".join(r.iter_text())
-        assert r.status_code == 200 and r.headers["x-edgeinfer-target"] == "smollm2"
-        assert text.rstrip().endswith("data: [DONE]")
-        assert stalled.requests == 1
+        for alias in ("chat", "chat2"):
+            body = {
+                "model": alias,
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 4,
+                "stream": True,
+            }
+            url = f"{gw.url}/v1/chat/completions"
+            with httpx.stream("POST", url, json=body, timeout=180) as r:
+                text = "".join(r.iter_text())
+            assert r.status_code == 200 and r.headers["x-edgeinfer-target"] == "smollm2"
+            assert text.rstrip().endswith("data: [DONE]") and '"error"' not in text
+        assert stalled.requests == 1 and dying.requests == 1
         labels = {"alias": "chat", "model": "stalled", "role": "failed", "status": "-"}
         gw.wait_for(lambda: metric(gw, **labels) == 1)

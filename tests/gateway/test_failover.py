@@ -89,6 +89,13 @@ def test_never_after_the_first_byte_reached_the_client() -> None:
         run({"a": script, "b": OK}, ["a", "b"])
 
 
+def test_a_stream_that_fails_before_its_first_token_goes_to_the_next_model() -> None:
+    error = body(b'data: {"error":{"message":"the replica stopped mid-answer"}}\n\n', more=True)
+    outcome, sent, tried = run({"a": [head(200), error, ResponseCut("cut")], "b": OK}, ["a", "b"])
+    assert tried == ["a", "b"] and outcome.model == "b"
+    assert [m.get("body") for m in sent] == [None, b"ok"]
+
+
 def test_a_stream_that_stalls_before_its_first_byte_goes_to_the_next_model() -> None:
     stalled = [head(200), body(b"", more=True), 30.0, body(b"late")]
     outcome, sent, tried = run({"a": stalled, "b": OK}, ["a", "b"], stall=0.05)
