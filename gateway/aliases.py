@@ -105,6 +105,11 @@ class Router:
         copy = shadow is not None and self._rng.random() * 100 < shadow.percent
         return Plan(alias, order, shadow.model if copy and shadow is not None else None)
 
+    def models(self, name: str) -> list[str]:
+        """Every model alias ``name`` may send to, in failover order; [] for no alias."""
+        alias = self.aliases.get(name)
+        return alias.order if alias is not None else []
+
     def shadow(self, plan: Plan, run: Callable[[str], Awaitable[int]]) -> None:
         """Start ``run(shadow model)`` in the background (its status is all that is
         kept), unless ``max_in_flight`` copies of this alias run already."""

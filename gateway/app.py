@@ -299,7 +299,8 @@ class Gateway:
                 + ("0 (unload now) is not supported: " if seconds == 0 else "is disabled here: ")
                 + "a model goes to zero after its scaling rule's idle window; leave it out"
             )
-        self.supervisor.pool(model).hold(self.clock() + min(seconds, limit))
+        for name in self.aliases.models(model) or [model]:  # an alias: each of its models
+            self.supervisor.pool(name).hold(self.clock() + min(seconds, limit))
 
     def _admit(self, identity: KeyIdentity, model: str) -> None:
         """The key's model scope (403) and its rate (429)."""
@@ -385,7 +386,7 @@ class Gateway:
 
     async def _model_ready(self, scope: Scope, send: Send, model: str) -> int:
         self._admit(self._authenticate(scope), model)
-        self.supervisor.pool(model)  # 404 for an unknown model
+        self.aliases.models(model) or self.supervisor.pool(model)  # 404 for an unknown one
         # A model scaled to zero is ready: the first request starts a replica.
         return await _send_json(send, 200, {"name": model, "ready": True})
 
@@ -413,11 +414,13 @@ class Gateway:
         if path == "/v1/models" and method == "GET":
             identity = self._authenticate(scope)
             names = [m.name for m in ollama.usable(self.config, identity)]
+            scope_ = identity.models
+            names += [a for a in self.aliases.aliases if scope_ is None or a in scope_]
             return await _send_json(send, 200, openai.models_response(names, self.created))
         if path.startswith("/v1/models/") and method == "GET":
             name = path.removeprefix("/v1/models/")
             self._admit(self._authenticate(scope), name)
-            self.supervisor.pool(name)
+            self.aliases.models(name) or self.supervisor.pool(name)
             return await _send_json(send, 200, openai.model_object(name, self.created))
         if path == "/metrics" and method == "GET":
             self._authenticate(scope, admin=True)

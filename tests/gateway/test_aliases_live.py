@@ -132,6 +132,11 @@ def test_failover_shadow_and_weights(tmp_path: Path, started: list[GatewayServer
                 == targets.count("minilm")
             )
         )
+        # aliases are listed and ready like models
+        listed = httpx.get(f"{gw.url}/v1/models").json()["data"]
+        assert {"embed", "canary", "minilm"} <= {m["id"] for m in listed}
+        assert httpx.get(f"{gw.url}/v2/models/canary/ready").status_code == 200
+        assert httpx.get(f"{gw.url}/v1/models/embed").status_code == 200
         # the name a client made up is no alias and no metric label
         r = httpx.post(f"{gw.url}/v1/embeddings", json={"model": "nope", "input": "x"})
         assert r.status_code == 404
