@@ -32,15 +32,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import DeadlineExceeded, ModelNotReady
+from runtime.errors import ModelNotReady
 from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
 from runtime.scaling.queue import STANDARD, RequestQueue, Ticket
 from runtime.scaling.replica import ColdStart, Launcher, Replica, ReplicaState
-from runtime.scaling.service_time import ServiceTime, deadline_problem
+from runtime.scaling.service_time import ServiceTime
 from runtime.scaling.tiers import is_primary, same_tier, tier_moves
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Placement, Tier, TierRole
-from runtime.spec.traffic import Priority
 
 __all__ = ["ModelPool", "PoolStatus"]
 
@@ -176,18 +175,12 @@ class ModelPool:
         if replica is not None:
             return replica
         ready = sum(1 for r in self.replicas if r.state is ReplicaState.READY and r.alive)
-        if ticket.priority is Priority.SHEDDABLE and ready:
-            raise self.queue.shed()
-        if ready and self.capacity < UNBOUNDED:
-            problem = deadline_problem(
-                ahead=self.queue.ahead(ticket),
-                slots=ready * self.capacity,
-                service=self.service.seconds,
-                left=deadline - self._clock(),
-                model=self.spec.name,
-            )
-            if problem is not None:
-                raise DeadlineExceeded(problem)
+        self.queue.admit(
+            ticket,
+            slots=ready * self.capacity,
+            service=self.service.seconds,
+            left=deadline - self._clock(),
+        )
         waiter = self.queue.join(ticket)
         self._observe()
         self._scale_for_waiters()

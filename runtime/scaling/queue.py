@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from runtime.errors import DeadlineExceeded, Overloaded, RateLimited
+from runtime.scaling.service_time import deadline_problem
 from runtime.spec.traffic import Priority
 
 __all__ = ["STANDARD", "RequestQueue", "Ticket"]
@@ -163,13 +164,26 @@ class RequestQueue(Generic[T]):
         )
         return True
 
-    def shed(self) -> RateLimited:
-        """The error for a sheddable request that finds the model saturated."""
-        return RateLimited(
-            f"model {self.model!r} is saturated and this request is sheddable: refused "
-            "rather than queued; retry later",
-            retry_after=1.0,
+    def admit(self, ticket: Ticket, *, slots: int, service: float | None, left: float) -> None:
+        """Before a request of ``ticket`` that found no free slot joins: RateLimited
+        (429) when it is sheddable and the model is saturated (``slots`` > 0 on ready
+        replicas, all taken); DeadlineExceeded (504) when the waiters served before it,
+        spread over the ``slots``, and its own service (``service`` seconds each,
+        measured; None: unknown) need more than the ``left`` seconds to its deadline.
+        Nothing is refused while no replica is ready (a cold start is no saturation)."""
+        if not slots:
+            return
+        if ticket.priority is Priority.SHEDDABLE:
+            raise RateLimited(
+                f"model {self.model!r} is saturated and this request is sheddable: "
+                "refused rather than queued; retry later",
+                retry_after=1.0,
+            )
+        problem = deadline_problem(
+            ahead=self.ahead(ticket), slots=slots, service=service, left=left, model=self.model
         )
+        if problem is not None:
+            raise DeadlineExceeded(problem)
 
     async def wait(
         self,
