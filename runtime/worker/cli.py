@@ -20,7 +20,19 @@ def parser(prog: str = "python -m runtime.worker") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Serve one model over the OpenAI and OIP v2 HTTP contract."
     )
-    p.add_argument("--model", required=True, help="Name of the model to serve.")
+    p.add_argument("--model", default=None, help="Name of the model to serve.")
+    p.add_argument(
+        "--host-wasm",
+        action="store_true",
+        help="Run the WASM host instead: every WASM model of this machine, loaded on "
+        "request (POST /admin/models/NAME/load), served under /m/NAME/.",
+    )
+    p.add_argument(
+        "--memory-budget-mib",
+        type=int,
+        default=None,
+        help="WASM host: resident models above this are unloaded, least recently used first.",
+    )
     p.add_argument(
         "--config", default=None, help="Model config (YAML); the bundled models when omitted."
     )
@@ -38,8 +50,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m runtime.worker") 
     if not 0 <= args.port <= 65535:
         print(f"error: --port {args.port} is not in 0..65535", file=sys.stderr)
         return 2
+    if args.host_wasm == (args.model is not None):
+        print("error: give either --model NAME or --host-wasm", file=sys.stderr)
+        return 2
+    if args.memory_budget_mib is not None and args.memory_budget_mib < 1:
+        print("error: --memory-budget-mib must be at least 1", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    if args.host_wasm:
+        return _run_host(args, settings)
     from runtime.worker.server import run_worker  # imports uvicorn and the runtimes
 
     try:
@@ -55,3 +75,24 @@ def main(argv: list[str] | None = None, prog: str = "python -m runtime.worker") 
     except EdgeInferError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _run_host(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from runtime.worker.wasm_host import TOKEN_ENV, run_host
+
+    try:
+        base_dir = load_config(args.config).base_dir
+    except EdgeInferError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    budget = None if args.memory_budget_mib is None else args.memory_budget_mib << 20
+    return run_host(
+        settings,
+        base_dir,
+        host=args.host,
+        port=args.port,
+        token=os.environ.get(TOKEN_ENV) or None,
+        budget_bytes=budget,
+    )

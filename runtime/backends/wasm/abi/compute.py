@@ -162,9 +162,12 @@ class ComputeGuest(GuestAbi):
             phases.end("compile")
             template = self.host.template(module)
             phases.end("link")
-        return EnginePool(
+        pool = EnginePool(
             self.host, template, sandbox, size=size, max_tokens=max_tokens, max_seq=max_seq
         )
+        if not self.options.snapshot:
+            pool.fill()  # each instance loads the weights: not on a request's time
+        return pool
 
     def _model_files(self, where: str) -> tuple[dict[str, str], list[tuple[Path, str]], list[Path]]:
         """The guest's environment, its mounts, and the host files ``ei_init`` reads."""
@@ -235,6 +238,14 @@ class ComputeGuest(GuestAbi):
                 )
         else:
             raise ConfigError(f"{where}: the engine serves embedding and classify (magika) models")
+
+    def release_instances(self) -> int:
+        if self.pool is None:
+            return 0
+        return self.pool.release()
+
+    def live_instances(self) -> int:
+        return self.pool.live if self.pool is not None else 0
 
     def close(self) -> None:
         if self._executor is not None:
