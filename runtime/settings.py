@@ -12,7 +12,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["HOST_TOKEN_ENV", "Settings"]
+
+# The WASM host's admin token, handed to it by the launcher that starts it.
+HOST_TOKEN_ENV = "EDGEINFER_HOST_TOKEN"
 
 
 class Settings(BaseModel):
@@ -26,6 +29,7 @@ class Settings(BaseModel):
 
     state_dir: Path = Path.home() / ".cache" / "edgeinfer"
     log_level: str = "info"
+    host_token: str | None = None  # the WASM host's admin bearer token
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -35,6 +39,8 @@ class Settings(BaseModel):
             values["state_dir"] = Path(env["EDGEINFER_HOME"]).expanduser()
         if env.get("EDGEINFER_LOG_LEVEL"):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
+        if env.get(HOST_TOKEN_ENV):
+            values["host_token"] = env[HOST_TOKEN_ENV]
         return cls(**values)
 
     @property

@@ -109,10 +109,13 @@ class Replica:
     base_url: str | None = None
     tier: Tier | None = None  # None: the runtime the worker chose itself
     readiness: Readiness | None = None  # None: it serves from the start (external)
+    # A prefix before every request target: one model inside a multi-model server
+    # (the WASM host serves each model under ``/m/{model}``); "" for a worker.
+    path: str = ""
 
     @property
     def url(self) -> str:
-        return self.base_url or f"http://127.0.0.1:{self.port}"
+        return (self.base_url or f"http://127.0.0.1:{self.port}") + self.path
 
     @property
     def address(self) -> tuple[str, int]:

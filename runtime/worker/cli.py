@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m runtime.worker") 
 
 
 def _run_host(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
-    from runtime.worker.wasm_host import TOKEN_ENV, run_host
+    from runtime.worker.wasm_host import run_host
 
     try:
         base_dir = load_config(args.config).base_dir
@@ -93,6 +91,5 @@ def _run_host(args: argparse.Namespace, settings: Settings) -> int:
         base_dir,
         host=args.host,
         port=args.port,
-        token=os.environ.get(TOKEN_ENV) or None,
         budget_bytes=budget,
     )

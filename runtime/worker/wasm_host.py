@@ -13,7 +13,7 @@ routed by name under a per-model prefix, so a replica's URL can point at one mod
   prefix taken off;
 - ``GET /v2/health/live`` and ``/v2/health/ready``: the host itself.
 
-With a token (``EDGEINFER_HOST_TOKEN`` in the host's environment), ``/admin/*`` needs
+With a token (``Settings.host_token``, from ``EDGEINFER_HOST_TOKEN``), ``/admin/*`` needs
 ``Authorization: Bearer TOKEN``. Admin bodies are bounded (``MAX_ADMIN_BODY``).
 """
 
@@ -42,11 +42,10 @@ from runtime.settings import Settings
 from runtime.spec.model import ModelSpec
 from runtime.worker.hosted import HostedModels
 
-__all__ = ["MAX_ADMIN_BODY", "MODEL_PREFIX", "TOKEN_ENV", "HostApp", "run_host"]
+__all__ = ["MAX_ADMIN_BODY", "MODEL_PREFIX", "HostApp", "run_host"]
 
 MAX_ADMIN_BODY = 1 << 20
 MODEL_PREFIX = "/m/"
-TOKEN_ENV = "EDGEINFER_HOST_TOKEN"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ADMIN = re.compile(r"^/admin/models/([^/]+)/(load|release|unload)$")
 
@@ -96,13 +95,13 @@ class HostApp:
         self._check_token(scope)
         if path == "/admin/models":
             if method != "GET":
-                raise MethodNotAllowed(f"{method} {path}: use GET")
+                raise MethodNotAllowed(f"{method} {path}: use GET", allow="GET")
             return self.models.describe()
         found = _ADMIN.match(path)
         if found is None:
             raise RouteNotFound(f"no route {path!r} on the WASM host")
         if method != "POST":
-            raise MethodNotAllowed(f"{method} {path}: use POST")
+            raise MethodNotAllowed(f"{method} {path}: use POST", allow="POST")
         name, action = found.group(1), found.group(2)
         _check_name(name)
         if action == "load":
@@ -186,7 +185,6 @@ def run_host(
     *,
     host: str,
     port: int,
-    token: str | None,
     budget_bytes: int | None,
 ) -> int:
     """Serve the WASM host until SIGINT/SIGTERM; the process exit code."""
@@ -194,7 +192,7 @@ def run_host(
 
     from runtime.worker.http_server import http_server
 
-    app = HostApp(HostedModels(settings, base_dir, budget_bytes=budget_bytes), token)
+    app = HostApp(HostedModels(settings, base_dir, budget_bytes=budget_bytes), settings.host_token)
     server = http_server(
         app, host=host, port=port, log_level=settings.log_level, graceful_seconds=30
     )
