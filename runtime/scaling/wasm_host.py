@@ -234,6 +234,8 @@ class WasmHostLauncher:
         self.host = HostProcess(command, log_dir / "wasm-host.log", ready_timeout=ready_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._warm: asyncio.Task[None] | None = None
+        self._inner_up = False
+        self._inner_lock = asyncio.Lock()
 
     def wanted(self) -> bool:
         """Whether any configured model may run in the host."""
@@ -241,8 +243,22 @@ class WasmHostLauncher:
             RuntimeName.WASM in m.runtimes and m.endpoint is None for m in self.config.models
         )
 
+    def wasm_only(self) -> bool:
+        """Whether every model that starts replicas can only run in the host (then the
+        inner launcher, a fork server that pre-imports every runtime, starts only if a
+        replica ever needs it)."""
+        models = [m for m in self.config.models if m.endpoint is None]
+        return all(m.runtimes == [RuntimeName.WASM] for m in models)
+
+    async def _inner_started(self) -> None:
+        async with self._inner_lock:
+            if not self._inner_up:
+                await self.inner.start()
+                self._inner_up = True
+
     async def start(self) -> None:
-        await self.inner.start()
+        if not self.wasm_only():
+            await self._inner_started()
         self._session = aiohttp.ClientSession()
         if self.keep_warm and self.wanted():
             self._warm = asyncio.create_task(self._warm_up())
@@ -260,12 +276,14 @@ class WasmHostLauncher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._warm
         await self.host.stop()
-        await self.inner.close()
+        if self._inner_up:
+            await self.inner.close()
         if self._session is not None:
             await self._session.close()
 
     async def __call__(self, spec: ModelSpec, tier: Tier | None = None) -> Replica:
         if not in_host(spec, tier):
+            await self._inner_started()
             return await self.inner(spec, tier)
         if self._session is None:
             raise ModelNotReady(f"model {spec.name!r}: the WASM host launcher was not started")

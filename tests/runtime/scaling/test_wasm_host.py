@@ -103,6 +103,7 @@ def test_models_not_in_the_host_go_to_the_inner_launcher(tmp_path: Path) -> None
         launcher = WasmHostLauncher(
             inner, config, log_dir=tmp_path, clock=time.monotonic, ready_timeout=5
         )
+        assert not launcher.wasm_only()
         replica = await launcher(native, ONNX)
         assert inner.started and inner.started[0] is replica
         assert replica.path == "" and not launcher.host.running
