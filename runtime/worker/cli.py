@@ -28,6 +28,11 @@ def parser(prog: str = "python -m runtime.worker") -> argparse.ArgumentParser:
         "request (POST /admin/models/NAME/load), served under /m/NAME/.",
     )
     p.add_argument(
+        "--preload",
+        action="store_true",
+        help="WASM host: load every WASM model of --config at start (a pod of the host).",
+    )
+    p.add_argument(
         "--memory-budget-mib",
         type=int,
         default=None,
@@ -81,15 +86,21 @@ def _run_host(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.worker.wasm_host import run_host
 
     try:
-        base_dir = load_config(args.config).base_dir
+        config = load_config(args.config)
     except EdgeInferError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    preload = (
+        [m for m in config.models if RuntimeName.WASM in m.runtimes and m.endpoint is None]
+        if args.preload
+        else []
+    )
     budget = None if args.memory_budget_mib is None else args.memory_budget_mib << 20
     return run_host(
         settings,
-        base_dir,
+        config.base_dir,
         host=args.host,
         port=args.port,
         budget_bytes=budget,
+        preload=preload,
     )

@@ -86,6 +86,10 @@ class HostedModel:
     def memory_bytes(self) -> int:
         return self.runtime.report.memory_bytes
 
+    def release_instances(self) -> int:
+        release = getattr(self.runtime, "release_instances", None)
+        return int(release()) if release is not None else 0
+
     def instances(self) -> int:
         live = getattr(self.runtime, "live_instances", None)
         return int(live()) if live is not None else 0
@@ -161,6 +165,14 @@ class HostedModels:
         await self._make_room(keep=spec.name)
         return {"ready": True, "model": spec.name, "load": {"phases": phases}}
 
+    async def preload(self, spec: ModelSpec) -> None:
+        """Make ``spec`` resident without activating it (a pod's host loads its
+        config's models at start; requests then make instances on demand)."""
+        async with self._lock(spec.name):
+            if spec.name not in self.models:
+                await self._load_locked(spec)
+                await asyncio.to_thread(self.models[spec.name].release_instances)
+
     async def _load_locked(self, spec: ModelSpec) -> HostedModel:
         if len(self.models) >= self.max_models:
             await self._make_room(keep=spec.name, slots=1)
@@ -197,8 +209,7 @@ class HostedModels:
         async with self._lock(name):
             model = self.get(name)
             model.active = False
-            release = getattr(model.runtime, "release_instances", None)
-            dropped = await asyncio.to_thread(release) if release is not None else 0
+            dropped = await asyncio.to_thread(model.release_instances)
         await self._make_room()
         return {"model": name, "released_instances": dropped}
 

@@ -11,7 +11,9 @@ routed by name under a per-model prefix, so a replica's URL can point at one mod
 - ``POST /admin/models/{name}/unload``: free it; ``GET /admin/models``: the table;
 - ``/m/{name}/...``: the model's own worker routes (OpenAI, OIP v2, Ollama), the
   prefix taken off;
-- ``GET /v2/health/live`` and ``/v2/health/ready``: the host itself.
+- ``GET /v2/health/live`` and ``/v2/health/ready``: the host itself (ready once the
+  models to preload, ``--preload``, are resident: how a Knative pod of the host
+  starts, with no supervisor to load them).
 
 With a token (``Settings.host_token``, from ``EDGEINFER_HOST_TOKEN``), ``/admin/*`` needs
 ``Authorization: Bearer TOKEN``. Admin bodies are bounded (``MAX_ADMIN_BODY``).
@@ -19,9 +21,12 @@ With a token (``Settings.host_token``, from ``EDGEINFER_HOST_TOKEN``), ``/admin/
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from runtime.errors import (
     BadInput,
     EdgeInferError,
     MethodNotAllowed,
+    ModelNotReady,
     PayloadTooLarge,
     RouteNotFound,
     Unauthorized,
@@ -44,6 +50,8 @@ from runtime.worker.hosted import HostedModels
 
 __all__ = ["MAX_ADMIN_BODY", "MODEL_PREFIX", "HostApp", "run_host"]
 
+log = logging.getLogger("edgeinfer.wasm_host")
+
 MAX_ADMIN_BODY = 1 << 20
 MODEL_PREFIX = "/m/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -53,9 +61,16 @@ _ADMIN = re.compile(r"^/admin/models/([^/]+)/(load|release|unload)$")
 class HostApp:
     """The host's raw ASGI app over a :class:`HostedModels` table."""
 
-    def __init__(self, models: HostedModels, token: str | None = None) -> None:
+    def __init__(
+        self,
+        models: HostedModels,
+        token: str | None = None,
+        preload: Sequence[ModelSpec] = (),
+    ) -> None:
         self.models = models
         self._token = token.encode() if token else None
+        self._preload = list(preload)
+        self._preloading: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,17 +93,37 @@ class HostApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self._preload:
+                    self._preloading = asyncio.create_task(self._load_all())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._preloading is not None:
+                    self._preloading.cancel()
                 await self.models.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _load_all(self) -> None:
+        """The preloads, one after the other; one that fails is logged and left out
+        (its requests are 404s), the others serve."""
+        for spec in self._preload:
+            try:
+                await self.models.preload(spec)
+            except EdgeInferError as exc:
+                log.error("preloading %s failed: %s", spec.name, exc.message)
+
+    @property
+    def ready(self) -> bool:
+        """Live at once; ready once the preloads (if any) are done."""
+        return self._preloading is None or self._preloading.done()
 
     async def _route(self, scope: Scope, receive: Receive, path: str) -> dict[str, Any]:
         method = scope["method"]
         if path == "/v2/health/live":
             return {"live": True}
         if path == "/v2/health/ready":
+            if not self.ready:
+                raise ModelNotReady("the WASM host is still loading its models")
             return {"ready": True}
         if not path.startswith("/admin/"):
             raise RouteNotFound(f"no route {path!r} on the WASM host")
@@ -186,13 +221,17 @@ def run_host(
     host: str,
     port: int,
     budget_bytes: int | None,
+    preload: Sequence[ModelSpec] = (),
 ) -> int:
-    """Serve the WASM host until SIGINT/SIGTERM; the process exit code."""
+    """Serve the WASM host until SIGINT/SIGTERM; the process exit code. ``preload``:
+    models loaded at start (resident, no instances), as a pod's host does."""
     import uvloop
 
     from runtime.worker.http_server import http_server
 
-    app = HostApp(HostedModels(settings, base_dir, budget_bytes=budget_bytes), settings.host_token)
+    app = HostApp(
+        HostedModels(settings, base_dir, budget_bytes=budget_bytes), settings.host_token, preload
+    )
     server = http_server(
         app, host=host, port=port, log_level=settings.log_level, graceful_seconds=30
     )

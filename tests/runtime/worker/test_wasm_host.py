@@ -215,3 +215,30 @@ async def _admin_refusals() -> None:
         assert (await client.post("/admin/models/m1/release", headers=AUTH)).status_code == 404
         assert (await client.get("/m/m1/v2/health/ready")).status_code == 404
         assert (await client.get("/v2/health/ready")).json() == {"ready": True}
+
+
+def test_preloaded_models_serve_without_a_supervisor() -> None:
+    """A pod's host (``--preload``): ready once its models are resident; they hold no
+    instances until called; one that fails to load is left out, the others serve."""
+
+    async def run() -> None:
+        config = load_config(PACKAGES / "models.yaml")
+        models = HostedModels(Settings.from_env(), config.base_dir)
+        broken = spec("broken", PACKAGES / "no-such-package")
+        app = HostApp(models, TOKEN, [spec("p1", PACKAGES / "magika-engine"), broken])
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://h") as client:
+                app._preloading = asyncio.create_task(app._load_all())
+                assert (await client.get("/v2/health/ready")).status_code == 503
+                await app._preloading
+                assert (await client.get("/v2/health/ready")).status_code == 200
+                assert models.get("p1").instances() == 0 and not models.get("p1").active
+                r = await classify(client, "p1")
+                assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ["shell"]
+                assert models.get("p1").instances() == 1
+                assert (await classify(client, "broken")).status_code == 404
+        finally:
+            await models.close()
+
+    asyncio.run(run())
