@@ -9,7 +9,10 @@ traffic starts: requests at a fixed rate (``--rps``, open loop: each sent at its
 whatever the others do) for ``--seconds``, the model of each drawn from a Zipf law
 (exponent ``--zipf``) over the tenants, so a few are hot and most are called rarely and
 scale from zero. Reported: first-byte p50/p99/max, failures (non-200 or an error),
-peak RSS of the gateway's whole process tree (sampled every second), the loading phase.
+peak memory of the gateway's whole process tree (sampled every second) as RSS and as
+PSS (RSS counts a shared file page once per mapping: every copy-on-write instance of a
+snapshot counts the weights again; PSS divides each page among its users, so it is
+what the tree holds, and what the target is checked on), the loading phase.
 
 **Native side**, the same trace against one worker process per model (onnxruntime,
 Magika tenants only: the bundled native MiniLM builds a 90 MB ONNX file per model
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -69,7 +73,7 @@ def drive(
     """Send the trace open loop; first bytes, failures and the peak RSS of the tree."""
     latencies: list[float] = []
     failures: list[str] = []
-    peak = {"rss": 0, "processes": 0}
+    peak = {"rss": 0, "pss": 0, "processes": 0}
     done = threading.Event()
     ran_out: dict[str, Any] = {}
     lock = threading.Lock()
@@ -80,6 +84,7 @@ def drive(
             tree = served.tree_rss_bytes()
             total = sum(tree.values())
             peak["rss"] = max(peak["rss"], total)
+            peak["pss"] = max(peak["pss"], sum(served.tree_pss_bytes().values()))
             peak["processes"] = max(peak["processes"], len(tree))
             if stop_rss is not None and total > stop_rss and not ran_out:
                 ran_out.update({"after_s": round(time.monotonic() - start, 1), "rss_bytes": total})
@@ -131,6 +136,7 @@ def drive(
             "max": round(ms[-1], 2) if ms else None,
         },
         "peak_rss_mib": round(peak["rss"] / 2**20, 1),
+        "peak_pss_mib": round(peak["pss"] / 2**20, 1),
         "peak_processes": peak["processes"],
         "ran_out": ran_out or None,
     }
@@ -157,6 +163,7 @@ def wasm_side(args: argparse.Namespace, trace: list[int]) -> dict[str, Any]:
         loaded_s = time.monotonic() - t0
         served.wait_zero(names, limit=120)
         at_zero_rss = sum(served.tree_rss_bytes().values())
+        at_zero_pss = sum(served.tree_pss_bytes().values())
         result = drive(served, models, trace, args.rps)
         admin = served.admin()
         result["cold_starts_during_run"] = sum(admin[n]["cold_starts"] for n in names) - len(names)
@@ -164,6 +171,7 @@ def wasm_side(args: argparse.Namespace, trace: list[int]) -> dict[str, Any]:
         served.stop()
     result["load_all_s"] = round(loaded_s, 1)
     result["rss_all_at_zero_mib"] = round(at_zero_rss / 2**20, 1)
+    result["pss_all_at_zero_mib"] = round(at_zero_pss / 2**20, 1)
     return result
 
 
@@ -207,10 +215,11 @@ def main() -> None:
                 "distinct_models_called": len(set(trace)),
                 "wasm": wasm,
                 "native": native,
-                "targets": {"p99_ms": 50, "rss_mib": 1536, "failures": 0},
+                "targets": {"p99_ms": 50, "pss_mib": 1536, "failures": 0},
+                "load_average_1m_after": round(os.getloadavg()[0], 2),
                 "pass": p99 is not None
                 and p99 <= 50
-                and wasm["peak_rss_mib"] <= 1536
+                and wasm["peak_pss_mib"] <= 1536
                 and wasm["failures"] == 0,
             }
         )

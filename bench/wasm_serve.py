@@ -153,6 +153,10 @@ class Served:
         """Resident memory of the gateway and every process under it, by command."""
         return tree_rss(self.proc.pid)
 
+    def tree_pss_bytes(self) -> dict[str, int]:
+        """Proportional memory of the same (shared pages divided among their users)."""
+        return tree_pss(self.proc.pid)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -164,7 +168,19 @@ class Served:
 
 
 def tree_rss(root: int) -> dict[str, int]:
-    """RSS (bytes) of ``root`` and its descendants, keyed ``pid:name`` (Linux ``/proc``)."""
+    """RSS (bytes) of ``root`` and its descendants, keyed ``pid:kind`` (Linux ``/proc``).
+    RSS counts a file page once per mapping of it, so the WASM host's copy-on-write
+    instances of one snapshot each count the weights again: see :func:`tree_pss`."""
+    return _tree(root, "VmRSS:", "status")
+
+
+def tree_pss(root: int) -> dict[str, int]:
+    """PSS (bytes) of the same processes: each page divided among those mapping it, so
+    the sum is the memory the tree holds (``/proc/PID/smaps_rollup``)."""
+    return _tree(root, "Pss:", "smaps_rollup")
+
+
+def _tree(root: int, field: str, source: str) -> dict[str, int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -181,17 +197,16 @@ def tree_rss(root: int) -> dict[str, int]:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            text = Path(f"/proc/{pid}/{source}").read_text()
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        rss = next(
-            (int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmRSS:")), 0
-        )
+        lines = text.splitlines()
+        value = next((int(x.split()[1]) * 1024 for x in lines if x.startswith(field)), 0)
         kind = "wasm-host" if "--host-wasm" in cmd else "forkserver/worker"
         if pid == root:
             kind = "gateway"
-        out[f"{pid}:{kind}"] = rss
+        out[f"{pid}:{kind}"] = value
     return out
 
 

@@ -259,7 +259,9 @@ class WasmHostLauncher:
     async def start(self) -> None:
         if not self.wasm_only():
             await self._inner_started()
-        self._session = aiohttp.ClientSession()
+        # A fresh connection per admin call: they are rare, and a kept-alive one that
+        # the host's server closed meanwhile would fail the call (connection reset).
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         if self.keep_warm and self.wanted():
             self._warm = asyncio.create_task(self._warm_up())
 
