@@ -37,7 +37,7 @@ from runtime.backends.tensor_inputs import (
     tensor_bytes,
     tensor_text,
 )
-from runtime.backends.text_batch import TokenBatch, encode_texts
+from runtime.backends.text_batch import TokenBatch, encode_texts, shared_tokenizer
 from runtime.backends.wasm.abi.base import GuestAbi
 from runtime.backends.wasm.engine.convert import ensure_graph
 from runtime.backends.wasm.engine.reactor import (
@@ -208,9 +208,7 @@ class ComputeGuest(GuestAbi):
                 )
             else:
                 raise ConfigError(f"{where}: files.tokenizer (tokenizer.json) is missing")
-            self._tokenizer = Tokenizer.from_file(str(tok_path))
-            self._tokenizer.no_padding()
-            self._tokenizer.no_truncation()
+            self._tokenizer = shared_tokenizer(tok_path)
             limit = self.spec.options.max_input_tokens or self.pool.max_seq
             self._limit = min(limit, self.pool.max_seq)
         elif self.spec.task is Task.CLASSIFY and self.spec.options.preprocess == "magika":
