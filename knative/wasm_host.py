@@ -24,7 +24,15 @@ import yaml
 
 from knative.annotations import Finding, check_annotations, check_pod_limits, scaling_annotations
 from knative.delivery import plan_delivery
-from knative.naming import CLUSTER_LABEL, CONFIG_HASH, OWNED, ROLE_LABEL, TIER_LABEL
+from knative.naming import (
+    CLUSTER_LABEL,
+    CONFIG_HASH,
+    HOSTED_MODELS,
+    OWNED,
+    ROLE_LABEL,
+    TIER_LABEL,
+    WASM_HOST_LABEL,
+)
 from knative.pod import CONFIG_MOUNT, PORT
 from knative.render import Rendered
 from runtime.spec.clusters import ClusterSpec
@@ -35,7 +43,7 @@ from runtime.spec.scaling import ScalingRule
 __all__ = ["HOST_LABEL", "HOST_SERVICE", "host_model_path", "render_wasm_host"]
 
 HOST_SERVICE = "edgeinfer-wasm-host"
-HOST_LABEL = "edgeinfer.dev/wasm-host"
+HOST_LABEL = WASM_HOST_LABEL
 _CONFIG_VOLUME = "edgeinfer-config"
 
 
@@ -102,7 +110,7 @@ def render_wasm_host(
             "name": HOST_SERVICE,
             "namespace": cluster.namespace,
             "labels": metadata_labels,
-            "annotations": {"edgeinfer.dev/models": names},
+            "annotations": {HOSTED_MODELS: names},
         },
         "spec": {
             "template": {

@@ -127,8 +127,9 @@ class Replica:
         return (host, int(port)) if host else (rest, 80)
 
     @classmethod
-    def external(cls, model: str, url: str, now: float) -> Replica:
-        """A replica that is a server someone else runs (``endpoint`` in the spec)."""
+    def external(cls, model: str, url: str, now: float, path: str = "") -> Replica:
+        """A replica that is a server someone else runs (``endpoint`` in the spec, a
+        Knative Service; ``path``: the model's prefix on a multi-model one)."""
         return cls(
             model=model,
             port=0,
@@ -136,6 +137,7 @@ class Replica:
             started=now,
             state=ReplicaState.READY,
             base_url=url,
+            path=path,
         )
 
     @property

@@ -4,17 +4,26 @@ real Knative Service CRD, and applied to a real kube-apiserver."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
 
 from knative.apply import apply_manifests
 from knative.kube import connect
+from knative.router import ClusterRouter
+from knative.status import service_status
 from knative.targets import Overrides, render_config, select_clusters
 from knative.wasm_host import HOST_SERVICE
+from runtime.scaling.replica import free_port
 from runtime.spec.model import RuntimeName, load_config
 from runtime.spec.placement import Device, Placement, Tier, TierRole
 from tests.knative.conftest import write_config
@@ -186,3 +195,91 @@ def test_host_service_applies_to_a_real_api_server(
     )
     args = stored["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--host-wasm" in args and "--preload" in args
+
+
+def test_status_of_the_host_lists_its_models(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    host = _host(render_config(cfg, select_clusters(cfg, Overrides()))["edge"].manifests)
+    host["status"] = {"url": "http://edgeinfer-wasm-host.ns.example", "conditions": []}
+    status = service_status("edge", host)
+    assert status.models == ("tenant-a", "tenant-b") and status.role == "primary"
+
+
+@pytest.mark.slow
+def test_cluster_router_routes_each_model_into_the_host(tmp_path: Path) -> None:
+    """The gateway's cluster mode against a real WASM host process started as its pod
+    would be (``--host-wasm --preload``); Knative's status is a fake (no controller
+    runs here) whose address is that process. The image's source tree is this one."""
+    cfg = _config(tmp_path, images={"source_root": str(PACKAGES.parents[1])})
+    rendered = render_config(cfg, select_clusters(cfg, Overrides()))["edge"].manifests
+    host = _host(rendered)
+    config_map = next(
+        m for m in rendered if m["kind"] == "ConfigMap" and m["metadata"]["name"] == HOST_SERVICE
+    )
+    pod_config = tmp_path / "pod" / "config.yaml"
+    pod_config.parent.mkdir()
+    pod_config.write_text(config_map["data"]["config.yaml"])
+    port = free_port()
+    log = (tmp_path / "host.log").open("wb")
+    argv = ["-m", "runtime.worker", "--host-wasm", "--preload", "--config", str(pod_config)]
+    proc = subprocess.Popen(
+        [sys.executable, *argv, "--port", str(port)],
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "host did not start"
+            time.sleep(0.1)
+        host["status"] = {
+            "observedGeneration": 1,
+            "address": {"url": url},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        host["metadata"]["generation"] = 1
+        status = service_status("edge", host, "1/1")
+        router = ClusterRouter(cfg, cfg.clusters, fetch=lambda _: [status], refresh=3600)
+
+        async def run() -> None:
+            await router.start()
+            try:
+                a = router.pool("tenant-a").try_acquire()
+                b = router.pool("tenant-b").try_acquire()
+                assert a.url == f"{url}/m/tenant-a" and b.url == f"{url}/m/tenant-b"
+                async with httpx.AsyncClient() as client:
+                    r = await client.post(
+                        f"{a.url}/v1/embeddings", json={"model": "tenant-a", "input": "hi"}
+                    )
+                    assert r.status_code == 200
+                    assert len(r.json()["data"][0]["embedding"]) == 384
+                    r = await client.post(
+                        f"{b.url}/v2/models/tenant-b/infer",
+                        json={
+                            "inputs": [
+                                {
+                                    "name": "content",
+                                    "shape": [1],
+                                    "datatype": "BYTES",
+                                    "data": ["#!/bin/sh\necho hi\n"],
+                                }
+                            ]
+                        },
+                    )
+                    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ["shell"]
+                router.pool("tenant-a").release(a)
+                router.pool("tenant-b").release(b)
+            finally:
+                await router.stop()
+
+        asyncio.run(run())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
