@@ -74,6 +74,7 @@ def drive(
     latencies: list[float] = []
     failures: list[str] = []
     peak = {"rss": 0, "pss": 0, "processes": 0}
+    loads: list[float] = []  # the machine's 1-minute load average, sampled each second
     done = threading.Event()
     ran_out: dict[str, Any] = {}
     lock = threading.Lock()
@@ -86,6 +87,7 @@ def drive(
             peak["rss"] = max(peak["rss"], total)
             peak["pss"] = max(peak["pss"], sum(served.tree_pss_bytes().values()))
             peak["processes"] = max(peak["processes"], len(tree))
+            loads.append(os.getloadavg()[0])
             if stop_rss is not None and total > stop_rss and not ran_out:
                 ran_out.update({"after_s": round(time.monotonic() - start, 1), "rss_bytes": total})
                 done.set()
@@ -138,6 +140,10 @@ def drive(
         "peak_rss_mib": round(peak["rss"] / 2**20, 1),
         "peak_pss_mib": round(peak["pss"] / 2**20, 1),
         "peak_processes": peak["processes"],
+        "load_average_1m": {
+            "mean": round(statistics.mean(loads), 1) if loads else None,
+            "max": round(max(loads), 1) if loads else None,
+        },
         "ran_out": ran_out or None,
     }
 
