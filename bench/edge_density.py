@@ -41,7 +41,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.wasm_serve import Served, engine_model, native_models, request_for  # noqa: E402
+from bench.wasm_serve import (  # noqa: E402
+    Served,
+    engine_model,
+    native_models,
+    request_for,
+    tree_cpu_seconds,
+)
 
 SCALING = {
     "min-scale": 0,
@@ -108,6 +114,7 @@ def drive(
                 failures.append(f"{models[index]['name']}: HTTP {status}")
 
     sampler = threading.Thread(target=sample, daemon=True)
+    cpu_before = tree_cpu_seconds(served.proc.pid)
     sampler.start()
     sent = 0
     with ThreadPoolExecutor(max_workers=128) as pool:
@@ -122,6 +129,7 @@ def drive(
             sent += 1
     done.set()
     sampler.join()
+    cpu = tree_cpu_seconds(served.proc.pid) - cpu_before
     ms = sorted(x * 1000 for x in latencies)
 
     def q(p: float) -> float | None:
@@ -140,6 +148,9 @@ def drive(
         "peak_rss_mib": round(peak["rss"] / 2**20, 1),
         "peak_pss_mib": round(peak["pss"] / 2**20, 1),
         "peak_processes": peak["processes"],
+        # CPU the gateway and everything under it spent per request sent (the trace's
+        # requests still in flight when it ends are counted in, so a slight overestimate)
+        "cpu_ms_per_request": round(cpu * 1000 / max(1, sent), 1),
         "load_average_1m": {
             "mean": round(statistics.mean(loads), 1) if loads else None,
             "max": round(max(loads), 1) if loads else None,

@@ -177,6 +177,20 @@ def tree_rss(root: int) -> dict[str, int]:
     return _tree(root, "VmRSS:", "status")
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds used so far by ``root`` and its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for key in tree_rss(root):
+        pid = key.split(":")[0]
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def tree_pss(root: int) -> dict[str, int]:
     """PSS (bytes) of the same processes: each page divided among those mapping it, so
     the sum is the memory the tree holds (``/proc/PID/smaps_rollup``)."""
