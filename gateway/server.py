@@ -26,7 +26,7 @@ from runtime.scaling.forkserver import ForkServer
 from runtime.scaling.replica import Launcher, WorkerLauncher
 from runtime.scaling.source import ReplicaSource
 from runtime.scaling.supervisor import Supervisor
-from runtime.scaling.wasm_host import WasmHostLauncher
+from runtime.scaling.wasm_host import WasmHostLauncher, wants_host
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
 
@@ -66,7 +66,7 @@ def build_gateway(
     launcher: Launcher = WorkerLauncher(
         spawner, clock=clock, ready_timeout=gw.ready_timeout_seconds
     )
-    if gw.wasm_host.enabled:  # WASM-tier models inside one warm host process
+    if gw.wasm_host.enabled and wants_host(config):  # WASM models in one warm host process
         launcher = WasmHostLauncher(
             launcher,
             config,

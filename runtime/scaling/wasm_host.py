@@ -37,7 +37,14 @@ from runtime.settings import HOST_TOKEN_ENV
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Tier
 
-__all__ = ["HostProcess", "InHostModel", "WasmHostLauncher", "in_host", "model_path"]
+__all__ = [
+    "HostProcess",
+    "InHostModel",
+    "WasmHostLauncher",
+    "in_host",
+    "model_path",
+    "wants_host",
+]
 
 log = logging.getLogger("edgeinfer.wasm_host")
 
@@ -50,6 +57,11 @@ def in_host(spec: ModelSpec, tier: Tier | None) -> bool:
     if tier is not None:
         return tier.runtime is RuntimeName.WASM
     return bool(spec.runtimes) and spec.runtimes[0] is RuntimeName.WASM
+
+
+def wants_host(config: ModelConfig) -> bool:
+    """Whether any model of ``config`` that starts replicas may run in the WASM host."""
+    return any(RuntimeName.WASM in m.runtimes and m.endpoint is None for m in config.models)
 
 
 def model_path(name: str) -> str:
@@ -239,9 +251,7 @@ class WasmHostLauncher:
 
     def wanted(self) -> bool:
         """Whether any configured model may run in the host."""
-        return any(
-            RuntimeName.WASM in m.runtimes and m.endpoint is None for m in self.config.models
-        )
+        return wants_host(self.config)
 
     def wasm_only(self) -> bool:
         """Whether every model that starts replicas can only run in the host (then the
