@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["HOST_TOKEN_ENV", "Settings"]
 
@@ -29,7 +29,8 @@ class Settings(BaseModel):
 
     state_dir: Path = Path.home() / ".cache" / "edgeinfer"
     log_level: str = "info"
-    host_token: str | None = None  # the WASM host's admin bearer token
+    # The WASM host's admin bearer token; never in a repr (nor so in a log line).
+    host_token: str | None = Field(None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
