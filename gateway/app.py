@@ -346,7 +346,7 @@ class Gateway:
                 self.upstream,
                 host,
                 port,
-                target,
+                replica.path + target,  # "" but for a model inside a multi-model host
                 scope["method"],
                 upstream_headers(
                     scope["headers"], scope.get("client"), scope.get("scheme", "http")

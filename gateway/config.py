@@ -17,7 +17,7 @@ from runtime.errors import ConfigError, field_problem
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig
 
-__all__ = ["GatewayConfig", "ServerConfig", "gateway_config"]
+__all__ = ["GatewayConfig", "ServerConfig", "WasmHostConfig", "gateway_config"]
 
 
 class ServerConfig(Frozen):
@@ -55,10 +55,23 @@ class ServerConfig(Frozen):
     max_headers: int = Field(100, ge=8, le=1000, description="header fields; 431")
 
 
+class WasmHostConfig(Frozen):
+    """The one WASM host process that serves every WASM-tier model (issue 14)."""
+
+    enabled: bool = Field(True, description="False: each WASM model in its own worker")
+    keep_warm: bool = Field(
+        True, description="start the host with the gateway when WASM models are configured"
+    )
+    memory_budget_mib: int | None = Field(
+        None, ge=16, description="idle resident models above this are unloaded, LRU first"
+    )
+
+
 class GatewayConfig(Frozen):
     auth: AuthConfig = AuthConfig()
     server: ServerConfig = ServerConfig()
     traffic: TrafficConfig = TrafficConfig()
+    wasm_host: WasmHostConfig = WasmHostConfig()
     tick_seconds: float = Field(1.0, gt=0, le=60, description="autoscaler period")
     scale_to_zero_grace_seconds: float = Field(
         30.0, ge=0, le=3600, description="Knative's scale-to-zero-grace-period"

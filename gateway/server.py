@@ -23,9 +23,10 @@ from runtime.placement.manager import Manager
 from runtime.placement.policy import policy_config
 from runtime.placement.profiles import ProfileStore
 from runtime.scaling.forkserver import ForkServer
-from runtime.scaling.replica import WorkerLauncher
+from runtime.scaling.replica import Launcher, WorkerLauncher
 from runtime.scaling.source import ReplicaSource
 from runtime.scaling.supervisor import Supervisor
+from runtime.scaling.wasm_host import WasmHostLauncher, wants_host
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
 
@@ -62,7 +63,19 @@ def build_gateway(
         log_dir=settings.state_dir / "logs",
         socket_path=settings.state_dir / f"forkserver-{os.getpid()}.sock",
     )
-    launcher = WorkerLauncher(spawner, clock=clock, ready_timeout=gw.ready_timeout_seconds)
+    launcher: Launcher = WorkerLauncher(
+        spawner, clock=clock, ready_timeout=gw.ready_timeout_seconds
+    )
+    if gw.wasm_host.enabled and wants_host(config):  # WASM models in one warm host process
+        launcher = WasmHostLauncher(
+            launcher,
+            config,
+            log_dir=settings.state_dir / "logs",
+            clock=clock,
+            ready_timeout=gw.ready_timeout_seconds,
+            keep_warm=gw.wasm_host.keep_warm,
+            budget_mib=gw.wasm_host.memory_budget_mib,
+        )
     supervisor = Supervisor(
         config,
         launcher=launcher,

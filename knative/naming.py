@@ -14,11 +14,13 @@ __all__ = [
     "CLUSTER_LABEL",
     "CONFIG_HASH",
     "FIELD_MANAGER",
+    "HOSTED_MODELS",
     "MANAGED_BY",
     "MODEL_LABEL",
     "OWNED",
     "ROLE_LABEL",
     "TIER_LABEL",
+    "WASM_HOST_LABEL",
     "config_map_name",
     "owned_selector",
     "service_name",
@@ -32,6 +34,10 @@ TIER_LABEL = "edgeinfer.dev/tier"
 ROLE_LABEL = "edgeinfer.dev/role"
 CLUSTER_LABEL = "edgeinfer.dev/cluster"
 CONFIG_HASH = "edgeinfer.dev/config-hash"
+# The cluster's one multi-model WASM host Service: its label, and the annotation that
+# lists the models it serves (each under /m/{model}/).
+WASM_HOST_LABEL = "edgeinfer.dev/wasm-host"
+HOSTED_MODELS = "edgeinfer.dev/models"
 
 # Knative names a Service's revisions "<service>-00001" and both must be DNS labels.
 _MAX_SERVICE = 63 - len("-00001")

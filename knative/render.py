@@ -40,7 +40,7 @@ from runtime.spec.clusters import ClusterSpec
 from runtime.spec.model import ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
 
-__all__ = ["Rendered", "render_model"]
+__all__ = ["Rendered", "in_shared_host", "render_model"]
 
 _CONFIG_VOLUME = "edgeinfer-config"
 _READY_PATH = "/v2/health/ready"
@@ -75,7 +75,13 @@ def render_model(
     out = Rendered()
     for problem in check_placement(spec, placement, cluster):
         out.findings.append(Finding(spec.name, "placement", problem))
-    tiers = [t for t in placement.tiers if t.cluster == cluster.name]
+    tiers = [
+        t
+        for t in placement.tiers
+        if t.cluster == cluster.name
+        # the cluster's one WASM host serves these (knative.wasm_host)
+        and not (cluster.wasm.shared_host and in_shared_host(spec, t, cluster, base_dir))
+    ]
     if not tiers:
         return out
     delivery = plan_delivery(spec, cluster, base_dir)
@@ -132,6 +138,17 @@ def render_model(
                 )
             )
     return out
+
+
+def in_shared_host(spec: ModelSpec, tier: Tier, cluster: ClusterSpec, base_dir: Path) -> bool:
+    """Whether ``tier`` is served by the cluster's shared WASM host (``wasm.shared_host``:
+    every WASM tier on it but Spin guests, which stay SpinApps)."""
+    return (
+        cluster.wasm.shared_host
+        and tier.cluster == cluster.name
+        and tier.runtime is RuntimeName.WASM
+        and not is_spin_tier(spec, tier, cluster, base_dir)
+    )
 
 
 def _service(

@@ -55,13 +55,14 @@ class TierView:
     ready: bool
     replicas: int | None  # running now; None where the cluster did not say
     cluster: str = ""
+    path: str = ""  # the model's prefix on a multi-model Service (the WASM host)
 
     @property
     def key(self) -> str:
         return f"{self.cluster}/{self.name}"
 
     @classmethod
-    def of(cls, status: ServiceStatus, cluster: ClusterSpec) -> TierView:
+    def of(cls, status: ServiceStatus, cluster: ClusterSpec, path: str = "") -> TierView:
         url = status.url if cluster.route_via == "url" else (status.address or status.url)
         if url is not None and not url.startswith("http://"):
             log.warning("%s: %s is not plain http:// and cannot be proxied", status.name, url)
@@ -74,6 +75,7 @@ class TierView:
             status.is_ready,
             status.actual,
             cluster.name,
+            path,
         )
 
 
@@ -160,7 +162,9 @@ class ClusterPool:
             if old is not None and old.base_url == view.url:
                 keep[view.key] = old
             else:
-                keep[view.key] = Replica.external(self.spec.name, view.url, self._clock())
+                keep[view.key] = Replica.external(
+                    self.spec.name, view.url, self._clock(), path=view.path
+                )
             keep[view.key].state = ReplicaState.READY if view.ready else ReplicaState.STARTING
         self._by_name = keep
         self.replicas = list(keep.values())
@@ -294,7 +298,14 @@ class ClusterRouter:
             if isinstance(result, BaseException):
                 log.warning("cluster %s: status refresh failed: %s", cluster.name, result)
                 continue
-            self._views[cluster.name] = [(s.model, TierView.of(s, cluster)) for s in result]
+            self._views[cluster.name] = [
+                (model, TierView.of(s, cluster, path))
+                for s in result
+                # the WASM host serves each of its models under its own prefix
+                for model, path in (
+                    [(m, f"/m/{m}") for m in s.models] if s.models else [(s.model, "")]
+                )
+            ]
         by_model: dict[str, list[TierView]] = {}
         for views in self._views.values():
             for model, view in views:

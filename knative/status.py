@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from knative.kube import Cluster, kube_errors
-from knative.naming import MODEL_LABEL, ROLE_LABEL, TIER_LABEL, owned_selector
+from knative.naming import (
+    HOSTED_MODELS,
+    MODEL_LABEL,
+    ROLE_LABEL,
+    TIER_LABEL,
+    WASM_HOST_LABEL,
+    owned_selector,
+)
 
 __all__ = ["ServiceStatus", "read_status", "service_status", "wait_for"]
 
@@ -41,6 +48,9 @@ class ServiceStatus:
     address: str | None
     revision: str | None
     replicas: str  # "actual/desired", or "-" where unknown
+    # The models a multi-model WASM host Service serves (each under /m/{model}/); ()
+    # for a one-model Service.
+    models: tuple[str, ...] = ()
 
     @property
     def actual(self) -> int | None:
@@ -74,6 +84,10 @@ def service_status(cluster: str, obj: dict[str, Any], replicas: str = "-") -> Se
                 else f"generation {meta.get('generation')} not reconciled yet"
             )
     address = (status.get("address") or {}).get("url")
+    hosted: tuple[str, ...] = ()
+    if labels.get(WASM_HOST_LABEL) == "true":
+        listed = (meta.get("annotations") or {}).get(HOSTED_MODELS, "")
+        hosted = tuple(n.strip() for n in listed.split(",") if n.strip())
     return ServiceStatus(
         cluster=cluster,
         kind=kind,
@@ -87,6 +101,7 @@ def service_status(cluster: str, obj: dict[str, Any], replicas: str = "-") -> Se
         address=address,
         revision=status.get("latestReadyRevisionName") or status.get("latestCreatedRevisionName"),
         replicas=replicas,
+        models=hosted,
     )
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 from knative.aliases import render_alias
 from knative.placement_checks import default_placement
-from knative.render import Rendered, render_model
+from knative.render import Rendered, in_shared_host, render_model
+from knative.wasm_host import render_wasm_host
 from runtime.errors import ConfigError
 from runtime.spec.clusters import ClusterSpec
-from runtime.spec.model import ModelConfig
-from runtime.spec.placement import Placement
+from runtime.spec.model import ModelConfig, ModelSpec
+from runtime.spec.placement import Placement, Tier
 
 __all__ = ["Overrides", "render_config", "select_clusters"]
 
@@ -77,6 +78,7 @@ def render_config(
     placement on every cluster. Endpoint-only models are not rendered (they run
     elsewhere)."""
     out = {c.name: Rendered() for c in clusters}
+    hosted: dict[str, list[tuple[ModelSpec, Tier]]] = {c.name: [] for c in clusters}
     for spec in config.models:
         if not spec.runtimes:
             continue
@@ -88,6 +90,13 @@ def render_config(
             else:
                 placement = default_placement(spec, cluster)
             out[cluster.name].extend(render_model(spec, placement, cluster, config.base_dir))
+            hosted[cluster.name] += [
+                (spec, t)
+                for t in placement.tiers
+                if in_shared_host(spec, t, cluster, config.base_dir)
+            ]
+    for cluster in clusters:  # one multi-model WASM host per cluster that wants one
+        out[cluster.name].extend(render_wasm_host(hosted[cluster.name], cluster, config.base_dir))
     for cluster in clusters:
         for alias in config.aliases:
             out[cluster.name].extend(render_alias(alias, out[cluster.name]))

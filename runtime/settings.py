@@ -10,9 +10,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Settings"]
+__all__ = ["HOST_TOKEN_ENV", "Settings"]
+
+# The WASM host's admin token, handed to it by the launcher that starts it.
+HOST_TOKEN_ENV = "EDGEINFER_HOST_TOKEN"
 
 
 class Settings(BaseModel):
@@ -26,6 +29,8 @@ class Settings(BaseModel):
 
     state_dir: Path = Path.home() / ".cache" / "edgeinfer"
     log_level: str = "info"
+    # The WASM host's admin bearer token; never in a repr (nor so in a log line).
+    host_token: str | None = Field(None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -35,6 +40,8 @@ class Settings(BaseModel):
             values["state_dir"] = Path(env["EDGEINFER_HOME"]).expanduser()
         if env.get("EDGEINFER_LOG_LEVEL"):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
+        if env.get(HOST_TOKEN_ENV):
+            values["host_token"] = env[HOST_TOKEN_ENV]
         return cls(**values)
 
     @property

@@ -3,14 +3,36 @@ tokenise on the host (``onnx``, and the ``wasm`` runtime's pure-compute engine).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from runtime.errors import ContextOverflow
 
-__all__ = ["TokenBatch", "encode_texts"]
+__all__ = ["TokenBatch", "encode_texts", "shared_tokenizer"]
+
+_tokenizers: dict[tuple[str, int, int], Tokenizer] = {}
+_tokenizers_lock = threading.Lock()
+
+
+def shared_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer of ``path`` without padding or truncation, one per file per process
+    (keyed by path, size and modification time): many models over the same files, as in
+    the WASM host, share one (about 7 MB for MiniLM's). Only ``encode`` is called on it,
+    which is safe from several threads."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _tokenizers_lock:
+        found = _tokenizers.get(key)
+        if found is None:
+            found = Tokenizer.from_file(str(path))
+            found.no_padding()
+            found.no_truncation()
+            _tokenizers[key] = found
+        return found
 
 
 @dataclass(frozen=True)

@@ -109,10 +109,13 @@ class Replica:
     base_url: str | None = None
     tier: Tier | None = None  # None: the runtime the worker chose itself
     readiness: Readiness | None = None  # None: it serves from the start (external)
+    # A prefix before every request target: one model inside a multi-model server
+    # (the WASM host serves each model under ``/m/{model}``); "" for a worker.
+    path: str = ""
 
     @property
     def url(self) -> str:
-        return self.base_url or f"http://127.0.0.1:{self.port}"
+        return (self.base_url or f"http://127.0.0.1:{self.port}") + self.path
 
     @property
     def address(self) -> tuple[str, int]:
@@ -124,8 +127,9 @@ class Replica:
         return (host, int(port)) if host else (rest, 80)
 
     @classmethod
-    def external(cls, model: str, url: str, now: float) -> Replica:
-        """A replica that is a server someone else runs (``endpoint`` in the spec)."""
+    def external(cls, model: str, url: str, now: float, path: str = "") -> Replica:
+        """A replica that is a server someone else runs (``endpoint`` in the spec, a
+        Knative Service; ``path``: the model's prefix on a multi-model one)."""
         return cls(
             model=model,
             port=0,
@@ -133,6 +137,7 @@ class Replica:
             started=now,
             state=ReplicaState.READY,
             base_url=url,
+            path=path,
         )
 
     @property

@@ -150,6 +150,11 @@ class WasmProfile(Frozen):
         None, pattern=DNS_LABEL, description="e.g. a sandboxed runtime such as 'gvisor'"
     )
     spinkube: SpinKubeProfile | None = None
+    shared_host: bool = Field(
+        False,
+        description="serve every WASM tier (Spin apps excepted) from one multi-model "
+        "Service, edgeinfer-wasm-host, instead of one Service per model",
+    )
 
 
 class PvcDelivery(Frozen):

@@ -53,6 +53,14 @@ class WasmRuntime(Runtime):
         if guest is not None:
             await asyncio.to_thread(guest.close)
 
+    def release_instances(self) -> int:
+        """Scale to zero inside the process: drop the guest's idle instances, keep the
+        compiled code and the weights (``GuestAbi.release_instances``)."""
+        return self._guest.release_instances() if self._guest is not None else 0
+
+    def live_instances(self) -> int:
+        return self._guest.live_instances() if self._guest is not None else 0
+
     def _ready(self) -> GuestAbi:
         if self._guest is None:
             raise ModelNotReady(f"model {self.spec.name!r} is not loaded")

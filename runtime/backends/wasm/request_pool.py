@@ -96,5 +96,11 @@ class RequestPool(LaidOut):
             "measure with isolation: pooled"
         )
 
+    live = 0  # instances held between calls: none
+
+    def release(self) -> int:
+        """Nothing idle to drop: every instance goes with its call."""
+        return 0
+
     def close(self) -> None:
         """Nothing is held between calls."""

@@ -53,6 +53,16 @@ class GuestAbi:
     def close(self) -> None:
         """Free what ``load`` took. Calls in flight have finished."""
 
+    def release_instances(self) -> int:
+        """Drop the guest's idle instances, keeping what makes new ones cheap (compiled
+        code, snapshot, host-side state); how many were dropped. A guest that keeps no
+        instances between calls drops none."""
+        return 0
+
+    def live_instances(self) -> int:
+        """Instances held now (idle or busy); 0 for a guest with a store per call."""
+        return 0
+
     def inputs(self) -> list[TensorSpec]:
         return []
 

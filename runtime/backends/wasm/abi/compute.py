@@ -37,7 +37,7 @@ from runtime.backends.tensor_inputs import (
     tensor_bytes,
     tensor_text,
 )
-from runtime.backends.text_batch import TokenBatch, encode_texts
+from runtime.backends.text_batch import TokenBatch, encode_texts, shared_tokenizer
 from runtime.backends.wasm.abi.base import GuestAbi
 from runtime.backends.wasm.engine.convert import ensure_graph
 from runtime.backends.wasm.engine.reactor import (
@@ -162,9 +162,12 @@ class ComputeGuest(GuestAbi):
             phases.end("compile")
             template = self.host.template(module)
             phases.end("link")
-        return EnginePool(
+        pool = EnginePool(
             self.host, template, sandbox, size=size, max_tokens=max_tokens, max_seq=max_seq
         )
+        if not self.options.snapshot:
+            pool.fill()  # each instance loads the weights: not on a request's time
+        return pool
 
     def _model_files(self, where: str) -> tuple[dict[str, str], list[tuple[Path, str]], list[Path]]:
         """The guest's environment, its mounts, and the host files ``ei_init`` reads."""
@@ -205,9 +208,7 @@ class ComputeGuest(GuestAbi):
                 )
             else:
                 raise ConfigError(f"{where}: files.tokenizer (tokenizer.json) is missing")
-            self._tokenizer = Tokenizer.from_file(str(tok_path))
-            self._tokenizer.no_padding()
-            self._tokenizer.no_truncation()
+            self._tokenizer = shared_tokenizer(tok_path)
             limit = self.spec.options.max_input_tokens or self.pool.max_seq
             self._limit = min(limit, self.pool.max_seq)
         elif self.spec.task is Task.CLASSIFY and self.spec.options.preprocess == "magika":
@@ -235,6 +236,14 @@ class ComputeGuest(GuestAbi):
                 )
         else:
             raise ConfigError(f"{where}: the engine serves embedding and classify (magika) models")
+
+    def release_instances(self) -> int:
+        if self.pool is None:
+            return 0
+        return self.pool.release()
+
+    def live_instances(self) -> int:
+        return self.pool.live if self.pool is not None else 0
 
     def close(self) -> None:
         if self._executor is not None:

@@ -265,10 +265,13 @@ class EngineInstance(LaidOut):
 
 
 class EnginePool(LaidOut):
-    """``size`` engine instances, each used by one thread at a time.
+    """Up to ``size`` engine instances, each used by one thread at a time.
 
-    Instances are made up front (``load``); :meth:`run` takes a free one, and replaces
-    an instance whose call failed in the guest by a fresh one.
+    The first instance is made up front (it reads the layout); the others are made on
+    demand when a call finds none free, so an idle model holds only what it used.
+    :meth:`release` drops every idle instance (a model scaled to zero inside the WASM
+    host holds none; from a snapshot the next one costs a fraction of a millisecond).
+    An instance whose call failed in the guest is dropped; the next call makes another.
     """
 
     def __init__(
@@ -289,11 +292,11 @@ class EnginePool(LaidOut):
         self._free: queue.Queue[EngineInstance] = queue.Queue()
         self._all: list[EngineInstance] = []
         self._lock = threading.Lock()
+        self._closed = False
+        self._making = 0  # instances being made outside the lock
         first = self._make()
         self.layout = first.layout
         self._free.put(first)
-        for _ in range(size - 1):
-            self._free.put(self._make())
 
     def _make(self) -> EngineInstance:
         inst = EngineInstance(
@@ -307,40 +310,84 @@ class EnginePool(LaidOut):
             self._all.append(inst)
         return inst
 
-    def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
+    def _take(self) -> EngineInstance:
+        """A free instance; a new one while fewer than ``size`` exist; else wait."""
         try:
-            inst = self._free.get(timeout=self.sandbox.timeout_s)
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            room = len(self._all) + self._making < self.size and not self._closed
+            if room:  # reserve the place: another thread must not overshoot ``size``
+                self._making += 1
+        if room:
+            try:
+                return self._make()
+            finally:
+                with self._lock:
+                    self._making -= 1
+        try:
+            return self._free.get(timeout=self.sandbox.timeout_s)
         except queue.Empty:
             raise DeadlineExceeded(
                 f"no engine instance became free within {self.sandbox.timeout_s:g} s"
-                + ("" if self.size else " (every instance failed and none could be made)")
             ) from None
+
+    def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
+        inst = self._take()
         try:
             return inst.run(payload, batch, seq)
         finally:
-            if inst.healthy:
+            if inst.healthy and not self._closed:
                 self._free.put(inst)
-            else:  # replaced in the background: the failed call returns at once
+            else:  # a trap leaves its memory unknown: the next call makes a new one
                 with self._lock:
-                    self._all.remove(inst)
+                    if inst in self._all:
+                        self._all.remove(inst)
                 inst.close()
-                threading.Thread(target=self._replace, name="engine-replace", daemon=True).start()
 
-    def _replace(self) -> None:
-        try:
-            self._free.put(self._make())
-        except Exception:  # calls wait for the other instances (or time out if none)
+    def fill(self) -> None:
+        """Make instances up to ``size`` now (for instances that each load the weights,
+        so that the first concurrent calls do not pay for it)."""
+        while True:
             with self._lock:
-                self.size -= 1
+                if len(self._all) + self._making >= self.size or self._closed:
+                    return
+            self._free.put(self._make())
 
     def available(self) -> int:
-        """Instances free right now."""
-        return self._free.qsize()
+        """Calls that could start right now (free instances, plus room for new ones)."""
+        with self._lock:
+            return self._free.qsize() + max(0, self.size - len(self._all) - self._making)
+
+    @property
+    def live(self) -> int:
+        """Instances that exist now (idle or busy)."""
+        with self._lock:
+            return len(self._all)
+
+    def release(self) -> int:
+        """Drop every idle instance (busy ones finish and stay); how many were dropped."""
+        dropped = 0
+        while True:
+            try:
+                inst = self._free.get_nowait()
+            except queue.Empty:
+                return dropped
+            with self._lock:
+                self._all.remove(inst)
+            inst.close()
+            dropped += 1
 
     def profile(self, reset: bool = False) -> dict[str, float]:
         """Summed over idle instances (call when no request is in flight)."""
         total: dict[str, float] = {}
-        held = [self._free.get() for _ in range(self.size)]
+        held = []
+        while True:
+            try:
+                held.append(self._free.get_nowait())
+            except queue.Empty:
+                break
         try:
             for inst in held:
                 for k, v in inst.profile(reset).items():
@@ -352,6 +399,7 @@ class EnginePool(LaidOut):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for inst in self._all:
                 inst.close()
             self._all.clear()
