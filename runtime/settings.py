@@ -26,6 +26,7 @@ class Settings(BaseModel):
 
     state_dir: Path = Path.home() / ".cache" / "edgeinfer"
     log_level: str = "info"
+    otel: dict[str, str] = {}  # the OTEL_* variables (runtime.spec.telemetry reads them)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -35,6 +36,7 @@ class Settings(BaseModel):
             values["state_dir"] = Path(env["EDGEINFER_HOME"]).expanduser()
         if env.get("EDGEINFER_LOG_LEVEL"):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
+        values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         return cls(**values)
 
     @property

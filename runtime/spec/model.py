@@ -25,6 +25,7 @@ from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.frozen import Frozen
 from runtime.spec.scaling import ScalingRule
+from runtime.spec.telemetry import TelemetryConfig
 
 __all__ = [
     "MODEL_NAME",
@@ -191,6 +192,9 @@ class ModelConfig(Frozen):
     )
     clusters: list[ClusterSpec] = Field(
         default_factory=list, description="Kubernetes clusters with Knative (runtime.spec.clusters)"
+    )
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="traces (runtime.spec.telemetry)"
     )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 
