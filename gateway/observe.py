@@ -130,7 +130,7 @@ class Observer:
                 "edgeinfer.runtime": replica.tier.runtime.value,
                 "edgeinfer.device": replica.tier.device.value,
             }
-        record.trace.queue_wait(begun, now, record.cold_start, tier)
+        record.trace.queue_wait(begun, now, record.cold_start, replica.started, tier)
 
     def finish(self, record: RequestRecord, model_label: str) -> None:
         """The request ended: ``model_label`` is its model as a metric label."""

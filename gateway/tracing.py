@@ -85,10 +85,16 @@ class RequestTrace:
             )
 
     def queue_wait(
-        self, begun: float, ended: float, cold: ColdStart | None, tier: dict[str, str]
+        self,
+        begun: float,
+        ended: float,
+        cold: ColdStart | None,
+        launched: float,
+        tier: dict[str, str],
     ) -> None:
         """A span for the wait for a replica slot (``begun``..``ended`` in the pool's
-        clock), and in it the cold start it waited on, phase by phase."""
+        clock), and in it the cold start it waited on (of the replica ``launched`` at
+        that time), phase by phase."""
         if self.span is None or self.tracer is None:
             return
         self.span.set_attributes(tier)
@@ -100,27 +106,39 @@ class RequestTrace:
             attributes={"edgeinfer.queue_wait_s": max(0.0, ended - begun)},
         )
         if cold is not None:
-            end = self._epoch_ns(cold.finished_at)
-            start = end - int(cold.total * _NS)
-            inner = trace.set_span_in_context(wait)
-            span = self.tracer.start_span(
-                "cold start",
-                context=inner,
-                start_time=start,
-                attributes={
-                    "edgeinfer.cold_start_s": cold.total,
-                    **{f"edgeinfer.cold_start.{k}_s": v for k, v in cold.phases.items()},
-                    **tier,
-                },
-            )
-            phase_ctx = trace.set_span_in_context(span)
-            at = start
-            for phase, seconds in cold.phases.items():
-                n = int(seconds * _NS)
-                self.tracer.start_span(phase, context=phase_ctx, start_time=at).end(at + n)
-                at += n
-            span.end(end)
+            self._cold_start(wait, cold, launched, tier)
         wait.end(self._epoch_ns(ended))
+
+    def _cold_start(
+        self, parent: Any, cold: ColdStart, launched: float, tier: dict[str, str]
+    ) -> None:
+        """The cold start from the replica's launch to the moment it was seen ready.
+        ``spawn`` runs from the launch (until the worker answered HTTP); ``load`` and
+        ``warmup``, which the worker measured itself (its load begins while its server
+        starts, so they may overlap ``spawn``), are laid back from the ready moment."""
+        assert self.tracer is not None
+        start, end = self._epoch_ns(launched), self._epoch_ns(cold.finished_at)
+        span = self.tracer.start_span(
+            "cold start",
+            context=trace.set_span_in_context(parent),
+            start_time=start,
+            attributes={
+                "edgeinfer.cold_start_s": cold.total,
+                **{f"edgeinfer.cold_start.{k}_s": v for k, v in cold.phases.items()},
+                **tier,
+            },
+        )
+        inner = trace.set_span_in_context(span)
+        phases = dict(cold.phases)
+        if "spawn" in phases:
+            n = int(phases.pop("spawn") * _NS)
+            self.tracer.start_span("spawn", context=inner, start_time=start).end(start + n)
+        at = end
+        for phase, seconds in reversed(phases.items()):
+            n = int(seconds * _NS)
+            self.tracer.start_span(phase, context=inner, start_time=at - n).end(at)
+            at -= n
+        span.end(end)
 
     def finish(
         self,
