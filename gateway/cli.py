@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 
 from gateway import cli_manager
 from gateway.cli_wasm import wasm_app
-from runtime.errors import EdgeInferError
+from runtime.errors import EdgeInferError, GatewayUnreachable
 from runtime.settings import Settings
 from runtime.spec.model import load_config
 
@@ -81,12 +81,12 @@ def top(
     once: bool = typer.Option(False, "--once", help="Print one table and exit."),
 ) -> None:
     """Live per-model replicas, traffic, latency and cold starts of a running gateway."""
-    from gateway.top import TopError, run_top
+    from gateway.top import run_top
 
     try:
         run_top(url, key, interval=interval, once=once, console=Console())
-    except TopError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except GatewayUnreachable as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass

@@ -15,13 +15,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["TopError", "fetch_state", "render", "run_top"]
+from runtime.errors import GatewayUnreachable
+
+__all__ = ["fetch_state", "render", "run_top"]
 
 MAX_STATE_BYTES = 16 * 1024 * 1024
-
-
-class TopError(Exception):
-    """The gateway could not be read (unreachable, refused the key, not a gateway)."""
 
 
 def fetch_state(url: str, key: str | None, timeout: float = 5.0) -> dict[str, Any]:
@@ -34,17 +32,19 @@ def fetch_state(url: str, key: str | None, timeout: float = 5.0) -> dict[str, An
             body = answer.read(MAX_STATE_BYTES + 1)
     except urllib.error.HTTPError as exc:
         detail = exc.read(512).decode(errors="replace")
-        raise TopError(f"{url} answered {exc.code}: {detail}") from None
+        raise GatewayUnreachable(f"{url} answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise TopError(f"cannot reach {url}: {exc}") from None
+        raise GatewayUnreachable(f"cannot reach {url}: {exc}") from None
     if len(body) > MAX_STATE_BYTES:
-        raise TopError(f"{url}: /admin/state is over {MAX_STATE_BYTES} bytes")
+        raise GatewayUnreachable(f"{url}: /admin/state is over {MAX_STATE_BYTES} bytes")
     try:
         state = json.loads(body)
     except ValueError:
-        raise TopError(f"{url}: /admin/state is not JSON (is it an edgeinfer gateway?)") from None
+        raise GatewayUnreachable(
+            f"{url}: /admin/state is not JSON (is it an edgeinfer gateway?)"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("models"), list):
-        raise TopError(f"{url}: /admin/state has no models")
+        raise GatewayUnreachable(f"{url}: /admin/state has no models")
     return state
 
 
@@ -96,7 +96,7 @@ def render(state: dict[str, Any]) -> Group:
 
 
 def run_top(url: str, key: str | None, *, interval: float, once: bool, console: Console) -> None:
-    """Draw until interrupted (``once``: a single table). Raises :class:`TopError`."""
+    """Draw until interrupted (``once``: a single table). Raises :class:`GatewayUnreachable`."""
     if once:
         console.print(render(fetch_state(url, key)))
         return
