@@ -46,6 +46,7 @@ class UsageLedger:
             ["key", "model", "kind"],
             registry=registry,
         )
+        self._children: dict[tuple[str, str, bool], tuple[Any, Any, Any]] = {}
         # minute -> (key, model) -> [requests, errors, input, output]; oldest first.
         self._minutes: OrderedDict[int, dict[tuple[str, str], list[int]]] = OrderedDict()
 
@@ -58,11 +59,19 @@ class UsageLedger:
         """One request of ``model`` (already a metric label) by ``key`` at Unix ``now``."""
         key = self.key_label(key)
         error = status >= 400
-        self.requests.labels(key, model, "error" if error else "ok").inc()
+        children = self._children.get((key, model, error))
+        if children is None:  # label lookups cached: this runs per request
+            children = (
+                self.requests.labels(key, model, "error" if error else "ok"),
+                self.tokens.labels(key, model, "input"),
+                self.tokens.labels(key, model, "output"),
+            )
+            self._children[(key, model, error)] = children
+        children[0].inc()
         if input_tokens:
-            self.tokens.labels(key, model, "input").inc(input_tokens)
+            children[1].inc(input_tokens)
         if output_tokens:
-            self.tokens.labels(key, model, "output").inc(output_tokens)
+            children[2].inc(output_tokens)
         minute = int(now // 60)
         bucket = self._minutes.get(minute)
         if bucket is None:

@@ -5,14 +5,24 @@ loopback. Telemetry is switched on by the standard environment alone
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime.spec.telemetry import TelemetryConfig
-from runtime.worker.tracing import parse_traceparent, traceparent, valid_request_id
+from runtime.worker.tracing import (
+    TracingMiddleware,
+    parse_traceparent,
+    traceparent,
+    valid_request_id,
+)
 from tests.conftest import WorkerProcess, start_worker
 from tests.gateway.otlp_receiver import OtlpReceiver
 
@@ -140,3 +150,60 @@ def test_a_request_into_a_wasm_guest_is_traced_under_the_callers_span(
     assert guest.attributes["edgeinfer.wasm.traceparent"] == f"00-{TRACE}-{guest.span_id}-01"
     assert replica.start_ns <= inference.start_ns <= guest.start_ns
     assert guest.end_ns <= inference.end_ns <= replica.end_ns
+
+
+def _run_middleware(capture: bool, body: bytes, chunks: list[bytes]) -> dict[str, Any]:
+    """The middleware around a FAKE app (it answers ``chunks`` as an SSE stream, as the
+    chat route does); the inference span's attributes."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def fake_app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = TracingMiddleware(
+        fake_app,
+        provider.get_tracer("t"),
+        model="m",
+        runtime="llama",
+        device="cpu",
+        capture_prompts=capture,
+    )
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    parts = [body[:10], body[10:]]
+
+    async def receive() -> dict[str, Any]:
+        part = parts.pop(0)
+        return {"type": "http.request", "body": part, "more_body": bool(parts)}
+
+    async def send(message: Any) -> None:
+        pass
+
+    asyncio.run(middleware(scope, receive, send))
+    (inference,) = [s for s in exporter.get_finished_spans() if s.name == "chat m"]
+    return dict(inference.attributes or {})
+
+
+STREAM = [
+    b'data: {"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+def test_prompts_are_recorded_only_when_asked_and_bounded() -> None:
+    body = b'{"messages":[{"role":"user","content":"' + b"p" * 9000 + b'"}]}'
+    off = _run_middleware(False, body, STREAM)
+    assert "gen_ai.prompt" not in off
+    assert off["gen_ai.usage.input_tokens"] == 12 and off["gen_ai.usage.output_tokens"] == 2
+    assert list(off["gen_ai.response.finish_reasons"]) == ["length"]
+    assert off["gen_ai.server.time_to_first_token"] > 0
+    on = _run_middleware(True, body, STREAM)
+    assert len(on["gen_ai.prompt"]) == 4096 and on["gen_ai.prompt"].startswith('{"messages"')
