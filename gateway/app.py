@@ -421,9 +421,12 @@ class Gateway:
             usage = self.obs.ledger.summary(now - 3600)
             answer = dashboard.state(self._admin_models(), self.obs.history, usage, now)
             return await _send_json(send, 200, answer)
-        if path == "/admin/":
-            found = dashboard.page(self.auth.admin_digest is not None or bool(self.auth.keys))
-        elif (found := dashboard.static_file(path)) is None:  # type: ignore[assignment]
+        found = (
+            dashboard.page(self.auth.admin_digest is not None or bool(self.auth.keys))
+            if path == "/admin/"
+            else dashboard.static_file(path)
+        )
+        if found is None:
             raise RouteNotFound(f"GET {path}: no such route")
         body, headers = found
         await send({"type": "http.response.start", "status": 200, "headers": headers})
