@@ -106,7 +106,8 @@ def test_the_dashboard_shows_every_model_and_moves_with_traffic(
     browser.find_element("id", "login-button").click()
     shown = _until(
         lambda: browser.execute_script(
-            "return [...document.querySelectorAll('section.card')].map(c => c.dataset.model);"
+            "return [...document.querySelectorAll('section.card[data-model]')]"
+            ".map(c => c.dataset.model);"
         )
     )
     assert sorted(shown) == sorted(BUNDLED)
@@ -133,6 +134,8 @@ def test_the_dashboard_shows_every_model_and_moves_with_traffic(
         assert r.status_code == 200, r.text
     _until(lambda: (_line_height(browser, "magika", "traffic", "rps") or 0) > 0)
     _until(lambda: "spawn" in _text(browser, "model-magika"))  # a cold start, with phases
+    # Usage per key: the three requests, under the key's name.
+    _until(lambda: re.search(r"suite\s+3\s+0", _text(browser, "usage")) is not None)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
     SCREENSHOT.parent.mkdir(exist_ok=True)

@@ -144,9 +144,22 @@ function card(m) {
   return c;
 }
 
+function usageCard(usage) {
+  const c = el("section", { class: "card", id: "usage" });
+  c.append(el("h2", {}, "Usage per key, last hour"));
+  const keys = Object.entries(usage.by_key || {});
+  if (!keys.length) {
+    c.append(el("p", { class: "sub" }, "no requests yet"));
+    return c;
+  }
+  c.append(table(["key", "requests", "errors", "tokens in", "tokens out"], keys.map(([k, u]) =>
+    [k, u.requests, u.errors, u.input_tokens, u.output_tokens])));
+  return c;
+}
+
 function render(state) {
   const main = document.getElementById("models");
-  main.replaceChildren(...state.models.map(card));
+  main.replaceChildren(...state.models.map(card), usageCard(state.usage || {}));
   document.getElementById("status").textContent =
     `${state.models.length} models · ${new Date(state.now * 1000).toLocaleTimeString()}`;
 }
