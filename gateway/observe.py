@@ -96,7 +96,16 @@ class Observer:
             path,
             time.perf_counter(),
             time.time(),
-            RequestTrace(self.tracer, self.clock, client_traceparent, method, path, request_id),
+            # Only POSTs (the inference routes) are traced: probes, scrapes and the
+            # dashboard's polling would bury them.
+            RequestTrace(
+                self.tracer if method == "POST" else None,
+                self.clock,
+                client_traceparent,
+                method,
+                path,
+                request_id,
+            ),
         )
 
     @staticmethod

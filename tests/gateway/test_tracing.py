@@ -196,11 +196,13 @@ def test_a_warm_request_has_no_cold_start_span(
     gw, _, exporter = traced
     assert chat(gw.url, KEY).status_code == 200  # the cold one
     exporter.clear()
+    assert httpx.get(f"{gw.url}/v1/models", headers=KEY).status_code == 200  # not traced
     trace = "0af7651916cd43dd8448eb211c80319c"
     r = chat(gw.url, {**KEY, "traceparent": f"00-{trace}-b7ad6b7169203331-01"})
     assert r.status_code == 200
     spans = spans_of(exporter, int(trace, 16), 2)
     assert {s.name for s in spans} == {"POST /v1/chat/completions", "queue wait"}
+    assert [s.name for s in exporter.get_finished_spans() if s.name.startswith("GET")] == []
 
 
 @pytest.mark.parametrize(
