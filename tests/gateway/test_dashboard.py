@@ -32,6 +32,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 BUNDLED = ("smollm2", "gemma3-270m", "minilm", "magika")
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
+PHONE = ROOT / "docs" / "dashboard-phone.png"
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,17 @@ def test_the_dashboard_shows_every_model_and_moves_with_traffic(
     assert errors == []
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT))
+    # On a phone's screen nothing runs off the side: the page scrolls only downwards.
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+    )
+    _until(lambda: "spawn" in _text(browser, "model-magika"))  # redrawn at that width
+    width = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];"
+    )
+    assert width[0] <= width[1] == 390
+    assert browser.save_screenshot(str(PHONE))
 
 
 def test_the_page_holds_no_data_and_the_state_takes_the_admin_key(served: ServedGateway) -> None:

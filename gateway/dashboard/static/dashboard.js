@@ -90,7 +90,7 @@ function card(m) {
   c.append(el("h2", {}, m.model));
   c.append(el("p", { class: "sub" }, `${m.task} on ${m.runtime}: ${m.runtime_reason}`));
   c.append(el("div", { class: "stats" },
-    stat(`${r.ready}/${r.starting}/${r.draining}`, "ready/starting/draining"),
+    stat(`${r.ready}/${r.starting}/${r.draining}`, "ready/start/drain"),
     stat(r.desired, "desired"),
     stat(fmt(last.rps), "req/s"),
     stat(m.queue_depth, "queue"),
