@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.observe import RequestRecord
@@ -29,13 +29,24 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per line
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def _iso(epoch: float) -> str:
+    """``epoch`` as ISO 8601 in UTC with milliseconds; the second's text is cached."""
+    whole = int(epoch)
+    if _second[0] != whole:
+        _second[0] = whole
+        _second[1] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{int((epoch - whole) * 1000):03d}Z"
+
+
 def access_line(record: RequestRecord) -> str:
     """The request's JSON line."""
-    return json.dumps(
+    return _ENCODER.encode(
         {
-            "time": datetime.fromtimestamp(record.started_epoch, UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": _iso(record.started_epoch),
             "request_id": record.request_id,
             "key": record.key,
             "model": record.model,
@@ -50,8 +61,7 @@ def access_line(record: RequestRecord) -> str:
             "ttft_ms": _ms(record.ttft),
             "input_tokens": record.input_tokens,
             "output_tokens": record.output_tokens,
-        },
-        separators=(",", ":"),
+        }
     )
 
 
