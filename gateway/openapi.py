@@ -40,7 +40,7 @@ def gateway_document(config: ModelConfig, secured: bool) -> dict[str, Any]:
         Operation(
             "get",
             "/admin/state",
-            "The dashboard's data: models and their history (admin key)",
+            "What the dashboard shows: models and their history (admin key)",
             secured=True,
         ),
         Operation("get", "/openapi.json", "This document"),
