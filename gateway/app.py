@@ -16,6 +16,7 @@ full, 504 deadline) -> forward the raw, still-encoded target -> release.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -29,11 +30,13 @@ from urllib.parse import quote
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from gateway import ollama
+from gateway import dashboard, ollama
+from gateway.accounting import parse_since
 from gateway.aliases import Router, body_rewrite, path_rewrite
 from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import NO_MODEL, GatewayMetrics
+from gateway.observe import Observer, RequestRecord
 from gateway.openapi import gateway_document
 from gateway.proxy import forward, upstream_headers
 from gateway.quotas import QuotaCharge
@@ -97,6 +100,7 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         manager: Manager | None = None,
         rng: random.Random | None = None,
+        tracer_provider: Any | None = None,
     ) -> None:
         self.config = config
         self.manager = manager  # places models and re-plans; fed every request's outcome
@@ -113,10 +117,21 @@ class Gateway:
         self.upstream = UpstreamPool()
         self.created = int(time.time())
         supervisor.on_cold_start = self._record_cold_start
+        # Traces (off without a provider), usage per key, access log, dashboard history.
+        self.tracer_provider = tracer_provider
+        self.obs = Observer(
+            self.metrics.registry,
+            (identity.name for identity, _ in authenticator.keys),
+            supervisor,
+            tracer=tracer_provider.get_tracer("edgeinfer.gateway") if tracer_provider else None,
+            clock=clock,
+        )
+        self._sampling: asyncio.Task[None] | None = None
 
     def _record_cold_start(self, model: str, cold: ColdStart) -> None:
         for phase, seconds in cold.phases.items():
             self.metrics.cold_start.labels(model, phase).observe(seconds)
+        self.obs.history.cold_start(model, cold)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -129,11 +144,16 @@ class Gateway:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await (self.manager or self.supervisor).start()
+                self._sampling = asyncio.create_task(self.obs.history.run())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._sampling is not None:
+                    self._sampling.cancel()
                 await (self.manager or self.supervisor).stop()
                 await self.aliases.close()
                 self.upstream.close()
+                if self.tracer_provider is not None:
+                    self.tracer_provider.shutdown()  # exports what its batch holds
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -141,6 +161,8 @@ class Gateway:
         path: str = scope["path"]
         start = time.perf_counter()
         model, route, status = "", path, 500
+        record = scope["edgeinfer.request"] = self.obs.begin(scope)
+        send = Observer.send_with_id(record, send)
         try:
             target = _target(scope)
             method = scope["method"]
@@ -248,6 +270,8 @@ class Gateway:
             failure = RuntimeFailure(f"internal error in the gateway: {exc!r}")
             await error_response(path, failure)(scope, receive, send)
         finally:
+            record.status, record.route = status, _route_label(path)
+            self.obs.finish(record, self.metrics.model_label(model) if model else NO_MODEL)
             if model:
                 seconds = time.perf_counter() - start
                 self.metrics.observe_request(model, route, status, seconds)
@@ -276,9 +300,12 @@ class Gateway:
         and the keys are too long for the answer to a guess to matter."""
         header = _header(scope, b"authorization")
         try:
-            if admin:
-                return self.auth.authenticate_admin(header)
-            return self.auth.authenticate(header)
+            identity = (
+                self.auth.authenticate_admin(header) if admin else self.auth.authenticate(header)
+            )
+            if (record := scope.get("edgeinfer.request")) is not None:
+                record.key = identity.name
+            return identity
         except Unauthorized:
             client = scope.get("client")
             address = client[0] if client else "-"
@@ -332,8 +359,14 @@ class Gateway:
     ) -> int:
         pool = self.supervisor.pool(model)
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
-        deadline = self.clock() + timeout
-        replica = pool.try_acquire(ticket) or await pool.acquire(deadline, ticket=ticket)
+        record: RequestRecord = scope["edgeinfer.request"]
+        begun = self.clock()
+        deadline = begun + timeout
+        replica = pool.try_acquire(ticket)
+        waited = replica is None
+        if replica is None:
+            replica = await pool.acquire(deadline, ticket=ticket)
+        self.obs.acquired(record, replica, begun, waited)
         held = time.perf_counter()
         charge = None
         if tap is not None and key in self.quotas.quotas:
@@ -348,9 +381,8 @@ class Gateway:
                 port,
                 replica.path + target,  # "" but for a model inside a multi-model host
                 scope["method"],
-                upstream_headers(
-                    scope["headers"], scope.get("client"), scope.get("scheme", "http")
-                ),
+                upstream_headers(scope["headers"], scope.get("client"), scope.get("scheme", "http"))
+                + record.replica_headers(),
                 body,
                 send,
                 receive,
@@ -361,7 +393,10 @@ class Gateway:
             pool.release(replica, seconds=time.perf_counter() - held)
             if charge is not None:
                 charge.close()
+        if result.streaming and result.first_byte is not None:
+            record.ttft = result.first_byte - started
         if tap is not None:
+            record.input_tokens, record.output_tokens = tap.prompt, tap.completion
             self.metrics.tokens.labels(model, "prompt").inc(tap.prompt)
             self.metrics.tokens.labels(model, "completion").inc(tap.completion)
         if result.first_byte is not None and result.chunks > 2:
@@ -437,7 +472,32 @@ class Gateway:
         if path == "/admin/models" and method == "GET":
             self._authenticate(scope, admin=True)
             return await _send_json(send, 200, {"models": self._admin_models()})
+        if path.startswith("/admin/") and method == "GET":
+            return await self._dashboard(scope, send, path)
         raise RouteNotFound(f"{method} {path}: no such route")
+
+    async def _dashboard(self, scope: Scope, send: Send, path: str) -> int:
+        """The dashboard's page and files (no data in them), its state, and usage."""
+        if path in ("/admin/usage", "/admin/state"):
+            self._authenticate(scope, admin=True)
+            now = time.time()
+            if path == "/admin/usage":
+                since = parse_since(scope.get("query_string", b""), now)
+                return await _send_json(send, 200, self.obs.ledger.summary(since))
+            usage = self.obs.ledger.summary(now - 3600)
+            answer = dashboard.state(self._admin_models(), self.obs.history, usage, now)
+            return await _send_json(send, 200, answer)
+        found = (
+            dashboard.page(self.auth.admin_digest is not None or bool(self.auth.keys))
+            if path == "/admin/"
+            else dashboard.static_file(path)
+        )
+        if found is None:
+            raise RouteNotFound(f"GET {path}: no such route")
+        body, headers = found
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return 200
 
     def _admin_models(self) -> list[dict[str, Any]]:
         out = []
@@ -502,6 +562,9 @@ _LOCAL_ROUTES = frozenset(
         "/v1/models",
         "/metrics",
         "/admin/models",
+        "/admin/usage",
+        "/admin/state",
+        "/admin/",
         "/openapi.json",
         ollama.SHOW,
         *ollama.LISTINGS,
@@ -517,6 +580,8 @@ def _route_label(path: str) -> str:
         return "/v2/models/{name}" + (m.group(2) or "")
     if path.startswith("/v1/models/"):
         return "/v1/models/{name}"
+    if path.startswith(dashboard.STATIC_PREFIX):
+        return dashboard.STATIC_PREFIX + "{file}"
     return "(unmatched)"
 
 

@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 
 from gateway import cli_manager
 from gateway.cli_wasm import wasm_app
-from runtime.errors import EdgeInferError
+from runtime.errors import EdgeInferError, GatewayUnreachable
 from runtime.settings import Settings
 from runtime.spec.model import load_config
 
@@ -69,6 +69,27 @@ def serve(
     except EdgeInferError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def top(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The gateway to watch."),
+    key: str | None = typer.Option(
+        None, "--key", envvar="EDGEINFER_ADMIN_KEY", help="Its admin key (or the env var)."
+    ),
+    interval: float = typer.Option(1.0, "--interval", min=0.2, max=60),
+    once: bool = typer.Option(False, "--once", help="Print one table and exit."),
+) -> None:
+    """Live per-model replicas, traffic, latency and cold starts of a running gateway."""
+    from gateway.top import run_top
+
+    try:
+        run_top(url, key, interval=interval, once=once, console=Console())
+    except GatewayUnreachable as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

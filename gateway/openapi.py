@@ -30,6 +30,19 @@ def gateway_document(config: ModelConfig, secured: bool) -> dict[str, Any]:
         Operation(
             "get", "/admin/models", "Per model: runtime, replicas, queue (admin key)", secured=True
         ),
+        Operation(
+            "get",
+            "/admin/usage",
+            "Requests, errors and tokens by key and model (admin key; ?since=UNIX|ISO 8601)",
+            secured=True,
+            statuses=(200, 400),
+        ),
+        Operation(
+            "get",
+            "/admin/state",
+            "What the dashboard shows: models and their history (admin key)",
+            secured=True,
+        ),
         Operation("get", "/openapi.json", "This document"),
     ]
     return document("edgeinfer gateway", [m.name for m in config.models], ops)

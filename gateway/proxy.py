@@ -47,6 +47,10 @@ _DROP_REQUEST = frozenset(
         b"content-length",
         b"expect",
         b"forwarded",
+        # Written by the gateway itself (gateway.observe): never passed on as sent.
+        b"traceparent",
+        b"tracestate",
+        b"x-request-id",
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})

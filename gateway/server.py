@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvloop
 
+from gateway.access_log import log_to_stdout
 from gateway.app import Gateway
 from gateway.auth import Authenticator
 from gateway.config import gateway_config
@@ -29,6 +30,7 @@ from runtime.scaling.supervisor import Supervisor
 from runtime.scaling.wasm_host import WasmHostLauncher, wants_host
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
+from runtime.worker.tracing import tracer_provider
 
 __all__ = ["build_gateway", "raise_fd_limit", "run_gateway"]
 
@@ -54,9 +56,10 @@ def build_gateway(
         )
     except ValueError as exc:
         raise ConfigError(f"{config.source}: gateway.auth: {exc}") from None
+    provider = tracer_provider(config.telemetry, settings.otel, "edgeinfer-gateway")
     if clusters:
         router = _cluster_router(config, clusters, gw.scale_to_zero_grace_seconds, clock)
-        return Gateway(config, gw, router, authenticator, clock=clock)
+        return Gateway(config, gw, router, authenticator, clock=clock, tracer_provider=provider)
     assert config.source is not None
     spawner = ForkServer(
         config_path=Path(config.source),
@@ -97,7 +100,15 @@ def build_gateway(
         clock=clock,
         tick=policy.tick_seconds,
     )
-    return Gateway(config, gw, supervisor, authenticator, clock=clock, manager=manager)
+    return Gateway(
+        config,
+        gw,
+        supervisor,
+        authenticator,
+        clock=clock,
+        manager=manager,
+        tracer_provider=provider,
+    )
 
 
 def _cluster_router(
@@ -122,6 +133,7 @@ def run_gateway(
     clusters: Sequence[str] = (),
 ) -> None:
     app = build_gateway(config, settings, clusters=clusters)
+    log_to_stdout()
     fd_limit = raise_fd_limit()
     limits = gateway_config(config).server
     server = Http1Server(app, host=host, port=port, graceful_seconds=30, limits=limits)

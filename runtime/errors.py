@@ -23,6 +23,7 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
     ├── Overloaded (503)
     ├── DeadlineExceeded (504)
     ├── ReplicaFailed (502)
+    │   ├── GatewayUnreachable (502)
     │   ├── ResponseCut (502)
     │   └── UpstreamError (502)
     │       ├── BadResponseHead (502)
@@ -63,6 +64,7 @@ __all__ = [
     "ContextOverflow",
     "DeadlineExceeded",
     "EdgeInferError",
+    "GatewayUnreachable",
     "GraphConversionError",
     "GuestLinkError",
     "GuestOutOfMemory",
@@ -245,6 +247,13 @@ class ResponseCut(ReplicaFailed):
     chunk, no complete ``Content-Length``) and the client sees the answer is cut."""
 
     code = "response_cut"
+
+
+class GatewayUnreachable(ReplicaFailed):
+    """``edgeinfer top`` could not read a gateway's ``/admin/state``: unreachable, the
+    key refused, or not an edgeinfer gateway (502)."""
+
+    code = "gateway_unreachable"
 
 
 class UpstreamError(ReplicaFailed):

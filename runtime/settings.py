@@ -31,6 +31,7 @@ class Settings(BaseModel):
     log_level: str = "info"
     # The WASM host's admin bearer token; never in a repr (nor so in a log line).
     host_token: str | None = Field(None, repr=False)
+    otel: dict[str, str] = {}  # the OTEL_* variables (runtime.spec.telemetry reads them)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +43,7 @@ class Settings(BaseModel):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
         if env.get(HOST_TOKEN_ENV):
             values["host_token"] = env[HOST_TOKEN_ENV]
+        values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         return cls(**values)
 
     @property

@@ -25,6 +25,7 @@ from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.frozen import Frozen
 from runtime.spec.scaling import ScalingRule
+from runtime.spec.telemetry import TelemetryConfig
 from runtime.spec.traffic import Alias, check_aliases
 
 __all__ = [
@@ -195,6 +196,9 @@ class ModelConfig(Frozen):
     )
     aliases: list[Alias] = Field(
         default_factory=list, description="names that split traffic (runtime.spec.traffic)"
+    )
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="traces (runtime.spec.telemetry)"
     )
     source: str | None = Field(None, exclude=True, description="the file it was read from")
 

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI, Request
+from opentelemetry.trace import Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
@@ -23,13 +24,21 @@ from runtime.spec.model import ModelSpec
 from runtime.worker import oip_routes, ollama_routes, openai_routes, responses_routes
 from runtime.worker.metrics import RequestMetrics
 from runtime.worker.state import WorkerState
+from runtime.worker.tracing import TracingMiddleware
 
 __all__ = ["create_app"]
 
 
-def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
+def create_app(
+    spec: ModelSpec,
+    runtime: Runtime,
+    *,
+    tracer: Tracer | None = None,
+    capture_prompts: bool = False,
+) -> FastAPI:
     """The worker's ASGI app. The model loads in the background when the app starts;
-    the runtime is unloaded (memory freed) when it stops."""
+    the runtime is unloaded (memory freed) when it stops. With a ``tracer``, each
+    inference request gets a replica span and an inference span (runtime.worker.tracing)."""
     state = WorkerState(spec, runtime)
 
     @asynccontextmanager
@@ -81,4 +90,13 @@ def create_app(spec: ModelSpec, runtime: Runtime) -> FastAPI:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(RequestMetrics, metrics=state.metrics)
+    if tracer is not None:
+        app.add_middleware(
+            TracingMiddleware,
+            tracer=tracer,
+            model=spec.name,
+            runtime=runtime.name.value,
+            device=runtime.device.value,
+            capture_prompts=capture_prompts,
+        )
     return app

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import uvloop
+from opentelemetry import trace
 
 from runtime.backends.registry import create_runtime
 from runtime.errors import ModelNotFound
@@ -13,6 +14,7 @@ from runtime.settings import Settings
 from runtime.spec.model import ModelConfig
 from runtime.worker.app import create_app
 from runtime.worker.http_server import http_server
+from runtime.worker.tracing import tracer_provider
 
 __all__ = ["run_worker"]
 
@@ -39,7 +41,15 @@ def run_worker(
     rt = create_runtime(
         spec, runtime=runtime, device=device, settings=settings, base_dir=config.base_dir
     )
-    app = create_app(spec, rt)
+    provider = tracer_provider(config.telemetry, settings.otel, "edgeinfer-worker")
+    if provider is not None:
+        trace.set_tracer_provider(provider)  # the WASM host's guest-call spans use it
+    app = create_app(
+        spec,
+        rt,
+        tracer=None if provider is None else provider.get_tracer("edgeinfer.worker"),
+        capture_prompts=config.telemetry.capture_prompts,
+    )
     server = http_server(
         app,
         host=host,
@@ -61,6 +71,10 @@ def run_worker(
         finally:
             watcher.cancel()
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports the spans still in its batch
     log.debug("worker for %s stopped", spec.name)
     return 1 if state.load_error is not None else 0

@@ -33,7 +33,8 @@ def test_the_gateway_describes_its_routes(gateway_factory: Factory) -> None:
     assert name["enum"] == ["magika"]
     assert paths["/v1/embeddings"]["post"]["security"] == [{"bearer": []}]
     # Every parameterless GET it documents answers with a status it documents.
-    keys = {"/metrics": "sk-admin", "/admin/models": "sk-admin"}
+    admin = ("/metrics", "/admin/models", "/admin/usage", "/admin/state")
+    keys = dict.fromkeys(admin, "sk-admin")
     for route, methods in paths.items():
         if "{" in route or "get" not in methods:
             continue
@@ -48,4 +49,4 @@ def test_without_keys_nothing_is_marked_secured_but_the_admin_routes(
     gw = gateway_factory([MODEL])
     doc = httpx.get(f"{gw.url}/openapi.json").json()
     secured = {p for p, ms in doc["paths"].items() for m in ms.values() if "security" in m}
-    assert secured == {"/metrics", "/admin/models"}
+    assert secured == {"/metrics", "/admin/models", "/admin/usage", "/admin/state"}

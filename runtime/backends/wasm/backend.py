@@ -12,6 +12,7 @@ from runtime.backends.registry import LoadPhases, Runtime
 from runtime.backends.wasm.abi.base import GuestAbi, abi_class
 from runtime.backends.wasm.host import wasm_host
 from runtime.backends.wasm.package import load_package
+from runtime.backends.wasm.tracing import guest_call, traced_stream
 from runtime.errors import ModelNotReady
 from runtime.spec.model import ArtifactFormat, RuntimeName
 from runtime.spec.types import (
@@ -76,11 +77,19 @@ class WasmRuntime(Runtime):
     def outputs(self) -> list[TensorSpec]:
         return self._ready().outputs()
 
+    # Each call into the guest in a span of the request's trace (wasm/tracing.py).
     def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:
-        return self._ready().stream(request)
+        guest = self._ready()
+        return traced_stream(self.spec.name, self._abi, guest.stream(request))
 
     async def embed(self, texts: list[str]) -> Embeddings:
-        return await self._ready().embed(texts)
+        async with guest_call(self.spec.name, self._abi, "embed"):
+            return await self._ready().embed(texts)
 
     async def infer(self, inputs: list[Tensor]) -> list[Tensor]:
-        return await self._ready().infer(inputs)
+        async with guest_call(self.spec.name, self._abi, "infer"):
+            return await self._ready().infer(inputs)
+
+    @property
+    def _abi(self) -> str:
+        return self._ready().package.manifest.abi.value
