@@ -32,7 +32,8 @@ from gateway.auth import Authenticator, KeyIdentity
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import gateway_document
-from gateway.proxy import forward, upstream_headers
+from gateway.proxy import ForwardResult, forward, upstream_headers
+from gateway.retry import send_with_retry
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api import openai
@@ -50,7 +51,7 @@ from runtime.errors import (
     Unauthorized,
 )
 from runtime.placement.manager import Manager
-from runtime.scaling.replica import ColdStart
+from runtime.scaling.replica import ColdStart, Replica
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
 
@@ -77,6 +78,8 @@ _OIP_MODEL = re.compile(rf"^/v2/models/({MODEL_NAME})(?:/versions/{_VERSION})?(/
 # percent-encoded: a decoded CR/LF written upstream would split the request in two.
 _UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|%(?:[01][0-9A-Fa-f]|20|7[Ff])")
 _JSON = [(b"content-type", b"application/json")]
+# nginx's status for a client that closed its connection before the answer was whole
+CLIENT_CLOSED = 499
 
 
 class Gateway:
@@ -276,27 +279,29 @@ class Gateway:
         pool = self.supervisor.pool(model)
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
         deadline = self.clock() + timeout
-        replica = pool.try_acquire() or await pool.acquire(deadline)
-        try:
+        headers = upstream_headers(
+            scope["headers"], scope.get("client"), scope.get("scheme", "http")
+        )
+        started = time.perf_counter()
+
+        async def send_to(replica: Replica) -> ForwardResult:
             host, port = replica.address
-            started = time.perf_counter()
-            result = await forward(
+            return await forward(
                 self.upstream,
                 host,
                 port,
                 target,
                 scope["method"],
-                upstream_headers(
-                    scope["headers"], scope.get("client"), scope.get("scheme", "http")
-                ),
+                headers,
                 body,
                 send,
                 receive,
                 seconds_left=max(0.001, deadline - self.clock()),
                 tap=tap,
+                progress=replica.progressed,
             )
-        finally:
-            pool.release(replica)
+
+        result = await send_with_retry(pool, deadline, self.clock, send_to)
         if tap is not None:
             self.metrics.tokens.labels(model, "prompt").inc(tap.prompt)
             self.metrics.tokens.labels(model, "completion").inc(tap.completion)
@@ -306,7 +311,7 @@ class Gateway:
             if result.last_byte is not None:
                 gap = (result.last_byte - result.first_byte) / (result.chunks - 1)
                 self.metrics.tpot.labels(model).observe(gap)
-        return result.status
+        return CLIENT_CLOSED if result.disconnected else result.status
 
     def _deadline(self, scope: Scope, default: float) -> float:
         raw = _header(scope, self.settings.timeout_header.encode())

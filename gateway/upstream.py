@@ -19,7 +19,13 @@ from typing import cast
 
 import httptools
 
-from runtime.errors import BadInput, BadResponseHead, StrayResponse, UpstreamError
+from runtime.errors import (
+    BadInput,
+    BadResponseHead,
+    ReplicaUnreachable,
+    StrayResponse,
+    UpstreamError,
+)
 
 __all__ = ["UpstreamPool", "UpstreamResponse", "request_bytes"]
 
@@ -301,7 +307,7 @@ class UpstreamPool:
             if conn.transport is None or not conn.usable():  # closed before a byte went out
                 if attempt == 0:
                     continue
-                raise UpstreamError("the replica closed the connection at once")
+                raise ReplicaUnreachable("the replica closed the connection at once")
             conn.busy = True
             conn.transport.write(payload)
             try:

@@ -199,6 +199,11 @@ class ClusterPool:
         if self.primary is not None and replica is self._by_name.get(self.primary.key):
             self.last_answer = self._clock()
 
+    def take_out(self, replica: Replica, reason: str) -> None:
+        """Nothing to take out: a Service's URL is Knative's, which routes around its
+        own unhealthy pods; the request is tried again at the same URL."""
+        log.info("%s: %s unreachable: %s", self.spec.name, replica.url, reason)
+
     def hold(self, until: float) -> None:
         """A cluster's replicas follow the Service's Knative scaling rule only."""
         raise BadInput(

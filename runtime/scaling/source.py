@@ -34,6 +34,10 @@ class ReplicaPool(Protocol):
 
     def release(self, replica: Replica) -> None: ...
 
+    def take_out(self, replica: Replica, reason: str) -> None:
+        """``replica`` could not be reached (or is unhealthy): no new requests to it."""
+        ...
+
     def status(self) -> PoolStatus: ...
 
     def hold(self, until: float) -> None:

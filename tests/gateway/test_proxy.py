@@ -241,7 +241,7 @@ def test_a_stream_cut_short_ends_with_an_error_event_and_no_final_chunk(
     assert data.startswith(b"HTTP/1.1 200 ")
     events = [line.strip() for line in data.split(b"\r\n") if line.startswith(b"data: ")]
     assert events[0] == b'data: {"a":1}'
-    assert json.loads(events[-1][6:])["error"]["code"] == "replica_failed"
+    assert json.loads(events[-1][6:])["error"]["code"] == "replica_died"
     assert not data.endswith(b"0\r\n\r\n"), data
 
 
