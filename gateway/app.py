@@ -420,6 +420,12 @@ class Gateway:
                         }
                         for r in self.supervisor.pool(spec.name).replicas
                     ],
+                    "health": {
+                        "unhealthy": s.unhealthy,
+                        "failed_starts": s.failed_starts,
+                        "backoff_seconds": s.backoff_seconds,
+                        "last_error": s.last_error,
+                    },
                     "in_flight": s.in_flight,
                     "queue_depth": s.queued,
                     "cold_starts": s.cold_starts,

@@ -340,7 +340,11 @@ class ModelPool:
             was_ready = replica.state is ReplicaState.READY
             replica.state = ReplicaState.STOPPED
             self._forget(replica)
-            if was_ready and self._clock() - replica.started < self.health.crash_window_seconds:
+            if (
+                was_ready
+                and not replica.served  # it never finished a request: it crashed at start
+                and self._clock() - replica.started < self.health.crash_window_seconds
+            ):
                 self._start_failed(f"a replica exited with {code} soon after it started")
             if len(self.queue):
                 self._scale_for_waiters()

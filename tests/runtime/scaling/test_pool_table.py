@@ -296,7 +296,7 @@ def test_a_load_failure_fails_the_queued_with_503_and_the_pool_keeps_serving() -
         # Inside the crash-loop back-off a request gets 503 naming the cause at once.
         assert pool.status().failed_starts == 1
         assert pool.status().backoff_seconds == 1.0
-        with pytest.raises(ModelNotReady, match="failed to start 1 time.*bad magic number"):
+        with pytest.raises(ModelNotReady, match=r"failed to start 1 time.*bad magic number"):
             await pool.acquire(FAR)
         assert len(launcher.started) == 1
         # The pool keeps serving: after the back-off the next request starts a new replica.
