@@ -20,11 +20,14 @@ import pytest
 
 from runtime.scaling.replica import free_port
 from tests.gateway.conftest import MINILM, SMOLLM2, GatewayServer
+from tests.gateway.served import ADMIN_KEY, API_KEY, bundled_models, start_gateway
 from tests.gateway.test_gateway import alive, embed, with_scaling
 
 pytestmark = pytest.mark.slow
 
 Factory = Callable[..., GatewayServer]
+USER = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def replica_pids(gw: GatewayServer, model: str) -> list[int]:
@@ -216,3 +219,58 @@ def test_a_prompt_no_context_holds_is_refused_before_tokenising(
         timeout=60,
     )
     assert ok.status_code == 200
+
+
+def test_a_killed_fork_server_does_not_stop_the_next_cold_start(gateway_factory: Factory) -> None:
+    gw = gateway_factory([with_scaling(MINILM)])
+    forkserver = gw.app.supervisor.launcher.spawner  # type: ignore[attr-defined]
+    old = forkserver._server.pid
+    os.kill(old, signal.SIGKILL)
+    gw.wait_for(lambda: not alive(old))
+    r = embed(gw)  # a cold start: a new fork server forks the worker
+    assert r.status_code == 200, r.text
+    assert forkserver._server.pid != old and alive(forkserver._server.pid)
+
+
+def test_sigterm_finishes_the_stream_in_flight_refuses_new_ones_and_stops_workers(
+    tmp_path: Path,
+) -> None:
+    # The worker is frozen while the gateway is told to stop, so the stream is still in
+    # flight whatever the machine's speed; liveness must not take it out meanwhile.
+    health = {"health": {"failure_threshold": 100}}
+    gw = start_gateway(tmp_path, bundled_models("smollm2"), gateway=health)
+    try:
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Count from one to fifty."}],
+            "max_tokens": 20,
+            "temperature": 0,
+            "stream": True,
+        }
+        events: list[str] = []
+        with httpx.stream(
+            "POST", f"{gw.url}/v1/chat/completions", json=body, headers=USER, timeout=120
+        ) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[6:])
+                if len(events) == 1:
+                    admin = httpx.get(f"{gw.url}/admin/models", headers=ADMIN).json()
+                    [worker] = [i["pid"] for m in admin["models"] for i in m["instances"]]
+                    os.kill(worker, signal.SIGSTOP)
+                    gw.proc.send_signal(signal.SIGTERM)
+                    time.sleep(0.5)
+                    late = httpx.get(f"{gw.url}/v1/models", headers=USER, timeout=10)
+                    os.kill(worker, signal.SIGCONT)
+                    assert late.status_code == 503, late.text
+                    assert "shutting down" in late.text
+        assert events[-1] == "[DONE]"  # the stream in flight finished whole
+        assert gw.proc.wait(60) == 0
+        deadline = time.monotonic() + 30
+        while alive(worker):
+            assert time.monotonic() < deadline, "the worker outlived the gateway"
+            time.sleep(0.1)
+    finally:
+        gw.stop()
