@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import ModelNotReady
 from runtime.scaling.replica import ProcessHandle, WorkerProcess
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Tier
@@ -162,12 +163,14 @@ class ForkServer:
                     self._fallback = WorkerProcess(self.config_path, self.log_dir)
             if self._fallback is not None:
                 return await self._fallback(spec, port, tier)
+        log_path = self.log_dir / f"{spec.name}{'-' + tier.key if tier else ''}.log"
         try:
+            writable_log(log_path)
             request = {
                 "config": str(self.config_path),
                 "model": spec.name,
                 "port": port,
-                "log": str(self.log_dir / f"{spec.name}{'-' + tier.key if tier else ''}.log"),
+                "log": str(log_path),
                 "runtime": self.runtime if tier is None else tier.runtime.value,
                 "device": self.device if tier is None else tier.device.value,
             }
@@ -186,6 +189,20 @@ class ForkServer:
             await self._server.wait()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+def writable_log(path: Path) -> None:
+    """Open ``path`` for appending here, so that a state folder that cannot be written
+    (EDGEINFER_HOME read-only, its disk full) is a clear error for this start instead
+    of a forked worker that dies without a word."""
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ModelNotReady(
+            f"cannot write the worker's log {path} ({exc.strerror or exc}): is "
+            "EDGEINFER_HOME writable, and its disk not full?"
+        ) from None
 
 
 # -- the server process ----------------------------------------------------------------

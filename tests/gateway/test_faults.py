@@ -274,3 +274,24 @@ def test_sigterm_finishes_the_stream_in_flight_refuses_new_ones_and_stops_worker
             time.sleep(0.1)
     finally:
         gw.stop()
+
+
+MAGIKA: dict[str, Any] = bundled_models("magika")[0]
+
+
+def test_an_unwritable_home_fails_new_starts_clearly_and_loaded_models_serve_on(
+    gateway_factory: Factory, tmp_path: Path
+) -> None:
+    gw = gateway_factory([with_scaling(MINILM), with_scaling(MAGIKA)])
+    assert embed(gw).status_code == 200
+    # The state folder's logs become unwritable (as root, permissions do not stop us: a
+    # file where the folder was does, for every writer).
+    logs = tmp_path / "state" / "logs"
+    logs.rename(tmp_path / "state" / "logs-moved")
+    logs.write_text("not a folder")
+    infer = {"inputs": [{"name": "content", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+    r = httpx.post(f"{gw.url}/v2/models/magika/infer", json=infer, timeout=120)
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert "cannot write the worker's log" in error and "EDGEINFER_HOME" in error
+    assert embed(gw, "still serving").status_code == 200
