@@ -4,7 +4,8 @@ and resumes its workers at random (issue 19).
 The gateway runs in its own process with the bundled MiniLM, Magika and SmolLM2 (one
 replica each at most, every one starting from zero). ``--clients`` loops send, at
 random: embeddings, Magika classifications, short SmolLM2 chat streams, bad requests
-(each must be a 400) and streams the client hangs up on after the first event. Every
+(each must be a 400) and streams the client hangs up on after the first event (each
+client keeps to some of these kinds, ``ROTATION``). Every
 ``--fault-every`` seconds (on average) the injector picks a worker at random and
 SIGKILLs it, or SIGSTOPs it and SIGCONTs it 1-4 s later (by then the gateway's health
 check may have killed it: the SIGCONT then finds nothing).
@@ -48,6 +49,14 @@ from tests.gateway.served import ADMIN_KEY, API_KEY, ServedGateway, bundled_mode
 MODELS = ("minilm", "magika", "smollm2")
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 SHELL = "#!/bin/sh\necho hello\n"
+# What each client sends, in turn by client number: --clients 6 is one of each.
+CLIENT_KINDS = {
+    "embed": ("embed",),
+    "classify": ("classify",),
+    "chat": ("chat_stream",),
+    "mixed": ("embed", "classify", "bad_request", "hang_up"),
+}
+ROTATION = ("embed", "classify", "chat", "mixed", "embed", "classify")
 LATE_S = 30.0
 
 
@@ -79,11 +88,11 @@ class Soak:
 
     # -- traffic ------------------------------------------------------------------
 
-    async def client(self, http: httpx.AsyncClient, rng: random.Random) -> None:
-        kinds = ("embed", "classify", "chat_stream", "bad_request", "hang_up")
-        weights = (5, 4, 2, 1, 1)  # SmolLM2 is slow on a small shared machine
+    async def client(self, http: httpx.AsyncClient, rng: random.Random, kinds: str) -> None:
+        """Requests back to back, each of one of ``kinds`` (at random): a slow SmolLM2
+        stream holds up only the clients that send them."""
         while not self.stop:
-            kind = rng.choices(kinds, weights)[0]
+            kind = rng.choice(CLIENT_KINDS[kinds])
             start = time.monotonic()
             model, result, detail = await getattr(self, kind)(http, rng)
             self.outcomes.append(Outcome(model, kind, start, time.monotonic(), result, detail))
@@ -235,8 +244,10 @@ async def run(args: argparse.Namespace, gw: ServedGateway) -> dict[str, Any]:
         rss_start = gw.rss_bytes()
         began = time.monotonic()
         clients = [
-            asyncio.create_task(soak.client(http, random.Random(rng.random())))
-            for _ in range(args.clients)
+            asyncio.create_task(
+                soak.client(http, random.Random(rng.random()), ROTATION[i % len(ROTATION)])
+            )
+            for i in range(args.clients)
         ]
         warm_up = max(10.0, args.duration / 10)
         await asyncio.sleep(warm_up)  # every model cold-started; then faults begin
