@@ -5,6 +5,7 @@ client received."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -243,14 +244,17 @@ def test_sigterm_finishes_the_stream_in_flight_refuses_new_ones_and_stops_worker
         body = {
             "model": "smollm2",
             "messages": [{"role": "user", "content": "Count from one to fifty."}],
-            "max_tokens": 20,
+            "max_tokens": 8,
             "temperature": 0,
             "stream": True,
         }
         events: list[str] = []
-        with httpx.stream(
-            "POST", f"{gw.url}/v1/chat/completions", json=body, headers=USER, timeout=120
-        ) as r:
+        with (
+            contextlib.suppress(httpx.RemoteProtocolError),
+            httpx.stream(
+                "POST", f"{gw.url}/v1/chat/completions", json=body, headers=USER, timeout=120
+            ) as r,
+        ):
             assert r.status_code == 200
             for line in r.iter_lines():
                 if not line.startswith("data: "):
@@ -266,7 +270,8 @@ def test_sigterm_finishes_the_stream_in_flight_refuses_new_ones_and_stops_worker
                     os.kill(worker, signal.SIGCONT)
                     assert late.status_code == 503, late.text
                     assert "shutting down" in late.text
-        assert events[-1] == "[DONE]"  # the stream in flight finished whole
+        # The stream in flight finished whole.
+        assert events[-1] == "[DONE]", f"{events[-3:]}\n{gw.output()[-3000:]}"
         assert gw.proc.wait(60) == 0
         deadline = time.monotonic() + 30
         while alive(worker):
