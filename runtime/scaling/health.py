@@ -43,12 +43,13 @@ class HealthConfig(Frozen):
         3, ge=1, le=100, description="misses in a row, then the replica is unhealthy"
     )
     progress_timeout_seconds: float | None = Field(
-        120.0,
+        None,
         gt=0,
         le=86400,
         description=(
             "requests in flight and no byte of an answer for this long: unhealthy "
-            "(None: no watchdog); keep it above the slowest non-streamed answer"
+            "(None: the model's request timeout, which no answer may outlast anyway); "
+            "keep it above the slowest non-streamed answer"
         ),
     )
     backoff_initial_seconds: float = Field(
@@ -78,7 +79,7 @@ def judge(
     if misses >= config.failure_threshold:
         return f"missed {misses} liveness probes in a row ({config.timeout_seconds:g}s each)"
     limit = config.progress_timeout_seconds
-    if limit is not None and in_flight and now - last_progress > limit:
+    if limit is not None and in_flight and now - last_progress > limit:  # None: unset
         return (
             f"{in_flight} request(s) in flight and no byte of an answer for "
             f"{now - last_progress:.1f}s (limit {limit:g}s)"

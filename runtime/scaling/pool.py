@@ -353,9 +353,13 @@ class ModelPool:
 
     async def _health(self, replica: Replica) -> None:
         assert replica.liveness is not None
+        health = self.health
+        if health.progress_timeout_seconds is None:
+            update = {"progress_timeout_seconds": self.spec.scaling.timeout}
+            health = health.model_copy(update=update)
         await watch(
             replica,
-            self.health,
+            health,
             replica.liveness,
             lambda: replica.state in (ReplicaState.READY, ReplicaState.DRAINING),
             lambda reason: self.take_out(replica, reason),

@@ -39,9 +39,38 @@ def test_judge(misses: int, in_flight: int, since: float, reason: str | None) ->
         assert got is not None and got.startswith(reason)
 
 
-def test_no_watchdog_when_progress_timeout_is_unset() -> None:
+def test_judge_has_no_watchdog_until_a_progress_timeout_is_set() -> None:
+    # The pool sets it to the model's timeout when the config leaves it unset.
     config = HealthConfig(progress_timeout_seconds=None)
     assert judge(config, misses=0, in_flight=5, last_progress=0.0, now=1e6) is None
+
+
+def test_the_watchdog_defaults_to_the_models_timeout() -> None:
+    async def scenario() -> None:
+        liveness = FakeLiveness()
+        launcher = FakeLauncher(liveness=liveness)
+        pool = make(
+            FakeClock(),
+            launcher,
+            health=HealthConfig(period_seconds=0.001),
+            scaling={"timeout": "60s"},
+        )
+        first = asyncio.ensure_future(pool.acquire(FAR))
+        await settle()
+        launcher.ready(0)
+        await settle()
+        a = first.result()
+        a.last_progress = time.monotonic() - 59
+        seen = liveness.probes
+        await until(lambda: liveness.probes >= seen + 3)
+        assert a.state is ReplicaState.READY  # 59 s: under the model's 60 s
+        a.last_progress = time.monotonic() - 61
+        await until(lambda: a.state is ReplicaState.STOPPED)
+        assert "limit 60s" in (pool.status().last_error or "")
+        pool.release(a)
+        await pool.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(
