@@ -16,6 +16,7 @@ full, 504 deadline) -> forward the raw, still-encoded target -> release.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -48,6 +49,7 @@ from runtime.errors import (
     ResponseCut,
     RouteNotFound,
     RuntimeFailure,
+    ShuttingDown,
     Unauthorized,
 )
 from runtime.placement.manager import Manager
@@ -189,6 +191,9 @@ class Gateway:
             else:
                 model, route = "-", _route_label(path)
                 status = await self._local(scope, send, path)
+        except asyncio.CancelledError:
+            status = ShuttingDown.status  # the server's grace period ended: counted so
+            raise
         except ResponseCut as exc:
             # The status line is out: the server must abort the connection, so the
             # client sees the answer cut, never complete (a raise is how ASGI says it).
