@@ -38,8 +38,9 @@ from gateway.config import GatewayConfig
 from gateway.metrics import NO_MODEL, GatewayMetrics
 from gateway.observe import Observer, RequestRecord
 from gateway.openapi import gateway_document
-from gateway.proxy import forward, upstream_headers
+from gateway.proxy import ForwardResult, forward, upstream_headers
 from gateway.quotas import QuotaCharge
+from gateway.retry import send_with_retry
 from gateway.traffic import ticket as request_ticket
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
@@ -55,11 +56,12 @@ from runtime.errors import (
     ResponseCut,
     RouteNotFound,
     RuntimeFailure,
+    ShuttingDown,
     Unauthorized,
 )
 from runtime.placement.manager import Manager
 from runtime.scaling.queue import STANDARD, Ticket
-from runtime.scaling.replica import ColdStart
+from runtime.scaling.replica import ColdStart, Replica
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
 
@@ -86,6 +88,8 @@ _OIP_MODEL = re.compile(rf"^/v2/models/({MODEL_NAME})(?:/versions/{_VERSION})?(/
 # percent-encoded: a decoded CR/LF written upstream would split the request in two.
 _UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|%(?:[01][0-9A-Fa-f]|20|7[Ff])")
 _JSON = [(b"content-type", b"application/json")]
+# nginx's status for a client that closed its connection before the answer was whole
+CLIENT_CLOSED = 499
 
 
 class Gateway:
@@ -251,6 +255,9 @@ class Gateway:
             else:
                 model, route = "-", _route_label(path)
                 status = await self._local(scope, send, path)
+        except asyncio.CancelledError:
+            status = ShuttingDown.status  # the server's grace period ended: counted so
+            raise
         except ResponseCut as exc:
             # The status line is out: the server must abort the connection, so the
             # client sees the answer cut, never complete (a raise is how ASGI says it).
@@ -360,37 +367,42 @@ class Gateway:
         pool = self.supervisor.pool(model)
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
         record: RequestRecord = scope["edgeinfer.request"]
-        begun = self.clock()
-        deadline = begun + timeout
-        replica = pool.try_acquire(ticket)
-        waited = replica is None
-        if replica is None:
-            replica = await pool.acquire(deadline, ticket=ticket)
-        self.obs.acquired(record, replica, begun, waited)
-        held = time.perf_counter()
+        deadline = self.clock() + timeout
+        headers = (
+            upstream_headers(scope["headers"], scope.get("client"), scope.get("scheme", "http"))
+            + record.replica_headers()
+        )
         charge = None
         if tap is not None and key in self.quotas.quotas:
             charge = QuotaCharge(self.quotas, key, tap, self.clock, send)
             send = charge.send
-        try:
+        started = time.perf_counter()
+
+        def acquired(replica: Replica, asked_at: float, waited: bool) -> None:
+            self.obs.acquired(record, replica, asked_at, waited)
+
+        async def send_to(replica: Replica) -> ForwardResult:
             host, port = replica.address
-            started = time.perf_counter()
-            result = await forward(
+            return await forward(
                 self.upstream,
                 host,
                 port,
                 replica.path + target,  # "" but for a model inside a multi-model host
                 scope["method"],
-                upstream_headers(scope["headers"], scope.get("client"), scope.get("scheme", "http"))
-                + record.replica_headers(),
+                headers,
                 body,
                 send,
                 receive,
                 seconds_left=max(0.001, deadline - self.clock()),
                 tap=tap,
+                progress=replica.progressed,
+            )
+
+        try:
+            result = await send_with_retry(
+                pool, deadline, self.clock, send_to, ticket=ticket, acquired=acquired
             )
         finally:
-            pool.release(replica, seconds=time.perf_counter() - held)
             if charge is not None:
                 charge.close()
         if result.streaming and result.first_byte is not None:
@@ -405,7 +417,7 @@ class Gateway:
             if result.last_byte is not None:
                 gap = (result.last_byte - result.first_byte) / (result.chunks - 1)
                 self.metrics.tpot.labels(model).observe(gap)
-        return result.status
+        return CLIENT_CLOSED if result.disconnected else result.status
 
     def _deadline(self, scope: Scope, default: float) -> float:
         raw = _header(scope, self.settings.timeout_header.encode())
@@ -541,6 +553,12 @@ class Gateway:
                         }
                         for r in self.supervisor.pool(spec.name).replicas
                     ],
+                    "health": {
+                        "unhealthy": s.unhealthy,
+                        "failed_starts": s.failed_starts,
+                        "backoff_seconds": s.backoff_seconds,
+                        "last_error": s.last_error,
+                    },
                     "in_flight": s.in_flight,
                     "queue_depth": s.queued,
                     "cold_starts": s.cold_starts,

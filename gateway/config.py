@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from gateway.auth import AuthConfig
 from gateway.traffic import TrafficConfig
 from runtime.errors import ConfigError, field_problem
+from runtime.scaling.health import HealthConfig
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig
 
@@ -72,6 +73,7 @@ class GatewayConfig(Frozen):
     server: ServerConfig = ServerConfig()
     traffic: TrafficConfig = TrafficConfig()
     wasm_host: WasmHostConfig = WasmHostConfig()
+    health: HealthConfig = HealthConfig()  # liveness, progress, crash-loop back-off
     tick_seconds: float = Field(1.0, gt=0, le=60, description="autoscaler period")
     scale_to_zero_grace_seconds: float = Field(
         30.0, ge=0, le=3600, description="Knative's scale-to-zero-grace-period"

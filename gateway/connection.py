@@ -71,6 +71,8 @@ def _path_of(cycle: Cycle) -> bytes:
 
 
 _REFUSED = _refusal(503, "too many connections; retry shortly", b"retry-after: 1\r\n")
+# A connection opened during a graceful shutdown (issue 19): told at once, never served.
+_SHUTTING_DOWN = _refusal(503, "the gateway is shutting down; retry", b"retry-after: 1\r\n")
 
 
 class Cycle:
@@ -279,8 +281,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
-        if len(server.connections) >= server.max_connections:
-            self.write(_REFUSED)  # before reading anything
+        if server.closing or len(server.connections) >= server.max_connections:
+            self.write(_SHUTTING_DOWN if server.closing else _REFUSED)  # before reading
             self._linger()
             return
         self.server_addr = _addr(transport.get_extra_info("sockname"))

@@ -160,8 +160,9 @@ class Http1Server:
         return min(1.0, self.keep_alive / 4, self.head_timeout / 4, self.body_timeout / 4)
 
     async def _shutdown(self, server: asyncio.AbstractServer) -> None:
+        # The listener stays open while requests finish: a new connection gets a 503
+        # saying why (connection.py), not a refused connect.
         self.closing = True
-        server.close()
         for conn in list(self.connections):
             if conn.idle():
                 conn.close()
@@ -172,6 +173,7 @@ class Http1Server:
             if pending:
                 log.warning("cancelled %d requests still running at shutdown", len(pending))
                 await asyncio.wait(pending, timeout=5)
+        server.close()
         for conn in list(self.connections):
             conn.close()
         with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,11 @@ from runtime.api import openai
 from runtime.errors import (
     DeadlineExceeded,
     EdgeInferError,
+    ReplicaDied,
     ReplicaFailed,
+    ReplicaUnreachable,
     ResponseCut,
+    ShuttingDown,
     UpstreamError,
 )
 
@@ -107,13 +111,18 @@ async def forward(
     *,
     seconds_left: float,
     tap: UsageTap | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> ForwardResult:
     """Proxy one request (``headers`` as the replica gets them: ``upstream_headers``).
     Raises ReplicaFailed / DeadlineExceeded before anything was sent to the client;
     after that the status line is gone, so a failure raises :class:`ResponseCut` (for
     SSE after an error event) and the server aborts the client's connection: a cut
     answer never looks complete. A client that hangs up cancels the work and the
-    upstream connection is closed."""
+    upstream connection is closed. ``progress`` is called at each byte of the answer
+    (the health watchdog's evidence). A request none of whose bytes reached the replica
+    raises :class:`ReplicaUnreachable`: the caller may send it elsewhere. A stream cut
+    short ends with an error event whose ``code`` says why: ``deadline_exceeded``,
+    ``replica_died`` or ``shutting_down`` (the gateway cancelled it at shutdown)."""
     result = ForwardResult(status=0, started=False)
     task = asyncio.current_task()
     assert task is not None
@@ -129,9 +138,11 @@ async def forward(
     # the deadline, so the many requests that finish sooner never pay for either.
     handle = loop.call_at(min(deadline, loop.time() + _WATCH_AFTER), watch)
     try:
-        await _forward(pool, host, port, target, method, headers, body, send, result, tap)
+        await _forward(pool, host, port, target, method, headers, body, send, result, tap, progress)
     except asyncio.CancelledError:
         if not (result.disconnected or result.timed_out):
+            if result.streaming:  # cancelled by the server: the gateway shuts down
+                await _error_event(send, ShuttingDown("the gateway is shutting down"))
             raise
         task.uncancel()
         if result.timed_out:
@@ -142,7 +153,7 @@ async def forward(
             late = DeadlineExceeded(f"the model did not finish within {seconds_left:.1f}s")
             if result.streaming:
                 await _error_event(send, late)
-            raise ResponseCut(late.message) from None
+            raise ResponseCut(late.message, status=late.status) from None
     except Exception as exc:
         if not result.started or isinstance(exc, ResponseCut):
             raise
@@ -190,10 +201,15 @@ async def _forward(
     send: Send,
     result: ForwardResult,
     tap: UsageTap | None,
+    progress: Callable[[], None] | None = None,
 ) -> None:
     try:
         response = await pool.request(host, port, method, target, headers, body)
-    except (UpstreamError, OSError) as exc:
+    except ReplicaUnreachable:
+        raise
+    except OSError as exc:  # connecting failed: nothing was written
+        raise ReplicaUnreachable(f"the replica could not be reached: {exc}") from None
+    except UpstreamError as exc:
         raise ReplicaFailed(f"the replica failed while serving the request: {exc}") from None
     try:
         result.status = response.status
@@ -211,6 +227,8 @@ async def _forward(
         whole = None if streaming else response.whole_body()
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         result.started = True
+        if progress is not None:
+            progress()
         if whole is not None:  # one body message for an answer that is all here already
             result.first_byte = result.last_byte = time.perf_counter()
             result.chunks = 1
@@ -224,11 +242,13 @@ async def _forward(
                 result.first_byte = result.first_byte or now
                 result.last_byte = now
                 result.chunks += 1
+                if progress is not None:
+                    progress()
                 if tap is not None:
                     chunk = tap.chunk(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
-            failure = ReplicaFailed(f"the replica stopped mid-answer: {exc}")
+            failure = ReplicaDied(f"the replica stopped mid-answer: {exc}")
             if streaming:
                 await _error_event(send, failure)
             raise ResponseCut(failure.message) from None

@@ -86,6 +86,7 @@ def build_gateway(
         max_queue=gw.max_queue,
         scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
         clock=clock,
+        health=gw.health,
     )
     store = ProfileStore(settings.state_dir / "profiles")
     policy = policy_config(config)
@@ -100,6 +101,7 @@ def build_gateway(
         clock=clock,
         tick=policy.tick_seconds,
     )
+    supervisor.on_crash_loop = manager.start_failed
     return Gateway(
         config,
         gw,

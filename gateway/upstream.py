@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,13 @@ from typing import cast
 
 import httptools
 
-from runtime.errors import BadInput, BadResponseHead, StrayResponse, UpstreamError
+from runtime.errors import (
+    BadInput,
+    BadResponseHead,
+    ReplicaUnreachable,
+    StrayResponse,
+    UpstreamError,
+)
 
 __all__ = ["UpstreamPool", "UpstreamResponse", "request_bytes"]
 
@@ -34,6 +41,7 @@ MAX_BUFFERED = 256 * 1024
 _LOW_BUFFERED = MAX_BUFFERED // 4
 # Methods safe to send twice: the only ones re-sent after their bytes went out.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)  # Linux: the peer shut its side down
 
 
 @dataclass
@@ -99,6 +107,21 @@ class _Connection(asyncio.Protocol):
 
     def usable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
+
+    def peer_closed(self) -> bool:
+        """Whether the replica has closed its end already (its FIN, or a reset, waits
+        unread): a replica that died while this connection was idle. Asked before a
+        connection is reused, so a request is never written to a dead peer, where its
+        reset would make the request's fate unknowable."""
+        transport = self.transport
+        fd = transport.get_extra_info("socket").fileno() if transport is not None else -1
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | _POLLRDHUP)
+        return any(
+            events & (_POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0)
+        )
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -274,7 +297,7 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if conn.usable() and now - conn.idle_since < _IDLE_SECONDS:
+            if conn.usable() and now - conn.idle_since < _IDLE_SECONDS and not conn.peer_closed():
                 conn._reset()
                 return conn, True
             if conn.transport is not None:
@@ -301,7 +324,7 @@ class UpstreamPool:
             if conn.transport is None or not conn.usable():  # closed before a byte went out
                 if attempt == 0:
                     continue
-                raise UpstreamError("the replica closed the connection at once")
+                raise ReplicaUnreachable("the replica closed the connection at once")
             conn.busy = True
             conn.transport.write(payload)
             try:

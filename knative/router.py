@@ -42,6 +42,9 @@ __all__ = ["ClusterPool", "ClusterRouter", "Route", "TierView", "route"]
 log = logging.getLogger("edgeinfer.knative.router")
 
 Fetch = Callable[[ClusterSpec], list[ServiceStatus]]
+# A cluster whose API server cannot be read is read again after refresh * 2^failures
+# seconds, at most this long: its last known status serves meanwhile.
+MAX_BACKOFF_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,11 @@ class ClusterPool:
         if self.primary is not None and replica is self._by_name.get(self.primary.key):
             self.last_answer = self._clock()
 
+    def take_out(self, replica: Replica, reason: str) -> None:
+        """Nothing to take out: a Service's URL is Knative's, which routes around its
+        own unhealthy pods; the request is tried again at the same URL."""
+        log.info("%s: %s unreachable: %s", self.spec.name, replica.url, reason)
+
     def hold(self, until: float) -> None:
         """A cluster's replicas follow the Service's Knative scaling rule only."""
         raise BadInput(
@@ -258,6 +266,8 @@ class ClusterRouter:
                 self.pools[spec.name] = pool
         self.on_cold_start: Callable[[str, ColdStart], None] | None = None
         self._views: dict[str, list[tuple[str, TierView]]] = {}
+        self.failures: dict[str, int] = {}  # failed reads in a row, per cluster
+        self._next_read: dict[str, float] = {}  # clock time of a failing cluster's next read
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -288,16 +298,31 @@ class ClusterRouter:
 
     async def sync(self) -> None:
         """Read the Services' status once from every cluster and update every pool; a
-        cluster that cannot be read keeps its last known views."""
+        cluster that cannot be read keeps its last known views, and is read again only
+        after its back-off (``refresh * 2^failures``, at most ``MAX_BACKOFF_S``)."""
         fetch = self._fetch
         assert fetch is not None
+        now = self._clock()
+        due = [c for c in self.clusters if now >= self._next_read.get(c.name, now)]
         results = await asyncio.gather(
-            *(asyncio.to_thread(fetch, c) for c in self.clusters), return_exceptions=True
+            *(asyncio.to_thread(fetch, c) for c in due), return_exceptions=True
         )
-        for cluster, result in zip(self.clusters, results, strict=True):
+        for cluster, result in zip(due, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("cluster %s: status refresh failed: %s", cluster.name, result)
+                n = self.failures[cluster.name] = self.failures.get(cluster.name, 0) + 1
+                wait = min(MAX_BACKOFF_S, self.refresh * 2**n)
+                self._next_read[cluster.name] = now + wait
+                log.warning(
+                    "cluster %s: status refresh failed %d time(s) in a row (%s); its last "
+                    "known status serves, next read in %.0fs",
+                    cluster.name,
+                    n,
+                    result,
+                    wait,
+                )
                 continue
+            self.failures.pop(cluster.name, None)
+            self._next_read.pop(cluster.name, None)
             self._views[cluster.name] = [
                 (model, TierView.of(s, cluster, path))
                 for s in result

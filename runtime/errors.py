@@ -20,11 +20,14 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
     ├── ModelNotFound (404)
     │   └── RouteNotFound (404)
     ├── ModelNotReady (503)
+    │   └── ShuttingDown (503)
     ├── Overloaded (503)
     ├── DeadlineExceeded (504)
     ├── ReplicaFailed (502)
     │   ├── GatewayUnreachable (502)
-    │   ├── ResponseCut (502)
+    │   ├── ResponseCut (502, or the status of what cut it)
+    │   ├── ReplicaDied (502)
+    │   ├── ReplicaUnreachable (502)
     │   └── UpstreamError (502)
     │       ├── BadResponseHead (502)
     │       └── StrayResponse (502)
@@ -79,11 +82,14 @@ __all__ = [
     "PermissionDenied",
     "QuotaExceeded",
     "RateLimited",
+    "ReplicaDied",
     "ReplicaFailed",
+    "ReplicaUnreachable",
     "ResponseCut",
     "RouteNotFound",
     "RuntimeFailure",
     "RuntimeUnavailable",
+    "ShuttingDown",
     "SnapshotUnsupported",
     "StrayResponse",
     "Unauthorized",
@@ -220,6 +226,13 @@ class ModelNotReady(EdgeInferError):
     code = "model_not_ready"
 
 
+class ShuttingDown(ModelNotReady):
+    """The gateway is shutting down: no new requests, and a stream still running when
+    its grace period ends is cut with this code (503)."""
+
+    code = "shutting_down"
+
+
 class Overloaded(EdgeInferError):
     """Too many requests in flight or queued; retry later (503 with Retry-After)."""
 
@@ -244,9 +257,29 @@ class ReplicaFailed(EdgeInferError):
 class ResponseCut(ReplicaFailed):
     """The replica failed after the answer's status line had gone to the client: no
     error response can follow, so the server aborts the client's connection (no final
-    chunk, no complete ``Content-Length``) and the client sees the answer is cut."""
+    chunk, no complete ``Content-Length``) and the client sees the answer is cut.
+    ``status`` is the request's real outcome for metrics (504 for a deadline, 503 for a
+    shutdown; 502 by default), though the client already has another status line."""
 
     code = "response_cut"
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ReplicaDied(ReplicaFailed):
+    """The replica's connection ended in the middle of an answer (it died, or was
+    killed as unhealthy): the stream's error event carries this code."""
+
+    code = "replica_died"
+
+
+class ReplicaUnreachable(ReplicaFailed):
+    """No byte of the request reached the replica (connection refused, or closed before
+    the request was written): safe to send to another replica."""
+
+    code = "replica_unreachable"
 
 
 class GatewayUnreachable(ReplicaFailed):

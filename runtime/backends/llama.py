@@ -40,6 +40,11 @@ from runtime.spec.types import GenerateRequest, LoadReport, TokenChunk
 __all__ = ["LlamaRuntime", "gguf_chat_template"]
 
 _DONE = object()
+# No token of a vocabulary the project has met spans more bytes than this (SmolLM2's
+# and Gemma 3's longest: 32 and 31 bytes), so a prompt of more characters than
+# n_ctx * this cannot fit the context: refused before tokenising, which runs on the
+# event loop (a 5 MB prompt took 3.5 s, long enough to miss liveness probes).
+MAX_BYTES_PER_TOKEN = 128
 
 
 class LlamaRuntime(Runtime):
@@ -156,7 +161,23 @@ class LlamaRuntime(Runtime):
         loop = asyncio.get_running_loop()
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(instances.put_nowait, llm))
 
+    def _check_prompt_size(self, request: GenerateRequest) -> None:
+        """The cheap bound before tokenising: characters (each at least one byte) over
+        n_ctx * MAX_BYTES_PER_TOKEN are more tokens than the context holds."""
+        if request.messages is not None:
+            chars = sum(len(m.content) for m in request.messages)
+        else:
+            chars = len(request.prompt or "")
+        limit = self._n_ctx * MAX_BYTES_PER_TOKEN
+        if chars > limit:
+            raise ContextOverflow(
+                f"the prompt is {chars} characters; model {self.spec.name!r} has a context "
+                f"of {self._n_ctx} tokens, which never hold more than {limit} characters. "
+                "Shorten the prompt."
+            )
+
     def _prompt_tokens(self, llm: Llama, request: GenerateRequest) -> tuple[list[int], list[str]]:
+        self._check_prompt_size(request)
         if request.messages is not None:
             if self._formatter is None:
                 raise UnsupportedTask(

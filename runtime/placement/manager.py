@@ -255,6 +255,12 @@ class Manager:
         if watch is not None and status != 404:
             watch.record(self.clock(), seconds, status < 500)
 
+    def start_failed(self, model: str, error: str) -> None:
+        """A replica of ``model`` failed to start (the supervisor's crash-loop hook): an
+        event now; the next step re-plans without its tier if none is ready."""
+        if model in self.events:
+            self.events[model].append(f"start failed: {error}")
+
     # -- deciding ----------------------------------------------------------------------
 
     def _resident(self, now: float, exclude: str) -> tuple[Resident, ...]:

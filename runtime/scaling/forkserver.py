@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import ModelNotReady
 from runtime.scaling.replica import ProcessHandle, WorkerProcess
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Tier
@@ -130,16 +131,46 @@ class ForkServer:
                 raise RuntimeError(f"the fork server did not start; see {self.log_dir}")
             await asyncio.sleep(0.01)
 
+    async def _relaunch(self, why: str) -> None:
+        """The server is gone (killed, crashed): start a new one; where that fails too,
+        workers start as plain processes from now on. The workers it forked live on."""
+        log.warning("fork server %s; starting a new one", why)
+        try:
+            await self._launch(ready_timeout=60.0)
+        except (OSError, RuntimeError) as exc:
+            log.warning("fork server unavailable (%s); starting workers as processes", exc)
+            self._fallback = WorkerProcess(self.config_path, self.log_dir)
+
     async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
+        if self._fallback is None and self._server is not None:
+            if self._server.returncode is not None:
+                await self._relaunch(f"exited with {self._server.returncode}")
         if self._fallback is not None:
             return await self._fallback(spec, port, tier)
-        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        except OSError as exc:  # its socket is gone: so is the server, or it soon will be
+            if self._server is not None and self._server.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._server.kill()
+                await self._server.wait()
+            await self._relaunch(f"unreachable ({exc})")
+            if self._fallback is None:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+                except OSError as again:
+                    log.warning("new fork server unreachable (%s); plain processes", again)
+                    self._fallback = WorkerProcess(self.config_path, self.log_dir)
+            if self._fallback is not None:
+                return await self._fallback(spec, port, tier)
+        log_path = self.log_dir / f"{spec.name}{'-' + tier.key if tier else ''}.log"
+        try:
+            writable_log(log_path)
             request = {
                 "config": str(self.config_path),
                 "model": spec.name,
                 "port": port,
-                "log": str(self.log_dir / f"{spec.name}{'-' + tier.key if tier else ''}.log"),
+                "log": str(log_path),
                 "runtime": self.runtime if tier is None else tier.runtime.value,
                 "device": self.device if tier is None else tier.device.value,
             }
@@ -158,6 +189,20 @@ class ForkServer:
             await self._server.wait()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+def writable_log(path: Path) -> None:
+    """Open ``path`` for appending here, so that a state folder that cannot be written
+    (EDGEINFER_HOME read-only, its disk full) is a clear error for this start instead
+    of a forked worker that dies without a word."""
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ModelNotReady(
+            f"cannot write the worker's log {path} ({exc.strerror or exc}): is "
+            "EDGEINFER_HOME writable, and its disk not full?"
+        ) from None
 
 
 # -- the server process ----------------------------------------------------------------

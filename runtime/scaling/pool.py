@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import ModelNotReady
+from runtime.scaling.health import HealthConfig, backoff_seconds, watch
 from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
 from runtime.scaling.queue import STANDARD, RequestQueue, Ticket
 from runtime.scaling.replica import ColdStart, Launcher, Replica, ReplicaState
@@ -63,6 +64,10 @@ class PoolStatus:
     last_cold_start: ColdStart | None
     bridge_served: int = 0
     moves: int = 0
+    failed_starts: int = 0  # failed starts (or deaths soon after) in a row
+    backoff_seconds: float = 0.0  # until the next start may begin (crash-loop back-off)
+    last_error: str | None = None  # why the last start failed, or the last replica left
+    unhealthy: int = 0  # replicas taken out of rotation by the health checks
 
 
 class ModelPool:
@@ -83,8 +88,16 @@ class ModelPool:
         scale_to_zero_grace: float = 30.0,
         placement: Placement | None = None,
         on_cold_start: Callable[[str, ColdStart], None] | None = None,
+        health: HealthConfig | None = None,
+        on_crash_loop: Callable[[str, str], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.health = health or HealthConfig()
+        self._on_crash_loop = on_crash_loop
+        self.failed_starts = 0
+        self.backoff_until = 0.0  # clock time before which no replica starts
+        self.unhealthy = 0
+        self.last_error: str | None = None
         self.scale_to_zero_grace = scale_to_zero_grace
         self.placement = placement
         self._on_cold_start = on_cold_start
@@ -174,6 +187,7 @@ class ModelPool:
         replica = self.try_acquire(ticket)
         if replica is not None:
             return replica
+        self._refuse_in_backoff()
         ready = sum(1 for r in self.replicas if r.state is ReplicaState.READY and r.alive)
         self.queue.admit(
             ticket,
@@ -291,11 +305,15 @@ class ModelPool:
     async def _start_one(self, tier: Tier | None = None) -> None:
         primary = tier is None or tier.role is TierRole.PRIMARY
         try:
+            delay = self.backoff_until - self._clock()
+            if delay > 0:  # a crash loop: the next start waits its back-off
+                await asyncio.sleep(delay)
             replica = await self._launcher(self.spec, tier)
         except Exception as exc:  # the launcher itself failed (no python, no port...)
             self._spawning -= primary
             self._bridging -= not primary
             self.start_error = f"cannot start a replica: {exc}"
+            self._start_failed(self.start_error)
             self.queue.fail_all(ModelNotReady(f"model {self.spec.name!r}: {self.start_error}"))
             return
         self._spawning -= primary
@@ -307,6 +325,7 @@ class ModelPool:
         except ModelNotReady as exc:
             self.start_error = exc.message
             log.error("%s", exc.message)
+            self._start_failed(exc.message)
             await replica.stop(grace=5)
             self._forget(replica)
             if not self.count(ReplicaState.STARTING, ReplicaState.READY) and not self._others():
@@ -321,6 +340,8 @@ class ModelPool:
         self.last_cold_start = cold
         if self._on_cold_start is not None:
             self._on_cold_start(self.spec.name, cold)
+        if replica.liveness is not None:
+            self._spawn_task(self._health(replica))
         log.info(
             "replica of %s ready on :%d, cold start %.0f ms (%s)",
             self.spec.name,
@@ -336,10 +357,102 @@ class ModelPool:
         code = await replica.process.wait()
         if replica.state is not ReplicaState.STOPPED:
             log.warning("replica of %s on :%d died (exit %s)", self.spec.name, replica.port, code)
+            was_ready = replica.state is ReplicaState.READY
             replica.state = ReplicaState.STOPPED
             self._forget(replica)
+            if (
+                was_ready
+                and not replica.served  # it never finished a request: it crashed at start
+                and self._clock() - replica.started < self.health.crash_window_seconds
+            ):
+                self._start_failed(f"a replica exited with {code} soon after it started")
             if len(self.queue):
                 self._scale_for_waiters()
+
+    # -- health (runtime.scaling.health) --------------------------------------------
+
+    async def _health(self, replica: Replica) -> None:
+        assert replica.liveness is not None
+        health = self.health
+        if health.progress_timeout_seconds is None:
+            update = {"progress_timeout_seconds": self.spec.scaling.timeout}
+            health = health.model_copy(update=update)
+        await watch(
+            replica,
+            health,
+            replica.liveness,
+            lambda: replica.state in (ReplicaState.READY, ReplicaState.DRAINING),
+            lambda reason: self.take_out(replica, reason),
+        )
+
+    def take_out(self, replica: Replica, reason: str) -> None:
+        """``replica`` is unhealthy (no liveness, no progress) or unreachable: out of
+        rotation at once, killed (SIGKILL: a frozen process handles no SIGTERM) and
+        replaced. Its requests in flight fail at the proxy; waiting ones (never sent)
+        stay in the queue for another replica."""
+        if replica.state is ReplicaState.STOPPED or replica.base_url is not None:
+            return  # gone already, or an external server (not ours to kill)
+        was_ready = replica.state is ReplicaState.READY
+        log.warning("replica of %s on :%d taken out: %s", self.spec.name, replica.port, reason)
+        replica.state = ReplicaState.STOPPED
+        self.unhealthy += 1
+        self.last_error = f"a replica was taken out: {reason}"
+        self._forget(replica)
+        with contextlib.suppress(ProcessLookupError):
+            replica.process.kill()
+        if replica.in_flight == 0:
+            replica.idle.set()  # a drain waiting on it must not wait for ever
+        if len(self.queue):
+            self._scale_for_waiters()
+        elif was_ready and self._primary(replica):
+            want = self.decision.desired if self.decision else 1
+            active = self.count(ReplicaState.STARTING, ReplicaState.READY)
+            if active < want:
+                self.scale_up(want - active)
+
+    # -- crash loops ----------------------------------------------------------------
+
+    def _start_failed(self, error: str) -> None:
+        """One more failed start in a row: the next start waits its back-off, and the
+        manager hears of it (it may move the model to another tier)."""
+        self.failed_starts += 1
+        self.last_error = error
+        delay = backoff_seconds(self.health, self.failed_starts)
+        self.backoff_until = self._clock() + delay
+        log.warning(
+            "%s: start failed %d time(s) in a row; next start in %.1fs: %s",
+            self.spec.name,
+            self.failed_starts,
+            delay,
+            error,
+        )
+        if self._on_crash_loop is not None:
+            self._on_crash_loop(self.spec.name, error)
+
+    def _refuse_in_backoff(self) -> None:
+        """A request for a model in a crash loop, with nothing serving and nothing
+        starting, gets a 503 naming the cause at once instead of waiting it out."""
+        if (
+            self.failed_starts
+            and self._clock() < self.backoff_until
+            and not self.count(ReplicaState.STARTING, ReplicaState.READY)
+            and not self._others()
+        ):
+            wait = self.backoff_until - self._clock()
+            raise ModelNotReady(
+                f"model {self.spec.name!r} failed to start {self.failed_starts} time(s) in a "
+                f"row (next try in {wait:.0f}s): {self.last_error}"
+            )
+
+    def _settle_failures(self) -> None:
+        """A replica that has served longer than the crash window ends a crash loop."""
+        window = self.health.crash_window_seconds
+        now = self._clock()
+        if self.failed_starts and any(
+            r.state is ReplicaState.READY and now - r.started >= window for r in self.replicas
+        ):
+            self.failed_starts = 0
+            self.backoff_until = 0.0
 
     def _forget(self, replica: Replica) -> None:
         with contextlib.suppress(ValueError):
@@ -378,6 +491,7 @@ class ModelPool:
         if self.external:
             return
         self._observe()
+        self._settle_failures()
         active = self.count(ReplicaState.STARTING, ReplicaState.READY)
         self.window.tick(now)
         # Knative decides on the replicas that serve; starting ones count when acting.
@@ -419,6 +533,10 @@ class ModelPool:
             last_cold_start=self.last_cold_start,
             bridge_served=self.bridge_served,
             moves=self.moves,
+            failed_starts=self.failed_starts,
+            backoff_seconds=round(max(0.0, self.backoff_until - self._clock()), 3),
+            last_error=self.last_error,
+            unhealthy=self.unhealthy,
         )
 
     async def close(self) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import enum
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,13 @@ from typing import Any, Protocol
 import aiohttp
 
 from runtime.errors import ModelNotReady
+from runtime.scaling.health import Liveness
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Tier
 
 __all__ = [
     "ColdStart",
+    "HttpLiveness",
     "HttpReadiness",
     "Launcher",
     "ProcessHandle",
@@ -112,6 +115,11 @@ class Replica:
     # A prefix before every request target: one model inside a multi-model server
     # (the WASM host serves each model under ``/m/{model}``); "" for a worker.
     path: str = ""
+    # None: nobody probes it (an external server, a fake); see runtime.scaling.health
+    liveness: Liveness | None = None
+    # time.monotonic() of the last request begun while idle or byte of an answer sent:
+    # real time, whatever clock the pool is given (tests move theirs by hand)
+    last_progress: float = 0.0
 
     @property
     def url(self) -> str:
@@ -145,6 +153,8 @@ class Replica:
         return self.process.returncode is None
 
     def begin(self) -> None:
+        if self.in_flight == 0:
+            self.last_progress = time.monotonic()
         self.in_flight += 1
         self.idle.clear()
 
@@ -153,6 +163,10 @@ class Replica:
         self.served += 1
         if self.in_flight == 0:
             self.idle.set()
+
+    def progressed(self) -> None:
+        """A byte of an answer went out (the proxy says so): the watchdog's evidence."""
+        self.last_progress = time.monotonic()
 
     async def ready(self) -> ColdStart:
         """Wait until this replica serves; its cold start. Raises ModelNotReady if it
@@ -222,6 +236,23 @@ class HttpReadiness:
         raise ModelNotReady(
             f"a replica of {replica.model!r} did not become ready in {self.limit_s:.0f}s"
         )
+
+
+@dataclass(frozen=True)
+class HttpLiveness:
+    """A worker lives when ``GET /v2/health/live`` answers 200 within the timeout."""
+
+    session: aiohttp.ClientSession
+
+    async def __call__(self, url: str, limit_s: float) -> bool:
+        try:
+            async with self.session.get(
+                f"{url}/v2/health/live", timeout=aiohttp.ClientTimeout(total=limit_s)
+            ) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
 
 def _cold_start(replica: Replica, body: dict[str, Any], live_at: float, now: float) -> ColdStart:
@@ -294,6 +325,7 @@ async def spawn_worker(
     clock: Callable[[], float],
     tier: Tier | None = None,
     readiness: Readiness | None = None,
+    liveness: Liveness | None = None,
 ) -> Replica:
     port = free_port()
     started = clock()
@@ -305,6 +337,7 @@ async def spawn_worker(
         started=started,
         tier=tier,
         readiness=readiness,
+        liveness=liveness,
     )
 
 
@@ -343,4 +376,5 @@ class WorkerLauncher:
         if self._session is None:
             raise ModelNotReady(f"model {spec.name!r}: the worker launcher was not started")
         readiness = HttpReadiness(self._session, self._clock, self._ready_timeout)
-        return await spawn_worker(self.spawner, spec, self._clock, tier, readiness)
+        liveness = HttpLiveness(self._session)
+        return await spawn_worker(self.spawner, spec, self._clock, tier, readiness, liveness)

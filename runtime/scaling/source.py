@@ -37,6 +37,10 @@ class ReplicaPool(Protocol):
         """Give the slot back; ``seconds`` the request held it (None: not served)."""
         ...
 
+    def take_out(self, replica: Replica, reason: str) -> None:
+        """``replica`` could not be reached (or is unhealthy): no new requests to it."""
+        ...
+
     def status(self) -> PoolStatus: ...
 
     def hold(self, until: float) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from runtime.errors import ModelNotFound
+from runtime.scaling.health import HealthConfig
 from runtime.scaling.kpa import initial_replicas
 from runtime.scaling.pool import ModelPool, PoolStatus
 from runtime.scaling.replica import ColdStart, Launcher
@@ -42,12 +43,16 @@ class Supervisor:
         max_queue: int = 100,
         scale_to_zero_grace: float = 30.0,
         on_cold_start: Callable[[str, ColdStart], None] | None = None,
+        health: HealthConfig | None = None,
     ) -> None:
         self.config = config
         self.launcher = launcher
         self.scale_to_zero_grace = scale_to_zero_grace
         # ReplicaSource's hook: the gateway's metrics still set it after construction.
         self.on_cold_start = on_cold_start
+        self.health = health or HealthConfig()
+        # Told of every failed start (model, why): the manager may re-plan the tier.
+        self.on_crash_loop: Callable[[str, str], None] | None = None
         self._clock = clock
         self.tick = tick
         self.max_queue = max_queue
@@ -67,11 +72,17 @@ class Supervisor:
                 scale_to_zero_grace=self.scale_to_zero_grace,
                 placement=(placements or {}).get(spec.name),
                 on_cold_start=self.on_cold_start,
+                health=self.health,
+                on_crash_loop=self._crash_loop,
             )
             self.pools[spec.name] = pool
             if spec.endpoint is None:
                 pool.scale_up(initial_replicas(spec.scaling))
         self._loop_task = asyncio.create_task(self._run())
+
+    def _crash_loop(self, model: str, error: str) -> None:
+        if self.on_crash_loop is not None:
+            self.on_crash_loop(model, error)
 
     async def _run(self) -> None:
         while True:

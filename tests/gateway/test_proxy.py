@@ -241,7 +241,7 @@ def test_a_stream_cut_short_ends_with_an_error_event_and_no_final_chunk(
     assert data.startswith(b"HTTP/1.1 200 ")
     events = [line.strip() for line in data.split(b"\r\n") if line.startswith(b"data: ")]
     assert events[0] == b'data: {"a":1}'
-    assert json.loads(events[-1][6:])["error"]["code"] == "replica_failed"
+    assert json.loads(events[-1][6:])["error"]["code"] == "replica_died"
     assert not data.endswith(b"0\r\n\r\n"), data
 
 
@@ -330,3 +330,32 @@ def read_at_most(sock: socket.socket, total: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def test_a_stream_the_shutdown_cuts_ends_with_a_shutting_down_event(tmp_path: Any) -> None:
+    """SIGTERM's grace period ends while a stream still runs: its last event says
+    ``shutting_down``, and it counts as a 503."""
+    begun = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+        b'f\r\ndata: {"a":1}\n\n\r\n'
+    )
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(begun)
+        await writer.drain()
+        await reader.read()  # a stream that goes on until the gateway hangs up
+
+    with RawReplica(hang) as replica:
+        gw = make_gateway(tmp_path, [endpoint_model("raw", replica.url)])
+        gw.server.graceful_seconds = 0.5
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+            s.sendall(infer(b"{}", name="raw"))
+            assert b'data: {"a":1}' in s.recv(65536)
+            gw.stop()
+            data = read_to_close(s)
+    events = [line.strip() for line in data.split(b"\r\n") if line.startswith(b"data: ")]
+    assert json.loads(events[-1][6:])["error"]["code"] == "shutting_down"
+    assert not data.endswith(b"0\r\n\r\n"), data
+    counted = gw.app.metrics.requests.labels("raw", "/v2/models/{name}/infer", "503")
+    assert counted._value.get() == 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from gateway.upstream import UpstreamPool, request_bytes
 from runtime.errors import BadInput, UpstreamError
+from tests.gateway.replicas import RawReplica
 
 
 class Server:
@@ -314,3 +316,28 @@ def test_a_head_that_never_ends_fails_without_growing() -> None:
         return sent
 
     assert asyncio.run(asyncio.wait_for(run(), 60)) < 32 * 1024 * 1024
+
+
+def test_a_connection_whose_replica_closed_while_idle_is_not_written_to() -> None:
+    """The replica (a server in its own thread) closed the idle connection, and this
+    loop has not run since to see it: the pool must notice before writing a POST there,
+    where it would be lost to a reset, and send it on a fresh connection."""
+
+    async def close_after_answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def run(port: int) -> tuple[int, bytes]:
+        pool = UpstreamPool()
+        assert await read_all(pool, port, b"first") == (200, b"ok")
+        time.sleep(0.3)  # noqa: ASYNC251 (on purpose: the FIN arrives, unseen by the protocol)
+        answer = await read_all(pool, port, b"second")
+        pool.close()
+        return answer
+
+    with RawReplica(close_after_answer) as replica:
+        assert asyncio.run(asyncio.wait_for(run(replica.port), 30)) == (200, b"ok")
+        assert replica.requests == 2

@@ -265,6 +265,49 @@ def test_tiers_across_clusters_and_a_cluster_that_cannot_be_read(tmp_path: Path)
     assert [b.cluster for b in router.pools["magika"].bridges] == ["shop"]
 
 
+def test_an_unreachable_api_server_is_read_again_with_back_off(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [MAGIKA]}))
+    config = load_config(path)
+    clock = FakeClock()
+    reads: list[float] = []
+    down = {"now": False}
+
+    def fetch(cluster: ClusterSpec) -> list[ServiceStatus]:  # a fake of Knative's status
+        reads.append(clock.offset)
+        if down["now"]:
+            raise ConnectionError("API server unreachable")
+        return [
+            ServiceStatus(
+                "core", "Service", "magika-x", "magika", "onnx-cpu", "primary", "True", "",
+                None, "http://magika.core.svc", "magika-x-00001", "1/1",
+            )
+        ]  # fmt: skip
+
+    router = ClusterRouter(config, [ClusterSpec(name="core")], fetch=fetch, refresh=2, clock=clock)
+
+    def sync_at(offset: float) -> None:
+        clock.offset = offset
+        asyncio.run(router.sync())
+
+    sync_at(0)
+    down["now"] = True
+    # Failures at 1 (next read 1 + 4), 5 (next 5 + 8), 13 (next 13 + 16); ticks between
+    # the back-off's times read nothing.
+    for t in (1, 2, 4, 5, 6, 12, 13, 20, 28):
+        sync_at(t)
+    assert reads == [0, 1, 5, 13]
+    assert router.failures == {"core": 3}
+    # The last known status serves all along.
+    pool = router.pools["magika"]
+    assert pool.primary is not None and pool.primary.url == "http://magika.core.svc"
+    down["now"] = False
+    sync_at(29)
+    assert reads[-1] == 29 and router.failures == {}
+    sync_at(31)
+    assert reads[-1] == 31  # back to every refresh
+
+
 def test_a_cluster_pool_refuses_a_keep_alive_hold(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"models": [MAGIKA]}))

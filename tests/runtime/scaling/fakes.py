@@ -5,6 +5,8 @@
   says so.
 - :class:`FakeLauncher`: a FAKE launcher; each replica it starts becomes ready, fails
   to load or dies exactly when the test says, by its index in ``started``.
+- :class:`FakeLiveness`: a FAKE liveness probe; a replica's URL answers alive unless the
+  test froze it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class FakeLauncher:
 
     started: list[Replica] = field(default_factory=list)
     broken: Exception | None = None
+    liveness: FakeLiveness | None = None
     opened: bool = False
     closed: bool = False
 
@@ -108,6 +111,7 @@ class FakeLauncher:
             started=0.0,
             tier=tier,
             readiness=FakeReadiness(outcome),
+            liveness=self.liveness,
         )
         self.started.append(replica)
         return replica
@@ -138,3 +142,17 @@ async def settle(rounds: int = 50) -> None:
     not time."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+@dataclass
+class FakeLiveness:
+    """A FAKE liveness probe: every replica lives unless its URL is in ``frozen``;
+    ``probes`` counts the calls."""
+
+    frozen: set[str] = field(default_factory=set)
+    probes: int = 0
+
+    async def __call__(self, url: str, limit_s: float) -> bool:
+        self.probes += 1
+        await asyncio.sleep(0)
+        return url not in self.frozen

@@ -293,7 +293,14 @@ def test_a_load_failure_fails_the_queued_with_503_and_the_pool_keeps_serving() -
             assert "failed to load: bad magic number" in error.message
         assert launcher.started[0].process.terminated  # type: ignore[attr-defined]
         assert pool.status().queued == 0
-        # The pool keeps serving: the next request starts a new replica.
+        # Inside the crash-loop back-off a request gets 503 naming the cause at once.
+        assert pool.status().failed_starts == 1
+        assert pool.status().backoff_seconds == 1.0
+        with pytest.raises(ModelNotReady, match=r"failed to start 1 time.*bad magic number"):
+            await pool.acquire(FAR)
+        assert len(launcher.started) == 1
+        # The pool keeps serving: after the back-off the next request starts a new replica.
+        clock.now += 1.0
         later = waiters(pool, 1)
         await settle()
         assert len(launcher.started) == 2

@@ -1,0 +1,323 @@
+"""Soak: mixed traffic against ``edgeinfer serve`` while a fault injector kills, freezes
+and resumes its workers at random (issue 19).
+
+The gateway runs in its own process with the bundled MiniLM, Magika and SmolLM2 (one
+replica each at most, every one starting from zero). ``--clients`` loops send, at
+random: embeddings, Magika classifications, short SmolLM2 chat streams, bad requests
+(each must be a 400) and streams the client hangs up on after the first event (each
+client keeps to some of these kinds, ``ROTATION``). Every
+``--fault-every`` seconds (on average) the injector picks a worker at random and
+SIGKILLs it, or SIGSTOPs it and SIGCONTs it 1-4 s later (by then the gateway's health
+check may have killed it: the SIGCONT then finds nothing).
+
+A failure is *expected* when it is a 502 (or a stream's ``replica_died`` /
+``replica_failed`` error event) of a request that was in flight while a fault hit its
+model's worker: the in-flight requests of a killed or frozen replica. Anything else
+that is not the planned answer is *unexpected*: 503, 504, 500, a bad request that was
+not a 400, a transport error, a stream without ``[DONE]``.
+
+Prints one JSON line: requests by outcome, expected and unexpected failures (with the
+first few unexpected ones), faults injected, p50/p99 per model of the requests that
+succeeded, the gateway's RSS at start, after warm-up (a tenth of the run, at least
+10 s) and at the end. Run from the repository root:
+``PYTHONPATH=. python bench/soak.py [--duration 60] [--clients 6] [--fault-every 8]``.
+The release soak is ``--duration 1800``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.gateway.served import ADMIN_KEY, API_KEY, ServedGateway, bundled_models, start_gateway
+
+MODELS = ("minilm", "magika", "smollm2")
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+SHELL = "#!/bin/sh\necho hello\n"
+# What each client sends, in turn by client number: --clients 6 is one of each.
+CLIENT_KINDS = {
+    "embed": ("embed",),
+    "classify": ("classify",),
+    "chat": ("chat_stream",),
+    "mixed": ("embed", "classify", "bad_request", "hang_up"),
+}
+ROTATION = ("embed", "classify", "chat", "mixed", "embed", "classify")
+LATE_S = 30.0
+
+
+@dataclass
+class Outcome:
+    model: str
+    kind: str
+    start: float
+    end: float
+    result: str  # ok | bad_request_400 | disconnected | status_NNN | error_CODE | transport
+    detail: str = ""
+
+
+@dataclass
+class Fault:
+    model: str
+    pid: int
+    kind: str  # kill | freeze
+    at: float
+    until: float  # a freeze's SIGCONT (a kill: == at)
+
+
+@dataclass
+class Soak:
+    gw: ServedGateway
+    outcomes: list[Outcome] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    stop: bool = False
+
+    # -- traffic ------------------------------------------------------------------
+
+    async def client(self, http: httpx.AsyncClient, rng: random.Random, kinds: str) -> None:
+        """Requests back to back, each of one of ``kinds`` (at random): a slow SmolLM2
+        stream holds up only the clients that send them."""
+        while not self.stop:
+            kind = rng.choice(CLIENT_KINDS[kinds])
+            start = time.monotonic()
+            model, result, detail = await getattr(self, kind)(http, rng)
+            self.outcomes.append(Outcome(model, kind, start, time.monotonic(), result, detail))
+
+    async def embed(self, http: httpx.AsyncClient, rng: random.Random) -> tuple[str, str, str]:
+        body = {"model": "minilm", "input": f"sentence number {rng.randrange(10**6)}"}
+        return ("minilm", *await _plain(http, "/v1/embeddings", body))
+
+    async def classify(self, http: httpx.AsyncClient, rng: random.Random) -> tuple[str, str, str]:
+        body = {"inputs": [{"name": "content", "shape": [1], "datatype": "BYTES", "data": [SHELL]}]}
+        return ("magika", *await _plain(http, "/v2/models/magika/infer", body))
+
+    async def chat_stream(
+        self, http: httpx.AsyncClient, rng: random.Random
+    ) -> tuple[str, str, str]:
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": f"Count to {rng.randrange(3, 9)}."}],
+            "max_tokens": 6,
+            "stream": True,
+        }
+        return ("smollm2", *await _stream(http, body, hang_up=False))
+
+    async def hang_up(self, http: httpx.AsyncClient, rng: random.Random) -> tuple[str, str, str]:
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 64,
+            "stream": True,
+        }
+        return ("smollm2", *await _stream(http, body, hang_up=True))
+
+    async def bad_request(
+        self, http: httpx.AsyncClient, rng: random.Random
+    ) -> tuple[str, str, str]:
+        bad = rng.choice(
+            [
+                {"model": "smollm2", "messages": [], "stream": True, "stream_options": "yes"},
+                {"model": "minilm", "input": {"not": "text"}},
+                {"input": "no model"},
+                {"model": "smollm2", "messages": "not a list"},
+            ]
+        )
+        path = "/v1/embeddings" if "input" in bad else "/v1/chat/completions"
+        model = str(bad.get("model", "-"))
+        try:
+            r = await http.post(path, json=bad)
+        except httpx.TransportError as exc:
+            return model, "transport", repr(exc)
+        return model, "bad_request_400" if r.status_code == 400 else f"status_{r.status_code}", ""
+
+    # -- faults -------------------------------------------------------------------
+
+    async def injector(self, admin: httpx.AsyncClient, every: float, rng: random.Random) -> None:
+        while not self.stop:
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * every)
+            if self.stop:
+                return
+            workers = await _workers(admin)
+            if not workers:
+                continue
+            model, pid = rng.choice(workers)
+            now = time.monotonic()
+            if rng.random() < 0.5:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self.faults.append(Fault(model, pid, "kill", now, now))
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                pause = rng.uniform(1.0, 4.0)
+                self.faults.append(Fault(model, pid, "freeze", now, now + pause))
+                await asyncio.sleep(pause)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def expected(self, o: Outcome) -> bool:
+        """A replica failure of a request in flight while its model's worker was hit."""
+        replica_failure = o.result in ("status_502", "error_replica_died", "error_replica_failed")
+        return replica_failure and any(
+            f.model == o.model and o.start <= f.until and f.at <= o.end for f in self.faults
+        )
+
+
+async def _plain(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[str, str]:
+    try:
+        r = await http.post(path, json=body)
+    except httpx.TransportError as exc:
+        return "transport", repr(exc)
+    return ("ok", "") if r.status_code == 200 else (f"status_{r.status_code}", r.text[:200])
+
+
+async def _stream(http: httpx.AsyncClient, body: dict[str, Any], hang_up: bool) -> tuple[str, str]:
+    last = ""
+    try:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return f"status_{r.status_code}", r.text[:200]
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                last = line[6:]
+                if hang_up:
+                    return "disconnected", ""
+    except httpx.TransportError as exc:
+        if last.startswith("{") and '"error"' in last:
+            return f"error_{json.loads(last)['error']['code']}", last[:200]
+        return "transport", repr(exc)
+    if last == "[DONE]":
+        return "ok", ""
+    if last.startswith("{") and '"error"' in last:
+        return f"error_{json.loads(last)['error']['code']}", last[:200]
+    return "no_done", last[:200]
+
+
+async def _workers(admin: httpx.AsyncClient) -> list[tuple[str, int]]:
+    try:
+        r = await admin.get("/admin/models")
+    except httpx.TransportError:
+        return []
+    return [
+        (m["model"], i["pid"])
+        for m in r.json()["models"]
+        for i in m["instances"]
+        if i["state"] == "ready" and i["pid"]
+    ]
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    ms = sorted(v * 1000 for v in values)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return {"n": len(ms), "p50": round(statistics.median(ms), 1), "p99": round(p99, 1)}
+
+
+async def run(args: argparse.Namespace, gw: ServedGateway) -> dict[str, Any]:
+    soak = Soak(gw)
+    rng = random.Random(args.seed)
+    limits = httpx.Limits(max_connections=args.clients * 2)
+    timeout = httpx.Timeout(330.0)
+    async with (
+        httpx.AsyncClient(base_url=gw.url, headers=HEADERS, timeout=timeout, limits=limits) as http,
+        httpx.AsyncClient(
+            base_url=gw.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+        ) as admin,
+    ):
+        rss_start = gw.rss_bytes()
+        began = time.monotonic()
+        clients = [
+            asyncio.create_task(
+                soak.client(http, random.Random(rng.random()), ROTATION[i % len(ROTATION)])
+            )
+            for i in range(args.clients)
+        ]
+        warm_up = max(10.0, args.duration / 10)
+        await asyncio.sleep(warm_up)  # every model cold-started; then faults begin
+        rss_warm = gw.rss_bytes()
+        injector = asyncio.create_task(soak.injector(admin, args.fault_every, rng))
+        await asyncio.sleep(max(0.0, args.duration - warm_up))
+        soak.stop = True
+        await injector  # every frozen worker resumed
+        # Requests still running get a while to end; any left then are not counted.
+        _, late = await asyncio.wait(clients, timeout=LATE_S)
+        for task in late:
+            task.cancel()
+        elapsed = time.monotonic() - began
+    rss_end = gw.rss_bytes()
+    outcomes = Counter(o.result for o in soak.outcomes)
+    failures = [
+        o for o in soak.outcomes if o.result not in ("ok", "bad_request_400", "disconnected")
+    ]
+    expected = [o for o in failures if soak.expected(o)]
+    unexpected = [o for o in failures if not soak.expected(o)]
+    mib = 1 << 20
+    return {
+        "bench": "soak",
+        "duration_s": round(elapsed, 1),
+        "clients": args.clients,
+        "left_running_at_the_end": len(late),
+        "requests": len(soak.outcomes),
+        "outcomes": dict(outcomes.most_common()),
+        "by_kind": dict(Counter(o.kind for o in soak.outcomes).most_common()),
+        "expected_failures": len(expected),
+        "unexpected_failures": len(unexpected),
+        "unexpected_samples": [
+            {"model": o.model, "kind": o.kind, "result": o.result, "detail": o.detail[:160]}
+            for o in unexpected[:8]
+        ],
+        "faults": dict(Counter(f.kind for f in soak.faults)),
+        "latency_ms": {
+            m: _percentiles(
+                [o.end - o.start for o in soak.outcomes if o.model == m and o.result == "ok"]
+            )
+            for m in MODELS
+        },
+        "gateway_rss_mib": {
+            "start": round(rss_start / mib, 1),
+            "after_warm_up": round(rss_warm / mib, 1),
+            "end": round(rss_end / mib, 1),
+            "growth_after_warm_up_pct": round(100 * (rss_end - rss_warm) / rss_warm, 1),
+        },
+        "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds (release: 1800)")
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--fault-every", type=float, default=8.0, help="mean seconds")
+    parser.add_argument("--seed", type=int, default=19)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        models = bundled_models(*MODELS)
+        gw = start_gateway(Path(tmp), models)
+        try:
+            line = asyncio.run(run(args, gw))
+        finally:
+            code = gw.stop()
+        line["gateway_exit"] = code
+        print(json.dumps(line))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
