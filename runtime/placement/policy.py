@@ -457,6 +457,10 @@ def _cover_cold_start(
     first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
     if first <= goal:
         return best, tiers, cands, 0, why
+    if _in_host(best.tier, config):
+        # An instance in the warm host is the fastest start there is: no warm replica
+        # or bridge would answer sooner (and the host holds no replicas to keep warm).
+        return best, tiers, cands, 0, why
     if not config.cover_cold_starts:
         why += (
             f"; cold start {best.cold_start_ms:.0f} ms alone breaks the goal: left to "

@@ -205,3 +205,14 @@ def test_idle_seconds_and_replica_cost() -> None:
     assert idle_seconds(model) == 75
     assert replica_cost_per_s(2.0, 3, 0.5) == pytest.approx(5.0)  # 0.5 + 2 busy replicas
     assert replica_cost_per_s(2.0, 0, 1.0) == 0.0
+
+
+def test_a_missed_goal_in_the_wasm_host_keeps_no_warm_replica() -> None:
+    """No candidate meets the goal and the WASM tier is the fastest: it is placed in
+    the host, and its (instance) cold start gets no warm replica to cover it."""
+    model = spec("chat", latency={"p95_ms": 400}, scaling={"max-scale": 1})
+    slow_native = profile("llama", p50=2000, cold=0.6, memory=160)
+    d = choose_runtime(model, (slow_native, CHAT_WASM), EDGE_BOX, CFG, 0.0, load_rps=0.5)
+    assert not d.goal_met and d.chosen is not None and d.chosen.key == "wasm-cpu"
+    assert d.warm_minimum == 0 and d.placement.primary.min_scale is None
+    assert "breaks the goal" not in d.reason
