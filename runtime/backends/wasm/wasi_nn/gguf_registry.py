@@ -52,7 +52,6 @@ class GgufEntry:
     ``--nn-preload`` would (the aliases that named it, GGML, the target, the path)."""
 
     preload: str
-    loads: int
     holders: int
     contexts: int
 
@@ -137,7 +136,6 @@ class GgufRegistry:
                         f"{','.join(sorted(e.aliases))}:GGML:"
                         f"{'GPU' if e.n_gpu_layers else 'CPU'}:{e.path}"
                     ),
-                    loads=1,
                     holders=e.holders,
                     contexts=e.contexts,
                 )
