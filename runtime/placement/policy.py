@@ -11,10 +11,15 @@ inventory, the GPU ledger, the policy config, the expected load and ``now``):
    M/M/c, with c = replicas x the parallelism the profile measured), with as few
    replicas as keep utilization under the configured ceiling, within ``max-scale``;
 3. candidates that miss the p95 goal (or the tokens/s goal) are dropped, and the
-   cheapest of the rest wins (GPU-seconds and CPU-seconds priced by :class:`CostModel`);
+   cheapest of the rest wins: each priced by what it holds while it holds it
+   (:mod:`runtime.placement.pricing`: a scale-to-zero replica for the fraction of the
+   hour it is up; a model in the WASM host for its compute and resident weights), plus
+   what covering its cold start would cost;
 4. when the model scales to zero and the winner's cold start alone breaks the goal,
    a bridge tier (a fast-starting, or else warm, CPU/WASM candidate that meets the
-   goal) or a warm minimum of one replica is added, whichever costs less; it is said;
+   goal) or a warm minimum of one replica is added, whichever costs less; it is said.
+   A model in the WASM host starts in ``wasm_instance_start_ms`` (an instance in a
+   warm host, weights resident), so its cold start needs no cover;
 5. a goal no candidate meets is reported (``goal_met=False``), with the fastest
    candidate placed anyway, never hidden.
 """
@@ -30,6 +35,12 @@ from runtime.errors import ConfigError
 from runtime.placement.capacity import replica_cores, room
 from runtime.placement.gpu_packing import Resident
 from runtime.placement.inventory import Inventory
+from runtime.placement.pricing import (
+    held_fraction,
+    idle_seconds,
+    in_host_cost_per_s,
+    replica_cost_per_s,
+)
 from runtime.placement.profiles import Profile, estimate_cuda
 from runtime.spec.frozen import Frozen
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
@@ -76,6 +87,20 @@ class PolicyConfig(Frozen):
         True, description="a cold start that breaks the goal gets a bridge or a warm replica"
     )
     tick_seconds: float = Field(5.0, gt=0, le=3600, description="how often the manager looks")
+    wasm_in_host: bool = Field(
+        True,
+        description="WASM-tier models run in the one shared WASM host (an instance per cold "
+        "start, weights resident); false: a worker process each, priced as a native replica",
+    )
+    wasm_instance_start_ms: float = Field(
+        10.0,
+        ge=0,
+        description="a cold start in the warm WASM host: a new instance from the snapshot "
+        "(~0.2 ms) and the first touch of its pages (~8 ms, README's snapshot table)",
+    )
+    wasm_host_share_mib: float = Field(
+        4.0, ge=0, description="each model's share of the WASM host process's own memory"
+    )
 
 
 def policy_config(config: ModelConfig) -> PolicyConfig:
@@ -185,6 +210,10 @@ def _predict(
     return p95, replicas, tps, note
 
 
+def _in_host(tier: Tier, cfg: PolicyConfig) -> bool:
+    return tier.runtime is RuntimeName.WASM and cfg.wasm_in_host and tier.cluster is None
+
+
 def _cost_per_hour(
     tier: Tier,
     profile: Profile,
@@ -194,23 +223,37 @@ def _cost_per_hour(
     inv: Inventory,
     spec: ModelSpec,
     cfg: PolicyConfig,
-) -> float:
+) -> tuple[float, float]:
+    """(cost per hour at ``load_rps``, cost per hour of one replica kept warm)."""
     mem_gib = max(profile.rss_mib, profile.memory_mib) / 1024
+    cores = replica_cores(spec, profile, inv)
+    if _in_host(tier, cfg):
+        cost = in_host_cost_per_s(
+            rps=load_rps,
+            # The host keeps the same headroom on its cores as a replica does.
+            service_s=profile.service_ms / 1000 / cfg.max_utilization,
+            cores=cores,
+            weights_gib=profile.memory_mib / 1024,
+            host_share_gib=cfg.wasm_host_share_mib / 1024,
+            cpu_second=cfg.cost.cpu_second,
+            gib_second=cfg.cost.gib_second,
+        )
+        return cost * 3600, cost * 3600
     if tier.device is Device.CUDA:
         # A GPU is shared by packing: a model pays the larger of its memory share and
         # the share of time it keeps the GPU busy, plus one host core per replica.
         gpu_mem = profile.gpu_memory_mib or profile.memory_mib
         mem_share = gpu_mem / gpu_total_mib if gpu_total_mib else 1.0
         busy_share = min(1.0, load_rps * profile.service_ms / 1000 / max(1, replicas))
-        per_s = replicas * (
+        per_s = (
             cfg.cost.gpu_second * max(mem_share, busy_share)
             + cfg.cost.cpu_second
             + cfg.cost.gib_second * mem_gib
         )
     else:
-        cores = replica_cores(spec, profile, inv)
-        per_s = replicas * (cfg.cost.cpu_second * cores + cfg.cost.gib_second * mem_gib)
-    return per_s * 3600
+        per_s = cfg.cost.cpu_second * cores + cfg.cost.gib_second * mem_gib
+    held = held_fraction(load_rps, idle_seconds(spec), warm=spec.scaling.min_scale > 0)
+    return replica_cost_per_s(per_s, replicas, held) * 3600, per_s * 3600
 
 
 def _no_profile(spec: ModelSpec, tier: Tier, available: frozenset[RuntimeName] | None) -> Candidate:
@@ -255,10 +298,11 @@ def _evaluate(
     profile = _profile_for(spec, tier.runtime, tier.device, profiles, cfg)
     if profile is None:
         return _no_profile(spec, tier, available)
+    cold_ms = cfg.wasm_instance_start_ms if _in_host(tier, cfg) else profile.cold_start_s * 1000
     base = Candidate(
         tier,
         profile.source,
-        cold_start_ms=profile.cold_start_s * 1000,
+        cold_start_ms=cold_ms,
         solo_p95_ms=profile.points[0].p95_ms,
     )
     space = room(spec, tier, profile, inv, resident, cfg.gpu_reserve_mib)
@@ -270,13 +314,16 @@ def _evaluate(
         return replace(base, reason="its replicas failed to start or to serve here (observed)")
     if seen is not None and seen > p95:
         p95, note = seen, f"observed p95 {seen:.0f} ms"
-    cost = _cost_per_hour(tier, profile, replicas, load_rps, space.gpu_total_mib, inv, spec, cfg)
+    cost, warm_cost = _cost_per_hour(
+        tier, profile, replicas, load_rps, space.gpu_total_mib, inv, spec, cfg
+    )
     cand = replace(
         base,
         predicted_p95_ms=p95,
         tokens_per_s=tps,
         replicas=replicas,
         cost_per_hour=cost,
+        warm_cost_per_hour=warm_cost,
         evict=space.evict,
         gpu=space.gpu,
         memory_mib=space.need_mib,
@@ -311,7 +358,7 @@ def choose_runtime(
         )
         for t in _tiers(spec, inventory, cuda_runtimes)
     ]
-    best, why, goal_met = _pick(spec, cands, load)
+    best, why, goal_met = _pick(spec, cands, load, config)
     tiers: list[Tier] = [best.tier]
     warm = 0
     if spec.scaling.min_scale == 0 and best.cold_start_ms is not None:
@@ -327,16 +374,39 @@ def choose_runtime(
     return PlacementDecision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
 
 
-def _pick(spec: ModelSpec, cands: list[Candidate], load: float) -> tuple[Candidate, str, bool]:
+def _cover_cost(spec: ModelSpec, c: Candidate, cands: list[Candidate], cfg: PolicyConfig) -> float:
+    """What covering ``c``'s cold start would add per hour as the primary: nothing when
+    it starts in time (a model in the WASM host does) or a bridge starts from zero; a
+    warm bridge's hour, or the rest of the hour of one warm replica of ``c``."""
+    if spec.scaling.min_scale > 0 or not cfg.cover_cold_starts or c.cold_start_ms is None:
+        return 0.0
+    if c.cold_start_ms + (c.predicted_p95_ms or 0.0) <= spec.latency.p95_ms:
+        return 0.0
+    bridge, warm, _ = _cold_start_cover(spec, c, cands, cfg)
+    if bridge is not None:
+        return (bridge.warm_cost_per_hour or 0.0) if warm else 0.0
+    return max(0.0, (c.warm_cost_per_hour or 0.0) - (c.cost_per_hour or 0.0) / max(1, c.replicas))
+
+
+def _pick(
+    spec: ModelSpec, cands: list[Candidate], load: float, cfg: PolicyConfig
+) -> tuple[Candidate, str, bool]:
     """(the chosen candidate, why, whether it meets the goal): the cheapest that meets
-    the goal, else the fastest scored one, else a fallback by hardware kind."""
+    the goal, its cold start's cover included, else the fastest scored one, else a
+    fallback by hardware kind."""
     goal = spec.latency.p95_ms
     meeting = [c for c in cands if c.meets_goal]
     if meeting:
-        best = min(meeting, key=lambda c: (c.cost_per_hour or 0.0, c.predicted_p95_ms or 0.0))
+        total = {
+            c.tier: (c.cost_per_hour or 0.0) + _cover_cost(spec, c, cands, cfg) for c in meeting
+        }
+        best = min(meeting, key=lambda c: (total[c.tier], c.predicted_p95_ms or 0.0))
+        cover = total[best.tier] - (best.cost_per_hour or 0.0)
+        where = " in the WASM host" if _in_host(best.tier, cfg) else ""
         why = (
-            f"cheapest that meets p95 {goal:g} ms at {load:g} req/s: predicted "
-            f"{best.predicted_p95_ms:.0f} ms, {best.cost_per_hour:.4f}/hour"
+            f"cheapest that meets p95 {goal:g} ms at {load:g} req/s: {best.key}{where}, "
+            f"predicted {best.predicted_p95_ms:.0f} ms, {best.cost_per_hour:.4f}/hour"
+            + (f" + {cover:.4f}/hour to cover its cold start" if cover > 0 else "")
         )
         return replace(best, verdict="chosen", reason=why), why, True
     scored = [c for c in cands if c.predicted_p95_ms is not None]
@@ -386,6 +456,10 @@ def _cover_cold_start(
     assert best.cold_start_ms is not None
     first = best.cold_start_ms + (best.predicted_p95_ms or 0.0)
     if first <= goal:
+        return best, tiers, cands, 0, why
+    if _in_host(best.tier, config):
+        # An instance in the warm host is the fastest start there is: no warm replica
+        # or bridge would answer sooner (and the host holds no replicas to keep warm).
         return best, tiers, cands, 0, why
     if not config.cover_cold_starts:
         why += (
@@ -463,10 +537,10 @@ def _cold_start_cover(
                 f"p95 {b.solo_p95_ms:.0f} ms alone)"
             ),
         )
-    idle_primary = (best.cost_per_hour or 0) / max(1, best.replicas)
+    idle_primary = best.warm_cost_per_hour or 0.0
     if others:
-        b = min(others, key=lambda c: (c.cost_per_hour or 0) / max(1, c.replicas))
-        idle_bridge = (b.cost_per_hour or 0) / max(1, b.replicas)
+        b = min(others, key=lambda c: c.warm_cost_per_hour or 0.0)
+        idle_bridge = b.warm_cost_per_hour or 0.0
         if idle_bridge < idle_primary:
             return b, 1, f"one warm {b.key} replica bridges cold starts ({idle_bridge:.4f}/hour)"
     return None, 1, f"one {best.key} replica is kept warm ({idle_primary:.4f}/hour)"

@@ -33,6 +33,9 @@ class Candidate:
     memory_mib: float = 0.0
     fits: bool = True  # False: the hardware cannot hold it (no GPU room, no memory)
     solo_p95_ms: float | None = None  # warm p95 of one request alone (as a bridge)
+    # What one replica costs per hour kept warm (a warm minimum or a warm bridge); for a
+    # model in the WASM host, what it costs at zero, since it holds no replica.
+    warm_cost_per_hour: float | None = None
 
     @property
     def key(self) -> str:

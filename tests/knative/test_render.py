@@ -76,7 +76,8 @@ def test_gpu_tier_container_and_scheduling() -> None:
 def test_bridge_tier_is_cpu_and_kept_warm() -> None:
     spec = smollm2()
     out = render_model(spec, default_placement(spec, GPU), GPU, Path.cwd())
-    bridge = services(out.manifests)["smollm2-llama-cpu"]
+    # The bundled smollm2 lists a WASM form: it is the bridge, on the CPU.
+    bridge = services(out.manifests)["smollm2-wasm-cpu"]
     pod = bridge["spec"]["template"]["spec"]
     assert bridge["metadata"]["labels"]["edgeinfer.dev/role"] == "bridge"
     assert "nodeSelector" not in pod and "tolerations" not in pod

@@ -28,10 +28,14 @@ def test_bundled_models_are_the_contract() -> None:
     config = load_config()
     names = {m.name: m for m in config.models}
     assert set(names) == {"smollm2", "gemma3-270m", "minilm", "magika"}
-    assert names["smollm2"].task is Task.CHAT and names["smollm2"].runtimes == [RuntimeName.LLAMA]
+    assert names["smollm2"].task is Task.CHAT
     assert names["gemma3-270m"].task is Task.COMPLETION
     assert names["minilm"].task is Task.EMBEDDING
-    assert names["minilm"].runtimes == [RuntimeName.ONNX]
+    # Every bundled model has its native form first and a WASM form over the same files.
+    native = {"smollm2": "llama", "gemma3-270m": "llama", "minilm": "onnx", "magika": "onnx"}
+    for name, runtime in native.items():
+        assert names[name].runtimes == [RuntimeName(runtime), RuntimeName.WASM], name
+        assert ArtifactFormat.WASM in names[name].artifacts, name
     assert ArtifactFormat.SAFETENSORS in names["minilm"].artifacts
     assert names["magika"].task is Task.CLASSIFY
 

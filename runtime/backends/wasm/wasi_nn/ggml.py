@@ -22,8 +22,9 @@ when the model ends (or ``n-predict`` is reached) and CONTEXT_FULL when the cont
 is. A prompt that does not fit is PROMPT_TOO_LONG.
 
 A llama.cpp context is not thread-safe: each execution context borrows a ``Llama``
-instance from a pool per option set (weights are mmap'd, so instances share them) and
-gives it back when finalized.
+context from a pool per option set and gives it back when finalized. Every context is
+made over one loaded copy of the GGUF, shared by every model in the process that names
+the same file (:mod:`runtime.backends.wasm.wasi_nn.gguf_registry`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ from llama_cpp import Llama, LlamaGrammar
 
 from runtime.backends.llama import gguf_chat_template
 from runtime.backends.llama_decode import grammar_parses
+from runtime.backends.wasm.wasi_nn.gguf_registry import (
+    ContextSettings,
+    GgufRegistry,
+    SharedGguf,
+    gguf_registry,
+)
 from runtime.backends.wasm.wasi_nn.types import (
     CONTEXT_FULL,
     END_OF_SEQUENCE,
@@ -60,10 +67,22 @@ _INSTANCE_KEYS = ("ctx-size", "batch-size", "threads", "n-gpu-layers", "enable-l
 
 
 class GgmlModel:
-    """One GGUF file and the pool of llama.cpp instances made from it."""
+    """One preloaded GGUF (``alias``) and the pool of llama.cpp contexts made over it;
+    the weights come from ``registry`` (the process's by default), loaded once per
+    file however many models name it."""
 
-    def __init__(self, path: Path, defaults: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        defaults: dict[str, Any],
+        *,
+        alias: str = "default",
+        registry: GgufRegistry | None = None,
+    ) -> None:
         self.path = path
+        self.alias = alias
+        self.registry = registry if registry is not None else gguf_registry()
+        self._shared: dict[int, SharedGguf] = {}  # by GPU layers offloaded
         self.defaults = {
             "n-predict": -1,
             "ctx-size": 4096,
@@ -103,29 +122,40 @@ class GgmlModel:
             free = self._free.setdefault(key, [])
             if free:
                 return free.pop()
+        settings = ContextSettings(
+            n_ctx=int(opts["ctx-size"]),
+            n_batch=int(opts["batch-size"]),
+            threads=int(opts["threads"]),
+            embedding=bool(opts["embedding"]),
+            verbose=bool(opts["enable-log"] or opts["enable-debug-log"]),
+        )
         try:
-            llm = Llama(
-                model_path=str(self.path),
-                n_ctx=int(opts["ctx-size"]),
-                n_batch=int(opts["batch-size"]),
-                n_threads=int(opts["threads"]),
-                n_threads_batch=int(opts["threads"]),
-                n_gpu_layers=int(opts["n-gpu-layers"]),
-                use_mmap=True,
-                embedding=bool(opts["embedding"]),
-                verbose=bool(opts["enable-log"] or opts["enable-debug-log"]),
-            )
+            weights = self._weights(int(opts["n-gpu-layers"]))
+            llm = weights.context(settings)
         except (ValueError, RuntimeError) as exc:
             raise NnError(RUNTIME_ERROR, f"llama.cpp could not load {self.path}: {exc}") from exc
         llm._edgeinfer_key = key  # type: ignore[attr-defined]
+        llm._edgeinfer_weights = weights  # type: ignore[attr-defined]
         with self._lock:
             self._all.append(llm)
         return llm
 
+    def _weights(self, n_gpu_layers: int) -> SharedGguf:
+        with self._lock:
+            if self.closed:
+                raise NnError(RUNTIME_ERROR, f"the model {self.alias!r} is unloaded")
+            shared = self._shared.get(n_gpu_layers)
+            if shared is None:
+                shared = self.registry.acquire(
+                    self.path, alias=self.alias, n_gpu_layers=n_gpu_layers
+                )
+                self._shared[n_gpu_layers] = shared
+            return shared
+
     def release(self, llm: Llama) -> None:
         with self._lock:
             if self.closed:
-                llm.close()
+                llm._edgeinfer_weights.close_context(llm)  # type: ignore[attr-defined]
             else:
                 self._free.setdefault(llm._edgeinfer_key, []).append(llm)  # type: ignore[attr-defined]
 
@@ -151,9 +181,12 @@ class GgmlModel:
         with self._lock:
             self.closed = True
             for llm in self._all:
-                llm.close()
+                llm._edgeinfer_weights.close_context(llm)  # type: ignore[attr-defined]
             self._all.clear()
             self._free.clear()
+            shared, self._shared = list(self._shared.values()), {}
+        for weights in shared:
+            self.registry.release(weights)
 
 
 class GgmlGraph:

@@ -98,7 +98,7 @@ class NnHost:
                 defaults = dict(self.ggml_defaults)
                 if preload.target == "GPU" or (preload.target == "AUTO" and cuda_available()):
                     defaults.setdefault("n-gpu-layers", -1)
-                graph: Any = GgmlModel(path, defaults)
+                graph: Any = GgmlModel(path, defaults, alias=name)
             else:
                 from runtime.backends.wasm.wasi_nn.onnx import OnnxGraph
 
