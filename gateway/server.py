@@ -8,6 +8,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import uvloop
@@ -19,6 +20,7 @@ from gateway.config import gateway_config
 from gateway.http1 import Http1Server
 from runtime.backends.registry import cuda_runtimes, registered_runtimes
 from runtime.errors import ConfigError
+from runtime.placement.autoprofile import measure_missing
 from runtime.placement.inventory import Inventory, probe_local
 from runtime.placement.manager import Manager
 from runtime.placement.policy import policy_config
@@ -90,6 +92,8 @@ def build_gateway(
     )
     store = ProfileStore(settings.state_dir / "profiles")
     policy = policy_config(config)
+    if not (gw.wasm_host.enabled and wants_host(config)):  # WASM models: a process each
+        policy = policy.model_copy(update={"wasm_in_host": False})
     manager = Manager(
         config,
         supervisor,
@@ -100,6 +104,11 @@ def build_gateway(
         cuda_runtimes=cuda_runtimes(),
         clock=clock,
         tick=policy.tick_seconds,
+        background=(
+            partial(measure_missing, config=config, store=store, settings=settings)
+            if settings.measure_missing
+            else None
+        ),
     )
     supervisor.on_crash_loop = manager.start_failed
     return Gateway(

@@ -31,6 +31,8 @@ class Settings(BaseModel):
     log_level: str = "info"
     # The WASM host's admin bearer token; never in a repr (nor so in a log line).
     host_token: str | None = Field(None, repr=False)
+    # edgeinfer serve measures models with no profile in the background (autoprofile)
+    measure_missing: bool = True
     otel: dict[str, str] = {}  # the OTEL_* variables (runtime.spec.telemetry reads them)
 
     @classmethod
@@ -43,6 +45,13 @@ class Settings(BaseModel):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
         if env.get(HOST_TOKEN_ENV):
             values["host_token"] = env[HOST_TOKEN_ENV]
+        if env.get("EDGEINFER_MEASURE_MISSING"):
+            values["measure_missing"] = env["EDGEINFER_MEASURE_MISSING"].lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
         values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         return cls(**values)
 

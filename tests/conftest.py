@@ -19,6 +19,12 @@ from runtime.scaling.replica import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Gateways the tests start (and their subprocesses) measure nothing in the
+    background: a test that wants autoprofile's measuring calls it itself."""
+    os.environ.setdefault("EDGEINFER_MEASURE_MISSING", "0")
+
+
 @dataclass
 class WorkerProcess:
     """A real ``edgeinfer worker`` subprocess."""

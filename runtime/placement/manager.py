@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -227,6 +227,7 @@ class Manager:
         cuda_runtimes: frozenset[RuntimeName] | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick: float = 5.0,
+        background: Callable[[Manager], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.config = config
         self.supervisor = supervisor
@@ -246,6 +247,8 @@ class Manager:
         self.inventory: Inventory | None = None
         self._planning = False
         self._task: asyncio.Task[None] | None = None
+        self._background = background  # started with the loop (autoprofile.measure_missing)
+        self._background_task: asyncio.Task[None] | None = None
 
     # -- the gateway's hook ------------------------------------------------------------
 
@@ -260,6 +263,33 @@ class Manager:
         event now; the next step re-plans without its tier if none is ready."""
         if model in self.events:
             self.events[model].append(f"start failed: {error}")
+
+    def note(self, model: str, event: str) -> None:
+        """An event for ``model``'s history in /admin/models."""
+        if model in self.events:
+            self.events[model].append(event)
+
+    def profiled(self, model: str, profiles: tuple[Profile, ...]) -> None:
+        """``model`` was measured (in the background, after start): decide again at once
+        on its new profiles. A first measurement is not a flap: no cooldown applies."""
+        spec = self.config.get(model)
+        current = self.decisions.get(model)
+        if spec is None or current is None:
+            return
+        self.profiles[model] = profiles
+        new = self._choose(spec, self.probe(), self.clock(), load_rps=current.load_rps)
+        verb = (
+            "stays on"
+            if same_tier(new.placement.primary, current.placement.primary)
+            else ("placed on")
+        )
+        event = f"measured: {verb} {new.placement.primary.key}: {new.reason}"
+        if new.placement == current.placement:
+            self.decisions[model] = new
+            self.note(model, event)
+            return
+        self._apply(model, new, event)  # a bridge or warm replica may change with the tier
+        self.states[model] = ReplanState(last_move=self.clock())
 
     # -- deciding ----------------------------------------------------------------------
 
@@ -414,6 +444,8 @@ class Manager:
         self.plan()
         await self.supervisor.start({n: d.placement for n, d in self.decisions.items()})
         self._task = asyncio.create_task(self._run())
+        if self._background is not None:
+            self._background_task = asyncio.create_task(self._background(self))
 
     async def _run(self) -> None:
         while True:
@@ -424,10 +456,11 @@ class Manager:
                 log.exception("runtime manager step failed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._background_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.supervisor.stop()
 
     def describe(self, model: str) -> dict[str, Any] | None:
