@@ -2,7 +2,7 @@
 
 On a machine's first ``edgeinfer serve`` no model has a profile, so the manager can only
 place each on the first runtime it lists. :func:`measure_missing` runs while the gateway
-already serves: one model at a time, it measures every runtime of that model this build
+already serves: one model at a time (the quick ones first), it measures every runtime of that model this build
 has (:func:`~runtime.placement.profiler.profile_config`, few requests, reusing stored
 profiles of unchanged artifacts) and hands the new profiles to the manager, which
 decides again at once (:meth:`~runtime.placement.manager.Manager.profiled`). Models
@@ -16,7 +16,7 @@ import logging
 
 from runtime.backends.registry import registered_runtimes
 from runtime.placement.manager import Manager
-from runtime.placement.profiler import profile_config
+from runtime.placement.profiler import profile_config, workload_for
 from runtime.placement.profiles import ProfileStore
 from runtime.settings import Settings
 from runtime.spec.model import ModelConfig, ModelSpec
@@ -29,7 +29,8 @@ MEASURE_REQUESTS = 8  # per load point: enough for a first decision, re-measured
 
 
 def unmeasured(config: ModelConfig, store: ProfileStore) -> list[ModelSpec]:
-    """Models with a runtime this build has and no stored profile of it."""
+    """Models with a runtime this build has and no stored profile of it; the quick ones
+    (embeddings, classifiers) first, generative ones (many tokens a request) last."""
     have = registered_runtimes()
     out = []
     for spec in config.models:
@@ -38,7 +39,7 @@ def unmeasured(config: ModelConfig, store: ProfileStore) -> list[ModelSpec]:
         measured = {p.runtime for p in store.for_model(spec, config.base_dir)}
         if any(r in have and r not in measured for r in spec.runtimes):
             out.append(spec)
-    return out
+    return sorted(out, key=lambda spec: workload_for(spec).generative)
 
 
 async def measure_missing(
