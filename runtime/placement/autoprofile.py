@@ -4,8 +4,8 @@ On a machine's first ``edgeinfer serve`` no model has a profile, so the manager 
 place each on the first runtime it lists. :func:`measure_missing` runs while the gateway
 already serves: one model at a time (the quick ones first), it measures every runtime
 of that model this build has (:func:`~runtime.placement.profiler.profile_config`, few
-requests, reusing stored profiles of unchanged artifacts) and hands the new profiles to the manager, which
-decides again at once (:meth:`~runtime.placement.manager.Manager.profiled`). Models
+requests, reusing stored profiles of unchanged artifacts) and hands the new profiles
+to the manager, which decides again at once (:meth:`~runtime.placement.manager.Manager.profiled`). Models
 that already have a profile for every runtime are left alone: a later start measures
 nothing. ``EDGEINFER_MEASURE_MISSING=0`` turns it off.
 """
