@@ -1,13 +1,13 @@
 """Measuring, in the background, the models this machine has no profile of yet.
 
-On a machine's first ``edgeinfer serve`` no model has a profile, so the manager can only
-place each on the first runtime it lists. :func:`measure_missing` runs while the gateway
-already serves: one model at a time (the quick ones first), it measures every runtime
-of that model this build has (:func:`~runtime.placement.profiler.profile_config`, few
-requests, reusing stored profiles of unchanged artifacts) and hands the new profiles
-to the manager, which decides again at once (:meth:`~runtime.placement.manager.Manager.profiled`). Models
-that already have a profile for every runtime are left alone: a later start measures
-nothing. ``EDGEINFER_MEASURE_MISSING=0`` turns it off.
+On a machine's first ``edgeinfer serve`` no model has a profile, so the manager can
+only place each on the first runtime it lists. :func:`measure_missing` runs while the
+gateway already serves: one model at a time (the quick ones first), it measures every
+runtime of that model this build has (``profiler.profile_config``, few requests,
+reusing stored profiles of unchanged artifacts) and hands the new profiles to the
+manager, which decides again at once (``Manager.profiled``). Models that already have
+a profile for every runtime are left alone: a later start measures nothing.
+``EDGEINFER_MEASURE_MISSING=0`` turns it off.
 """
 
 from __future__ import annotations
