@@ -13,6 +13,7 @@ it) and ``warmup`` (the worker's first inference).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import socket
@@ -226,6 +227,12 @@ class HttpReadiness:
                     f"{replica.process.returncode} while starting"
                 )
             body = await _probe(self.session, f"{replica.url}/v2/health/ready")
+            if body is not None and body.get("model", replica.model) != replica.model:
+                # Another model's worker holds the port: never route this model to it.
+                raise ModelNotReady(
+                    f"a replica of {replica.model!r} found port {replica.port} held by a "
+                    f"worker of {body.get('model')!r}"
+                )
             if body is not None:
                 live_at = live_at or clock()
                 if body.get("ready"):
@@ -274,11 +281,22 @@ async def _probe(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | N
         return None
 
 
+# Ports this process handed out lately. The kernel may give a port that was just bound
+# and closed again at once, so two workers started together could be handed one port:
+# the second cannot bind it and the first answers for both.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nobody listens on now, and not one handed out lately."""
+    for _ in range(64):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise OSError("no free loopback port that was not handed out lately")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ async def live() -> Response:
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> Response:
     state = worker_state(request)
-    body: dict[str, Any] = {"ready": state.ready}
+    # The model's name: a supervisor checks it is its own model's worker on this port.
+    body: dict[str, Any] = {"ready": state.ready, "model": state.spec.name}
     if state.ready:
         # What a supervisor reports as the load and warm-up phases of a cold start.
         report = state.runtime.report

@@ -101,3 +101,31 @@ def test_a_replica_that_never_says_ready_runs_out_of_time() -> None:
         assert "did not become ready in 3s" in caught.value.message
 
     _check([{"ready": False}], then, clock=lambda: float(next(ticks)))
+
+
+def test_a_port_held_by_another_models_worker_is_never_ready() -> None:
+    """Two workers started together were once handed one port: the second could not
+    bind it and the first answered for both, so requests for one model reached the
+    other (404). Readiness now checks the worker's model."""
+    other = {"ready": True, "model": "someone-else", "load": {"phases": {}}}
+
+    async def then(replica: Replica) -> None:
+        with pytest.raises(ModelNotReady) as caught:
+            await replica.ready()
+        assert "held by a worker of 'someone-else'" in caught.value.message
+
+    _check([other], then)
+
+
+def test_its_own_models_worker_is_ready() -> None:
+    mine = {"ready": True, "model": "m", "load": {"phases": {"load": 0.5}}}
+
+    async def then(replica: Replica) -> None:
+        assert (await replica.ready()).phases["load"] == 0.5
+
+    _check([mine], then)
+
+
+def test_free_port_never_hands_out_one_port_twice() -> None:
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
