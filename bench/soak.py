@@ -306,10 +306,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--fault-every", type=float, default=8.0, help="mean seconds")
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep the gateway's and workers' logs here"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        log_dir = args.logs or Path(tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)
         models = bundled_models(*MODELS)
-        gw = start_gateway(Path(tmp), models)
+        gw = start_gateway(log_dir, models)
         try:
             line = asyncio.run(run(args, gw))
         finally:

@@ -19,7 +19,7 @@ import httptools
 from starlette.types import Message, Scope
 
 from runtime.api.render import error_body
-from runtime.errors import HttpStatus
+from runtime.errors import EdgeInferError, HttpStatus
 
 if TYPE_CHECKING:
     from gateway.http1 import Http1Server
@@ -54,8 +54,13 @@ def _status_line(status: int) -> bytes:
 def _refusal(status: int, text: str, extra: bytes = b"", path: bytes = b"") -> bytes:
     """A response the server writes itself, then closes, in the error shape of the
     API the request's ``path`` names (OIP's where there is none yet)."""
+    return _error_answer(HttpStatus(status, text), extra, path)
+
+
+def _error_answer(error: EdgeInferError, extra: bytes = b"", path: bytes = b"") -> bytes:
     shape = path.decode("ascii", "replace") or "/v2"
-    body = json.dumps(error_body(shape, HttpStatus(status, text))).encode()
+    body = json.dumps(error_body(shape, error)).encode()
+    status = error.status
     return (
         _status_line(status)
         + b"content-type: application/json\r\nconnection: close\r\n"
@@ -447,8 +452,15 @@ class Connection(asyncio.Protocol):
         except (Exception, asyncio.CancelledError) as exc:
             # Nothing of the answer written yet (its head waits in ``start``): a 500.
             if (not cycle.started or cycle.start is not None) and not self.closed:
-                log.exception("the app failed before answering %s", cycle.scope["path"])
-                self.write(_refusal(500, "Internal Server Error", path=_path_of(cycle)))
+                if isinstance(exc, EdgeInferError):
+                    # A failure the app raised to cut its answer (a replica that died
+                    # after its head came, before a byte of its body): no byte of that
+                    # answer reached the client yet, so it gets this error whole.
+                    log.warning("%s: %s", cycle.scope["path"], exc.message)
+                    self.write(_error_answer(exc, path=_path_of(cycle)))
+                else:
+                    log.exception("the app failed before answering %s", cycle.scope["path"])
+                    self.write(_refusal(500, "Internal Server Error", path=_path_of(cycle)))
             elif not isinstance(exc, asyncio.CancelledError):
                 log.exception("the app failed while answering %s", cycle.scope["path"])
             self.close()

@@ -21,6 +21,7 @@ import uvloop
 
 from gateway.config import ServerConfig
 from gateway.http1 import Http1Server
+from runtime.errors import ResponseCut
 from tests.conftest import free_port
 
 
@@ -29,7 +30,8 @@ class EchoApp:
     three chunks; ``/slow`` waits 0.3 s; ``/fail`` raises; ``/hang`` waits for a
     disconnect; ``/deny`` answers 401 without reading the body; ``/short`` and
     ``/long`` send fewer or more bytes than their Content-Length; ``/cut-chunked`` and
-    ``/cut-sized`` raise after their answer began."""
+    ``/cut-sized`` raise after their answer began; ``/cut-head`` raises a ResponseCut
+    after its head, before a byte of its body."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
@@ -76,6 +78,9 @@ class EchoApp:
             raise RuntimeError("upstream cut")
         if path == "/fail":
             raise RuntimeError("boom")
+        if path.startswith("/v1/cut-head"):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise ResponseCut("the replica stopped mid-answer: reset")
         if path == "/hang":
             self.hang_started.set()
             while (await receive())["type"] != "http.disconnect":
@@ -258,6 +263,15 @@ def test_an_oversized_head_gets_431(served: Running) -> None:
 def test_an_app_error_is_a_500_and_the_next_request_is_served(served: Running) -> None:
     r = httpx.get(f"{served.url}/fail")
     assert r.status_code == 500
+    assert httpx.get(f"{served.url}/after").status_code == 200
+
+
+def test_an_answer_cut_before_a_byte_went_out_is_its_error_not_a_500(served: Running) -> None:
+    """A replica that died after its head and before its body: the client gets the
+    gateway's 502 with the reason, in the API's shape, not a bare 500."""
+    r = httpx.post(f"{served.url}/v1/cut-head")
+    assert r.status_code == 502
+    assert r.json()["error"]["message"] == "the replica stopped mid-answer: reset"
     assert httpx.get(f"{served.url}/after").status_code == 200
 
 
