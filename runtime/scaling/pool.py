@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import ModelNotReady
+from runtime.scaling.cores import CoreBudget
 from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
 from runtime.scaling.queue import RequestQueue
 from runtime.scaling.replica import ColdStart, Launcher, Replica, ReplicaState
@@ -62,6 +63,7 @@ class PoolStatus:
     last_cold_start: ColdStart | None
     bridge_served: int = 0
     moves: int = 0
+    cores: str = ""  # why a scale-up waits for cores (runtime.scaling.cores); "" if none
 
 
 class ModelPool:
@@ -82,8 +84,11 @@ class ModelPool:
         scale_to_zero_grace: float = 30.0,
         placement: Placement | None = None,
         on_cold_start: Callable[[str, ColdStart], None] | None = None,
+        cores: CoreBudget | None = None,
     ) -> None:
         self.spec = spec
+        self.cores = cores  # None: no budget, every scale-up starts at once
+        self.cores_reason = ""
         self.scale_to_zero_grace = scale_to_zero_grace
         self.placement = placement
         self._on_cold_start = on_cold_start
@@ -218,6 +223,10 @@ class ModelPool:
         """Start ``n`` replicas of the primary tier (or of ``tier``, a bridge)."""
         if self.external:
             return
+        if tier is None and self.cores is not None:
+            n, self.cores_reason = self.cores.admit(self, n)
+            if n <= 0:
+                return
         if tier is None:
             self._spawning += n  # counted at once, so the next request does not start more
             tier = self.placement.primary if self.placement else None
@@ -399,6 +408,7 @@ class ModelPool:
             last_cold_start=self.last_cold_start,
             bridge_served=self.bridge_served,
             moves=self.moves,
+            cores=self.cores_reason,
         )
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from runtime.errors import ModelNotFound
+from runtime.scaling.cores import CoreBudget
 from runtime.scaling.kpa import initial_replicas
 from runtime.scaling.pool import ModelPool, PoolStatus
 from runtime.scaling.replica import ColdStart, Launcher
@@ -30,7 +31,8 @@ class Supervisor:
 
     ``launcher`` starts replicas (:class:`WorkerLauncher` for worker processes, a fake
     one in tests); ``clock`` is monotonic seconds; ``tick`` the seconds between two
-    autoscaler steps; ``on_cold_start`` hears of every replica that became ready."""
+    autoscaler steps; ``on_cold_start`` hears of every replica that became ready;
+    ``cores`` the compute cores all replicas share (:class:`CoreBudget`; None: none)."""
 
     def __init__(
         self,
@@ -42,8 +44,11 @@ class Supervisor:
         max_queue: int = 100,
         scale_to_zero_grace: float = 30.0,
         on_cold_start: Callable[[str, ColdStart], None] | None = None,
+        cores: int | None = None,
     ) -> None:
         self.config = config
+        # The cores replicas may use between them (runtime.scaling.cores); None: no budget.
+        self.cores = CoreBudget(cores, clock=clock) if cores is not None else None
         self.launcher = launcher
         self.scale_to_zero_grace = scale_to_zero_grace
         # ReplicaSource's hook: the gateway's metrics still set it after construction.
@@ -67,7 +72,10 @@ class Supervisor:
                 scale_to_zero_grace=self.scale_to_zero_grace,
                 placement=(placements or {}).get(spec.name),
                 on_cold_start=self.on_cold_start,
+                cores=self.cores,
             )
+            if self.cores is not None:
+                self.cores.track(pool)
             self.pools[spec.name] = pool
             if spec.endpoint is None:
                 pool.scale_up(initial_replicas(spec.scaling))
