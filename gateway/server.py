@@ -22,6 +22,7 @@ from runtime.placement.inventory import Inventory, probe_local
 from runtime.placement.manager import Manager
 from runtime.placement.policy import policy_config
 from runtime.placement.profiles import ProfileStore
+from runtime.scaling.cores import host_cores
 from runtime.scaling.forkserver import ForkServer
 from runtime.scaling.replica import WorkerLauncher
 from runtime.scaling.source import ReplicaSource
@@ -57,7 +58,14 @@ def build_gateway(
         router = _cluster_router(config, clusters, gw.scale_to_zero_grace_seconds, clock)
         return Gateway(config, gw, router, authenticator, clock=clock)
     assert config.source is not None
+    cores = host_cores() - gw.reserved_cores
+    if cores < 1:
+        raise ConfigError(
+            f"{config.source}: gateway.reserved_cores {gw.reserved_cores} leaves no core for "
+            f"replicas on this machine's {host_cores()}"
+        )
     spawner = ForkServer(
+        environ=Settings.cores_environ(cores),
         config_path=Path(config.source),
         log_dir=settings.state_dir / "logs",
         socket_path=settings.state_dir / f"forkserver-{os.getpid()}.sock",
@@ -70,6 +78,7 @@ def build_gateway(
         max_queue=gw.max_queue,
         scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
         clock=clock,
+        cores=cores,
     )
     store = ProfileStore(settings.state_dir / "profiles")
     policy = policy_config(config)

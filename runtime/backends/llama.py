@@ -14,7 +14,6 @@ client that goes away stops the work within one token.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 from collections.abc import AsyncGenerator
@@ -92,7 +91,7 @@ class LlamaRuntime(Runtime):
         phases = LoadPhases(self.device)
         path = self.artifact(ArtifactFormat.GGUF)
         phases.end("resolve")
-        threads = opts.threads or os.cpu_count() or 1
+        threads = self.settings.threads(opts.threads)
         instances = [
             Llama(
                 model_path=str(path),
@@ -124,7 +123,7 @@ class LlamaRuntime(Runtime):
         phases = LoadPhases(self.device)
         path = self.artifact(ArtifactFormat.GGUF)
         phases.end("resolve")
-        threads = opts.threads or os.cpu_count() or 1
+        threads = self.settings.threads(opts.threads)
         llm = Llama(
             model_path=str(path),
             n_ctx=64,

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runtime.scaling.replica import ReplicaState
+from runtime.settings import Settings
 from runtime.spec.model import ModelSpec
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def replica_threads(spec: ModelSpec, cores: int) -> int:
     """Compute threads one replica of ``spec`` runs with when ``cores`` are given to
     replicas: ``options.threads``, else all of them (what the llama and onnx runtimes
     do, ``Settings.threads``)."""
-    return spec.options.threads or cores
+    return Settings(cpu_cores=cores).threads(spec.options.threads)
 
 
 def _holding(pool: ModelPool) -> int:
