@@ -109,6 +109,7 @@ class BatchEngine:
         self._waiting: deque[BatchJob] = deque()
         self._wake = threading.Condition()
         self._closing = False
+        self.peak = 0  # the most sequences one step has carried (stats, tests)
         self._thread = threading.Thread(target=self._run, name=f"llama-batch-{name}", daemon=True)
         self._thread.start()
 
@@ -232,6 +233,7 @@ class BatchEngine:
                 batch.logits[n - 1] = True
                 seq.logits_at = n - 1
         batch.n_tokens = n
+        self.peak = max(self.peak, len(active))
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
