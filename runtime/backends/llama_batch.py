@@ -20,6 +20,7 @@ when it runs with the same neighbours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -150,16 +151,16 @@ class BatchEngine:
                 seq = self._start(job, seq_id)
                 if seq is not None:
                     active[seq_id] = seq
-            for seq in [s for s in active.values() if s.job.cancel.is_set()]:
-                self._finish(active, seq, "cancelled")
-            if active:
-                try:
+            try:
+                for seq in [s for s in active.values() if s.job.cancel.is_set()]:
+                    self._finish(active, seq, "cancelled")
+                if active:
                     self._step(active)
-                except Exception as exc:  # a failure inside llama.cpp: fail the batch, go on
-                    log.exception("llama batch step failed")
-                    err = RuntimeFailure(f"llama.cpp failed: {exc}")
-                    for seq in list(active.values()):
-                        self._drop(active, seq, err)
+            except Exception as exc:  # a failure inside llama.cpp: fail the batch, go on
+                log.exception("llama batch step failed")
+                err = RuntimeFailure(f"llama.cpp failed: {exc}")
+                for seq in list(active.values()):
+                    self._drop(active, seq, err)
 
     def _start(self, job: BatchJob, seq_id: int) -> _Seq | None:
         if job.cancel.is_set():
@@ -169,6 +170,9 @@ class BatchEngine:
             sampler = self._sampler(job.params, job.seed)
         except EdgeInferError as exc:
             job.emit(exc)
+            return None
+        except Exception as exc:  # llama-cpp-python refused the sampler chain
+            job.emit(RuntimeFailure(f"llama.cpp could not build the sampler: {exc}"))
             return None
         out = TextOut(self.llm, job.stops, len(job.tokens), job.params.top_logprobs, job.emit)
         return _Seq(job, seq_id, sampler, out)
@@ -276,4 +280,5 @@ class BatchEngine:
 
     def _drop(self, active: dict[int, _Seq], seq: _Seq, err: EdgeInferError) -> None:
         self._release(active, seq)
-        seq.job.emit(err)
+        with contextlib.suppress(RuntimeError):  # its event loop is gone (shutdown)
+            seq.job.emit(err)
