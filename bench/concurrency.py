@@ -219,7 +219,8 @@ async def closed_loop(
         nonlocal units
         for j in range(per_client):
             start = time.perf_counter()
-            units += await call(s, base, k * per_client + j)
+            got = await call(s, base, k * per_client + j)  # not ``units += await``: that
+            units += got  # reads ``units`` before the await and loses the others' counts
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
