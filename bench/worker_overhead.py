@@ -150,6 +150,11 @@ def bench_generation(runs: int, tokens: int, threads: int, device: str) -> dict[
         return tokens / elapsed
 
     def worker() -> float:
+        nonlocal conn
+        # A new connection each round: on a loaded machine the raw side's turn can
+        # outlast the worker's keep-alive (5 s), and the kept one is then closed.
+        conn.close()
+        conn = HTTPConnection(url.removeprefix("http://"), timeout=120)
         start = time.perf_counter()
         used = 0
         conn.request("POST", "/v1/completions", body, JSON)

@@ -540,7 +540,7 @@ class Gateway:
                         "draining": s.draining,
                         "desired": s.desired,
                     },
-                    "autoscaler": {"panic": s.panic, "reason": s.reason},
+                    "autoscaler": {"panic": s.panic, "reason": s.reason, "cores": s.cores},
                     "instances": [
                         {
                             "url": r.url,

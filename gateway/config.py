@@ -86,6 +86,9 @@ class GatewayConfig(Frozen):
         description="the longest hold an Ollama keep_alive may ask for (-1 gets this); 0: refused",
     )
     ready_timeout_seconds: float = Field(300.0, gt=0, description="replica start limit")
+    reserved_cores: int = Field(
+        0, ge=0, le=4096, description="cores kept from replicas (runtime.scaling.cores)"
+    )
     timeout_header: str = Field(
         "x-edgeinfer-timeout", description="request header giving a shorter deadline (s)"
     )

@@ -25,6 +25,7 @@ from runtime.placement.inventory import Inventory, probe_local
 from runtime.placement.manager import Manager
 from runtime.placement.policy import policy_config
 from runtime.placement.profiles import ProfileStore
+from runtime.scaling.cores import host_cores
 from runtime.scaling.forkserver import ForkServer
 from runtime.scaling.replica import Launcher, WorkerLauncher
 from runtime.scaling.source import ReplicaSource
@@ -63,7 +64,14 @@ def build_gateway(
         router = _cluster_router(config, clusters, gw.scale_to_zero_grace_seconds, clock)
         return Gateway(config, gw, router, authenticator, clock=clock, tracer_provider=provider)
     assert config.source is not None
+    cores = host_cores() - gw.reserved_cores
+    if cores < 1:
+        raise ConfigError(
+            f"{config.source}: gateway.reserved_cores {gw.reserved_cores} leaves no core for "
+            f"replicas on this machine's {host_cores()}"
+        )
     spawner = ForkServer(
+        environ=Settings.cores_environ(cores),
         config_path=Path(config.source),
         log_dir=settings.state_dir / "logs",
         socket_path=settings.state_dir / f"forkserver-{os.getpid()}.sock",
@@ -89,6 +97,7 @@ def build_gateway(
         scale_to_zero_grace=gw.scale_to_zero_grace_seconds,
         clock=clock,
         health=gw.health,
+        cores=cores,
     )
     store = ProfileStore(settings.state_dir / "profiles")
     policy = policy_config(config)

@@ -34,6 +34,9 @@ class Settings(BaseModel):
     # edgeinfer serve measures models with no profile in the background (autoprofile)
     measure_missing: bool = True
     otel: dict[str, str] = {}  # the OTEL_* variables (runtime.spec.telemetry reads them)
+    # Cores this process's model may use (EDGEINFER_CPU_CORES, set by the supervisor
+    # for its workers from its core budget); None: all of the machine's.
+    cpu_cores: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -41,6 +44,8 @@ class Settings(BaseModel):
         values: dict[str, object] = {}
         if env.get("EDGEINFER_HOME"):
             values["state_dir"] = Path(env["EDGEINFER_HOME"]).expanduser()
+        if env.get("EDGEINFER_CPU_CORES"):
+            values["cpu_cores"] = env["EDGEINFER_CPU_CORES"]
         if env.get("EDGEINFER_LOG_LEVEL"):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
         if env.get(HOST_TOKEN_ENV):
@@ -54,6 +59,15 @@ class Settings(BaseModel):
             )
         values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         return cls(**values)
+
+    @staticmethod
+    def cores_environ(cores: int) -> dict[str, str]:
+        """The environment of a worker process given ``cores`` (read back by from_env)."""
+        return {**os.environ, "EDGEINFER_CPU_CORES": str(cores)}
+
+    def threads(self, requested: int | None) -> int:
+        """Compute threads for a model: ``options.threads``, else every core given."""
+        return requested or self.cpu_cores or os.cpu_count() or 1
 
     @property
     def artifact_cache(self) -> Path:

@@ -1,17 +1,19 @@
 """The ``llama`` runtime: GGUF models under llama-cpp-python, on CPU or with CUDA offload.
 
-A llama.cpp context is not thread-safe, so the runtime keeps a pool of
-``options.parallel`` independent ``Llama`` instances (the weights are mmap'd, so they
-share pages) and lends each request one instance for the whole generation. The
-generation itself runs in a worker thread and hands tokens to the event loop one by
-one; closing the stream sets a flag that llama.cpp's stopping criteria checks after
-every token, so a client that goes away stops the work within one token.
+With ``options.parallel`` above 1, the sequences share one llama.cpp context and
+are decoded together, a new request joining at the next step
+(``runtime.backends.llama_batch``: continuous batching). With ``parallel: 1`` one
+``Llama`` serves one request at a time through its own generate loop (and
+``options.prompt_cache`` can keep the KV cache of a shared prefix).
+
+Either way the generation runs in a thread and hands tokens to the event loop one by
+one; closing the stream sets a flag that the thread checks after every token, so a
+client that goes away stops the work within one token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 from collections.abc import AsyncGenerator
@@ -22,10 +24,12 @@ import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from runtime.backends.llama_batch import BatchEngine, BatchJob
 from runtime.backends.llama_decode import decode
 from runtime.backends.registry import LoadPhases, Runtime
 from runtime.errors import (
     BadInput,
+    ConfigError,
     ContextOverflow,
     EdgeInferError,
     ModelNotReady,
@@ -35,7 +39,7 @@ from runtime.errors import (
 )
 from runtime.spec.model import ArtifactFormat, RuntimeName
 from runtime.spec.placement import Device
-from runtime.spec.types import GenerateRequest, LoadReport, TokenChunk
+from runtime.spec.types import GenerateRequest, LoadReport, SamplingParams, TokenChunk
 
 __all__ = ["LlamaRuntime", "gguf_chat_template"]
 
@@ -56,6 +60,7 @@ class LlamaRuntime(Runtime):
     _pool: ThreadPoolExecutor | None = None
     _formatter: Jinja2ChatFormatter | None = None
     _n_ctx: int = 0
+    _engine: BatchEngine | None = None
 
     @classmethod
     def supports_cuda(cls) -> bool:
@@ -67,11 +72,19 @@ class LlamaRuntime(Runtime):
                 "device cuda asked for, but this llama-cpp-python build has no GPU offload "
                 "(build it with CMAKE_ARGS=-DGGML_CUDA=on)"
             )
+        opts = self.spec.options
+        if opts.parallel > 1 and opts.prompt_cache:
+            raise ConfigError(
+                f"model {self.spec.name!r}: options.prompt_cache needs options.parallel 1 "
+                "(with more, the sequences share one context and each starts clean)"
+            )
         self._pool = ThreadPoolExecutor(
-            max_workers=self.spec.options.parallel, thread_name_prefix=f"llama-{self.spec.name}"
+            max_workers=1 if opts.parallel > 1 else opts.parallel,
+            thread_name_prefix=f"llama-{self.spec.name}",
         )
         loop = asyncio.get_running_loop()
-        instances = await loop.run_in_executor(self._pool, self._load_blocking)
+        load = self._load_batched if opts.parallel > 1 else self._load_blocking
+        instances = await loop.run_in_executor(self._pool, load)
         self._all = instances
         self._instances = asyncio.Queue()
         for llm in instances:
@@ -83,7 +96,7 @@ class LlamaRuntime(Runtime):
         phases = LoadPhases(self.device)
         path = self.artifact(ArtifactFormat.GGUF)
         phases.end("resolve")
-        threads = opts.threads or os.cpu_count() or 1
+        threads = self.settings.threads(opts.threads)
         instances = [
             Llama(
                 model_path=str(path),
@@ -108,7 +121,69 @@ class LlamaRuntime(Runtime):
         self.report = phases.report()
         return instances
 
+    def _load_batched(self) -> list[Llama]:
+        """One ``Llama`` for the weights and the tokenizer (its own context kept
+        small), and a :class:`BatchEngine` with ``parallel`` sequences."""
+        opts = self.spec.options
+        phases = LoadPhases(self.device)
+        path = self.artifact(ArtifactFormat.GGUF)
+        phases.end("resolve")
+        threads = self.settings.threads(opts.threads)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=64,
+            n_batch=64,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=opts.gpu_layers if self.device == Device.CUDA else 0,
+            use_mmap=True,
+            verbose=False,
+        )
+        self._engine = BatchEngine(
+            llm,
+            parallel=opts.parallel,
+            context_length=opts.context_length,
+            n_batch=min(opts.batch_size, opts.context_length),
+            counted=self._count_generated,
+            name=self.spec.name,
+        )
+        phases.end("load")
+        self._n_ctx = self._engine.n_ctx_seq
+        self._formatter = _chat_formatter(llm)
+        # One token through the context allocates its buffers.
+        ended: list[Any] = []
+        warm = threading.Event()
+
+        def warm_emit(item: Any) -> None:
+            if item is _DONE or isinstance(item, BaseException):
+                ended.append(item)
+                warm.set()
+
+        job = BatchJob(
+            [llm.token_bos()],
+            1,
+            SamplingParams(temperature=0.0),
+            [],
+            0,
+            threading.Event(),
+            warm_emit,
+            _DONE,
+        )
+        self._engine.submit(job)
+        warm.wait()
+        if isinstance(ended[0], BaseException):
+            raise ended[0]
+        phases.end("warmup")
+        self.report = phases.report()
+        return [llm]
+
     async def unload(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
+            for llm in self._all:
+                llm.close()
+            self._all = []
         if self._instances is not None:
             # Take every instance back: waits for generations in flight to finish.
             for _ in self._all:
@@ -121,6 +196,10 @@ class LlamaRuntime(Runtime):
             self._pool = None
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenChunk, None]:  # type: ignore[override]
+        if self._engine is not None:
+            async for chunk in self._stream_batched(self._engine, request):
+                yield chunk
+            return
         if self._instances is None or self._pool is None:
             raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
         llm = await self._instances.get()
@@ -149,6 +228,34 @@ class LlamaRuntime(Runtime):
             # No await here: this runs while the request's task is being cancelled.
             cancel.set()
             self._release_when_done(llm, future)
+
+    async def _stream_batched(
+        self, engine: BatchEngine, request: GenerateRequest
+    ) -> AsyncGenerator[TokenChunk, None]:
+        tokens, extra_stop = self._prompt_tokens(engine.llm, request)
+        max_tokens = self._check_budget(len(tokens), request.params.max_tokens)
+        p = request.params
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        seed = p.seed if p.seed is not None else random.getrandbits(31)
+        engine.submit(
+            BatchJob(tokens, max_tokens, p, [*p.stop, *extra_stop], seed, cancel, emit, _DONE)
+        )
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()  # the engine drops the sequence at its next step
 
     def _release_when_done(self, llm: Llama, future: Future[None] | None) -> None:
         """Return ``llm`` to the pool once its thread is done with it, never earlier."""

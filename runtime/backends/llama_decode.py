@@ -31,7 +31,7 @@ from llama_cpp import (
 from runtime.errors import BadInput
 from runtime.spec.types import SamplingParams, TokenChunk, TokenLogprob
 
-__all__ = ["decode", "grammar_parses"]
+__all__ = ["TextOut", "decode", "describe", "grammar_parses", "log_softmax"]
 
 
 def grammar_parses(llm: Llama, gbnf: str) -> bool:
@@ -45,38 +45,99 @@ def grammar_parses(llm: Llama, gbnf: str) -> bool:
     return True
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+class _Logprobs:
+    """A logits processor that keeps one step's log-probabilities (before penalties
+    and the grammar touch them)."""
+
+    def __init__(self) -> None:
+        self.last: np.ndarray | None = None
+
+    def __call__(self, _ids: Any, logits: np.ndarray) -> np.ndarray:
+        self.last = log_softmax(logits)
+        return logits
+
+
+class TextOut:
+    """One generation's text: detokenizes sampled tokens, cuts at a stop sequence and
+    emits chunks as they are safe to show (a tail that could begin a stop sequence is
+    held back). Shared by the one-sequence loop below and the batch engine
+    (``runtime.backends.llama_batch``)."""
+
+    def __init__(
+        self,
+        llm: Llama,
+        stops: list[str],
+        n_prompt: int,
+        top_logprobs: int | None,
+        emit: Callable[[TokenChunk], None],
+    ) -> None:
+        self.llm = llm
+        self.stops = stops
+        self.n_prompt = n_prompt
+        self.top = top_logprobs
+        self.emit = emit
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # everything decoded so far
+        self.sent = 0  # how much of it has been emitted
+        self.pending: list[tuple[int, TokenLogprob]] = []  # (end offset in text, logprob)
+        self.longest_stop = max((len(s) for s in stops), default=0)
+        self.used = 0
+        self.cut = False  # by a stop sequence
+
+    def _flush(self, upto: int) -> None:
+        ready = tuple(lp for end, lp in self.pending if end <= upto)
+        self.pending = [(end, lp) for end, lp in self.pending if end > upto]
+        if upto > self.sent or ready:
+            self.emit(
+                TokenChunk(self.text[self.sent : upto], prompt_tokens=self.n_prompt, logprobs=ready)
+            )
+        self.sent = max(self.sent, upto)
+
+    def add(self, token: int, logprobs: np.ndarray | None) -> bool:
+        """Takes one sampled (non end-of-generation) token and the step's
+        log-probabilities (when asked for); True when a stop sequence ended the text."""
+        self.used += 1
+        self.text += self.decoder.decode(self.llm.detokenize([token]))
+        if logprobs is not None:
+            self.pending.append(
+                (len(self.text), describe(self.llm, logprobs, token, self.top or 0))
+            )
+        start = max(0, self.sent - self.longest_stop)
+        cuts = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if cuts:
+            self.text = self.text[: min(cuts)]
+            self.cut = True
+            return True
+        held = max((_overlap(self.text, s) for s in self.stops), default=0)
+        self._flush(len(self.text) - held)
+        return False
+
+    def close(self) -> None:
+        """Emits what was held back (the generation has ended)."""
+        if not self.cut:
+            self.text += self.decoder.decode(b"", final=True)
+        self._flush(len(self.text))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - float(np.max(logits))
     return shifted - float(np.log(np.exp(shifted).sum()))
 
 
-class _Logprobs:
-    """Captures one step's log-probabilities (a logits processor) and describes the
-    token then sampled from them."""
+def describe(llm: Llama, lp: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """``token`` and the ``top`` most likely alternatives under log-probabilities ``lp``."""
 
-    def __init__(self, llm: Llama, top: int) -> None:
-        self.llm = llm
-        self.top = top
-        self.last: np.ndarray | None = None
-
-    def __call__(self, _ids: Any, logits: np.ndarray) -> np.ndarray:
-        self.last = _log_softmax(logits)
-        return logits
-
-    def _piece(self, token: int) -> tuple[str, bytes]:
-        raw = self.llm.detokenize([token])
+    def piece(t: int) -> tuple[str, bytes]:
+        raw = llm.detokenize([t])
         return raw.decode("utf-8", errors="replace"), raw
 
-    def describe(self, token: int) -> TokenLogprob:
-        assert self.last is not None
-        lp = self.last
-        top: tuple[tuple[str, bytes, float], ...] = ()
-        if self.top:
-            best = np.argpartition(-lp, self.top)[: self.top]
-            best = best[np.argsort(-lp[best])]
-            top = tuple((*self._piece(int(i)), float(lp[i])) for i in best)
-        text, raw = self._piece(token)
-        return TokenLogprob(text, raw, float(lp[token]), top)
+    best_of: tuple[tuple[str, bytes, float], ...] = ()
+    if top:
+        best = np.argpartition(-lp, top)[:top]
+        best = best[np.argsort(-lp[best])]
+        best_of = tuple((*piece(int(i)), float(lp[i])) for i in best)
+    text, raw = piece(token)
+    return TokenLogprob(text, raw, float(lp[token]), best_of)
 
 
 def decode(
@@ -89,33 +150,17 @@ def decode(
     cancel: threading.Event,
     emit: Callable[[TokenChunk], None],
 ) -> tuple[str, int]:
-    """Generates after ``tokens``; emits text chunks as they are safe to show (a tail
-    that could begin a stop sequence is held back). Returns (finish_reason, number of
-    completion tokens)."""
-    capture = _Logprobs(llm, params.top_logprobs or 0) if params.top_logprobs is not None else None
+    """Generates after ``tokens`` in ``llm``'s own context (one sequence); emits text
+    chunks through a :class:`TextOut`. Returns (finish_reason, completion tokens)."""
+    capture = _Logprobs() if params.top_logprobs is not None else None
     grammar = None
     if params.grammar:
         if not grammar_parses(llm, params.grammar):
             raise BadInput("the grammar made from the request did not parse in llama.cpp")
         grammar = LlamaGrammar.from_string(params.grammar, verbose=False)
     llm.set_seed(seed)
-    n_prompt = len(tokens)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = ""  # everything decoded so far
-    sent = 0  # how much of it has been emitted
-    pending: list[tuple[int, TokenLogprob]] = []  # (end offset in text, logprob)
-    longest_stop = max((len(s) for s in stops), default=0)
-    finish, used = "length", 0
-    cut = False  # by a stop sequence
-
-    def flush(upto: int) -> None:
-        nonlocal sent, pending
-        ready = tuple(lp for end, lp in pending if end <= upto)
-        pending = [(end, lp) for end, lp in pending if end > upto]
-        if upto > sent or ready:
-            emit(TokenChunk(text[sent:upto], prompt_tokens=n_prompt, logprobs=ready))
-        sent = max(sent, upto)
-
+    out = TextOut(llm, stops, len(tokens), params.top_logprobs, emit)
+    finish = "length"
     generator = llm.generate(
         tokens,
         top_k=params.top_k,
@@ -138,28 +183,17 @@ def decode(
             if llama_vocab_is_eog(llm._model.vocab, token):
                 finish = "stop"
                 break
-            used += 1
-            text += decoder.decode(llm.detokenize([token]))
-            if capture is not None:
-                pending.append((len(text), capture.describe(token)))
-            start = max(0, sent - longest_stop)
-            cuts = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-            if cuts:
-                text = text[: min(cuts)]
-                finish, cut = "stop", True
+            if out.add(token, capture.last if capture is not None else None):
+                finish = "stop"
                 break
-            held = max((_overlap(text, s) for s in stops), default=0)
-            flush(len(text) - held)
-            if used >= max_tokens:
+            if out.used >= max_tokens:
                 break
     finally:
         generator.close()
-    if finish == "length" and cancel.is_set() and used < max_tokens:
+    if finish == "length" and cancel.is_set() and out.used < max_tokens:
         finish = "cancelled"
-    if not cut:
-        text += decoder.decode(b"", final=True)
-    flush(len(text))
-    return finish, used
+    out.close()
+    return finish, out.used
 
 
 def _overlap(text: str, stop: str) -> int:

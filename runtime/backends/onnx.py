@@ -10,13 +10,14 @@ Serves three tasks:
 * ``tensor``: OIP v2 tensors straight into the graph and out again.
 
 ``InferenceSession.run`` is thread-safe and releases the GIL, so calls run in a pool
-of ``options.parallel`` threads.
+of ``options.parallel`` threads, each run on ``threads / parallel`` of the replica's
+threads. Texts to embed and contents to classify that arrive together run as one batch
+(``runtime.backends.dynamic_batch``, window ``options.batch_window_ms``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from runtime.backends import bert_onnx, magika_features
+from runtime.backends.dynamic_batch import DynamicBatcher
 from runtime.backends.registry import LoadPhases, Runtime, check_batch
 from runtime.backends.tensor_inputs import (
     CONTENT_INPUT,
@@ -59,6 +61,8 @@ class OnnxRuntime(Runtime):
     _magika: magika_features.MagikaConfig | None = None
     _pool: ThreadPoolExecutor | None = None
     _max_tokens: int = 512
+    _embedder: DynamicBatcher[str, tuple[np.ndarray, int]] | None = None
+    _classifier: DynamicBatcher[bytes, magika_features.MagikaLabel] | None = None
 
     @classmethod
     def supports_cuda(cls) -> bool:
@@ -69,7 +73,18 @@ class OnnxRuntime(Runtime):
         self._pool = ThreadPoolExecutor(
             max_workers=self.spec.options.parallel, thread_name_prefix=f"onnx-{self.spec.name}"
         )
-        return await loop.run_in_executor(self._pool, self._load_blocking)
+        report = await loop.run_in_executor(self._pool, self._load_blocking)
+        opts = self.spec.options
+        batching = {
+            "executor": self._pool,
+            "window": opts.batch_window_ms / 1000.0,
+            "max_items": opts.max_batch,
+            "concurrency": opts.parallel,
+        }
+        self._embedder = DynamicBatcher(self._embed_rows, **batching)  # type: ignore[arg-type]
+        if self._magika is not None:
+            self._classifier = DynamicBatcher(self._classify_labels, **batching)  # type: ignore[arg-type]
+        return report
 
     def _load_blocking(self) -> LoadReport:
         phases = LoadPhases(self.device)
@@ -118,14 +133,11 @@ class OnnxRuntime(Runtime):
     def _session_options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # The cores shared out among the sessions that run at once (options.parallel).
-        # For small inputs (one sentence) several single-threaded runs beat one run
-        # split across threads: measured here with MiniLM on 2 cores, parallel 2 x 1
-        # thread served 250 requests/s against 170 for 1 x 2 threads, and no thread
-        # waits at a barrier for another that a neighbouring process preempted.
-        opts.intra_op_num_threads = self.spec.options.threads or max(
-            1, (os.cpu_count() or 1) // self.spec.options.parallel
-        )
+        # The replica's threads shared out among the runs at once (options.parallel).
+        # One sentence is too small to split across threads well, but requests that
+        # arrive together run as one batch (dynamic_batch), which does.
+        threads = self.settings.threads(self.spec.options.threads)
+        opts.intra_op_num_threads = max(1, threads // self.spec.options.parallel)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         # onnxruntime's pool threads spin after each run waiting for more work; in a
@@ -169,10 +181,24 @@ class OnnxRuntime(Runtime):
         if self.spec.task is not Task.EMBEDDING:
             return await super().embed(texts)
         check_batch(self.spec, len(texts), "inputs")
-        result: Embeddings = await self._run(self._embed_blocking, texts)
-        return result
+        if self._embedder is None or self._session is None:
+            raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
+        rows = await self._embedder.submit(texts)
+        return Embeddings(
+            vectors=np.stack([v for v, _ in rows]), prompt_tokens=sum(n for _, n in rows)
+        )
+
+    def _embed_rows(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        """One (vector, tokens) per text: what the batcher hands back to each request."""
+        vectors, mask = self._encode(texts)
+        return list(zip(vectors, (int(n) for n in mask.sum(1)), strict=True))
 
     def _embed_blocking(self, texts: list[str]) -> Embeddings:
+        vectors, mask = self._encode(texts)
+        return Embeddings(vectors=vectors, prompt_tokens=int(mask.sum()))
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised float32 vectors ``[n, dim]`` and the attention mask."""
         assert self._tokenizer is not None and self._session is not None
         batch = encode_texts(
             self._tokenizer,
@@ -196,9 +222,7 @@ class OnnxRuntime(Runtime):
                 vectors = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         except ort.capi.onnxruntime_pybind11_state.Fail as exc:  # type: ignore[attr-defined]
             raise RuntimeFailure(f"onnxruntime failed on model {self.spec.name!r}: {exc}") from exc
-        return Embeddings(
-            vectors=np.asarray(vectors, dtype=np.float32), prompt_tokens=int(mask.sum())
-        )
+        return np.asarray(vectors, dtype=np.float32), mask
 
     # -- OIP v2 tensors -------------------------------------------------------------
 
@@ -234,8 +258,9 @@ class OnnxRuntime(Runtime):
             content = only_input(inputs, CONTENT_INPUT, "BYTES", self.spec.name)
             items = [tensor_bytes(v) for v in content.data.reshape(-1)]
             check_batch(self.spec, len(items), "items")
-            result: list[Tensor] = await self._run(self._classify_blocking, items)
-            return result
+            if self._classifier is None:
+                raise ModelNotReady(f"model {self.spec.name!r} is not loaded")
+            return magika_features.label_tensors(await self._classifier.submit(items))
         feeds = self._check_feeds(inputs)
         raw: list[Tensor] = await self._run(self._run_graph, feeds)
         return raw
@@ -286,6 +311,9 @@ class OnnxRuntime(Runtime):
         ]
 
     def _classify_blocking(self, items: list[bytes]) -> list[Tensor]:
+        return magika_features.label_tensors(self._classify_labels(items))
+
+    def _classify_labels(self, items: list[bytes]) -> list[magika_features.MagikaLabel]:
         config = self._magika
         assert config is not None and self._session is not None
         input_name = self._session.get_inputs()[0].name
@@ -295,7 +323,7 @@ class OnnxRuntime(Runtime):
             (out,) = self._session.run(None, {input_name: features})
             return np.asarray(out)
 
-        return magika_features.label_tensors(magika_features.classify(items, config, scores))
+        return magika_features.classify(items, config, scores)
 
 
 def _dim(d: Any) -> int:

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class ForkServer:
     socket_path: Path
     runtime: str = "auto"
     device: str = "auto"
+    environ: Mapping[str, str] | None = None  # the server's and so its workers' (None: ours)
     _server: asyncio.subprocess.Process | None = None
 
     _fallback: WorkerProcess | None = None
@@ -120,6 +122,7 @@ class ForkServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                env=self.environ,
                 # Its own session: a Ctrl-C or a signal to the gateway's process group
                 # must not kill the workers before the supervisor has drained them.
                 start_new_session=True,

@@ -234,7 +234,8 @@ def decide(
     else:
         desired = max(stable, panic_count, state.desired)
         notes = [
-            f"panic since {started:g}s: {stats.panic:.2f} in flight over the panic window"
+            # ``started`` is a clock reading (monotonic: seconds since boot), not an age.
+            f"panic for {now - started:.1f}s: {stats.panic:.2f} in flight over the panic window"
             f" / {target:g} per replica -> {panic_count}, never below {state.desired}"
         ]
     if stable != want_stable or (started is not None and panic_count != want_panic):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import ModelNotReady
+from runtime.scaling.cores import CoreBudget
 from runtime.scaling.health import HealthConfig, backoff_seconds, watch
 from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
 from runtime.scaling.queue import STANDARD, RequestQueue, Ticket
@@ -68,6 +69,7 @@ class PoolStatus:
     backoff_seconds: float = 0.0  # until the next start may begin (crash-loop back-off)
     last_error: str | None = None  # why the last start failed, or the last replica left
     unhealthy: int = 0  # replicas taken out of rotation by the health checks
+    cores: str = ""  # why a scale-up waits for cores (runtime.scaling.cores); "" if none
 
 
 class ModelPool:
@@ -90,6 +92,7 @@ class ModelPool:
         on_cold_start: Callable[[str, ColdStart], None] | None = None,
         health: HealthConfig | None = None,
         on_crash_loop: Callable[[str, str], None] | None = None,
+        cores: CoreBudget | None = None,
     ) -> None:
         self.spec = spec
         self.health = health or HealthConfig()
@@ -98,6 +101,8 @@ class ModelPool:
         self.backoff_until = 0.0  # clock time before which no replica starts
         self.unhealthy = 0
         self.last_error: str | None = None
+        self.cores = cores  # None: no budget, every scale-up starts at once
+        self.cores_reason = ""
         self.scale_to_zero_grace = scale_to_zero_grace
         self.placement = placement
         self._on_cold_start = on_cold_start
@@ -252,6 +257,10 @@ class ModelPool:
         """Start ``n`` replicas of the primary tier (or of ``tier``, a bridge)."""
         if self.external:
             return
+        if tier is None and self.cores is not None:
+            n, self.cores_reason = self.cores.admit(self, n)
+            if n <= 0:
+                return
         if tier is None:
             self._spawning += n  # counted at once, so the next request does not start more
             tier = self.placement.primary if self.placement else None
@@ -537,6 +546,7 @@ class ModelPool:
             backoff_seconds=round(max(0.0, self.backoff_until - self._clock()), 3),
             last_error=self.last_error,
             unhealthy=self.unhealthy,
+            cores=self.cores_reason,
         )
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from runtime.errors import ModelNotFound
+from runtime.scaling.cores import CoreBudget
 from runtime.scaling.health import HealthConfig
 from runtime.scaling.kpa import initial_replicas
 from runtime.scaling.pool import ModelPool, PoolStatus
@@ -31,7 +32,8 @@ class Supervisor:
 
     ``launcher`` starts replicas (:class:`WorkerLauncher` for worker processes, a fake
     one in tests); ``clock`` is monotonic seconds; ``tick`` the seconds between two
-    autoscaler steps; ``on_cold_start`` hears of every replica that became ready."""
+    autoscaler steps; ``on_cold_start`` hears of every replica that became ready;
+    ``cores`` the compute cores all replicas share (:class:`CoreBudget`; None: none)."""
 
     def __init__(
         self,
@@ -44,8 +46,11 @@ class Supervisor:
         scale_to_zero_grace: float = 30.0,
         on_cold_start: Callable[[str, ColdStart], None] | None = None,
         health: HealthConfig | None = None,
+        cores: int | None = None,
     ) -> None:
         self.config = config
+        # The cores replicas may use between them (runtime.scaling.cores); None: no budget.
+        self.cores = CoreBudget(cores, clock=clock) if cores is not None else None
         self.launcher = launcher
         self.scale_to_zero_grace = scale_to_zero_grace
         # ReplicaSource's hook: the gateway's metrics still set it after construction.
@@ -74,7 +79,10 @@ class Supervisor:
                 on_cold_start=self.on_cold_start,
                 health=self.health,
                 on_crash_loop=self._crash_loop,
+                cores=self.cores,
             )
+            if self.cores is not None:
+                self.cores.track(pool)
             self.pools[spec.name] = pool
             if spec.endpoint is None:
                 pool.scale_up(initial_replicas(spec.scaling))

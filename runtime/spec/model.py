@@ -99,7 +99,9 @@ class RuntimeOptions(Frozen):
     """Knobs passed to the runtime that loads the model."""
 
     context_length: int = Field(2048, ge=64, le=131072, description="llama: n_ctx")
-    threads: int | None = Field(None, ge=1, le=256, description="compute threads")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="compute threads of one replica (default: its cores)"
+    )
     parallel: int = Field(1, ge=1, le=64, description="concurrent contexts / sessions")
     batch_size: int = Field(512, ge=1, le=8192, description="llama: n_batch")
     gpu_layers: int = Field(-1, ge=-1, description="llama on cuda: layers offloaded, -1 = all")
@@ -109,7 +111,16 @@ class RuntimeOptions(Frozen):
         "(faster for a shared system prompt, but a token evaluated alone gets slightly "
         "different logits than in a batch, so answers may differ from a cold run)",
     )
-    max_batch: int = Field(256, ge=1, le=4096, description="max inputs in one request")
+    max_batch: int = Field(
+        256, ge=1, le=4096, description="max inputs in one request, and in one dynamic batch"
+    )
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="onnx embedding/classify: under load, how long a request waits for "
+        "others to run with it in one batch (a lone request never waits)",
+    )
     max_input_tokens: int | None = Field(
         None, ge=1, description="embedding: longest input accepted (default: the model's)"
     )

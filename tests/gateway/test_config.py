@@ -55,3 +55,29 @@ def test_a_valid_section_is_read_and_frozen() -> None:
     assert isinstance(got, GatewayConfig) and got.max_queue == 7
     with pytest.raises(ValueError, match="frozen"):
         got.max_queue = 8  # type: ignore[misc]
+
+
+def test_reserved_cores_shrink_the_budget_and_reach_the_workers(tmp_path: Any) -> None:
+    from gateway.server import build_gateway
+    from runtime.scaling.cores import host_cores
+    from runtime.scaling.forkserver import ForkServer
+    from runtime.scaling.replica import WorkerLauncher
+    from runtime.scaling.supervisor import Supervisor
+    from runtime.settings import Settings
+
+    cores = host_cores()
+    settings = Settings(state_dir=tmp_path)
+    if cores > 1:
+        app = build_gateway(config({"reserved_cores": 1}), settings, environ={})
+        supervisor = app.supervisor
+        assert isinstance(supervisor, Supervisor) and supervisor.cores is not None
+        assert supervisor.cores.cores == cores - 1
+        launcher = supervisor.launcher
+        assert isinstance(launcher, WorkerLauncher) and isinstance(launcher.spawner, ForkServer)
+        environ = launcher.spawner.environ
+        assert environ is not None and environ["EDGEINFER_CPU_CORES"] == str(cores - 1)
+        worker = Settings.from_env(environ)
+        assert worker.cpu_cores == cores - 1
+        assert (worker.threads(None), worker.threads(1)) == (cores - 1, 1)
+    with pytest.raises(ConfigError, match="leaves no core for replicas"):
+        build_gateway(config({"reserved_cores": cores}), settings, environ={})

@@ -51,20 +51,20 @@ def test_gpu_tier_container_and_scheduling() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    # 400 MiB of model plus the CUDA runtime's own host memory.
-    assert container["resources"]["requests"]["memory"] == "1424Mi"
+    # 600 MiB of model and its 8 sequences' KV cache, plus the CUDA runtime's host memory.
+    assert container["resources"]["requests"]["memory"] == "1624Mi"
     assert container["resources"]["requests"]["cpu"] == "2"  # generative: two cores
     cm = next(m for m in out.manifests if m["kind"] == "ConfigMap")
     # ... and the runtime computes on two threads, not on all of the node's cores.
     assert yaml.safe_load(cm["data"]["config.yaml"])["models"][0]["options"]["threads"] == 2
-    assert pod["containerConcurrency"] == 4 and pod["timeoutSeconds"] == 300
+    assert pod["containerConcurrency"] == 8 and pod["timeoutSeconds"] == 300
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     annotations = template["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/max-scale"] == "2"
-    assert annotations["autoscaling.knative.dev/target"] == "2"
+    assert annotations["autoscaling.knative.dev/target"] == "8"  # its 8 sequences
     flags = [w for w in out.warnings if "config-features" in w.message]
     assert len(flags) == 1
     assert "kubernetes.podspec-nodeselector" in flags[0].message

@@ -343,3 +343,12 @@ def test_delay_window_keeps_one_entry_per_level_and_says_why() -> None:
 def test_a_request_in_flight_is_demand_even_without_a_last_active_time() -> None:
     got = decide(WindowStats(0, 0, in_flight=2), 1, steady(1), rule(), 500)
     assert got.state.last_demand == 500 and got.state.inactive_since is None
+
+
+def test_panic_reason_says_how_long_not_the_clock_reading() -> None:
+    # A monotonic clock reads thousands of seconds (time since boot); the reason must
+    # say how long the panic has lasted (issue 15: "panic since 5999.93s" at 40 s).
+    state = steady(6, panic_started=6000.0, last_over_threshold=6010.0)
+    got = decide(WindowStats(30, 60, 30, 6012.5), 3, state, rule(), 6012.5)
+    assert got.panic and got.reason.startswith("panic for 12.5s:"), got.reason
+    assert "6000" not in got.reason

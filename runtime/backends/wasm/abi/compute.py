@@ -107,7 +107,8 @@ class ComputeGuest(GuestAbi):
         env, mounts, inputs = self._model_files(where)
         if self.options.convert:
             phases.end("convert")
-        size = default_instances(self.options, self.spec.options.parallel)
+        cores = self.package.settings.threads(self.spec.options.threads)
+        size = default_instances(self.options, self.spec.options.parallel, cores)
         sandbox = Sandbox(
             env=env,
             mounts=mounts,

@@ -21,7 +21,6 @@ The tasks (embeddings, classification) are :mod:`runtime.backends.wasm.abi.compu
 from __future__ import annotations
 
 import math
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -405,8 +404,9 @@ class EnginePool(LaidOut):
             self._all.clear()
 
 
-def default_instances(options: ComputeOptions, parallel: int) -> int:
-    """``options.instances``, else the model's ``parallel`` when above 1, else one per CPU."""
+def default_instances(options: ComputeOptions, parallel: int, cores: int) -> int:
+    """``options.instances``, else the model's ``parallel`` when above 1, else one per
+    core the replica may use (``cores``: ``Settings.threads``, the core budget's share)."""
     if options.instances:
         return options.instances
-    return parallel if parallel > 1 else max(1, os.cpu_count() or 1)
+    return parallel if parallel > 1 else max(1, cores)

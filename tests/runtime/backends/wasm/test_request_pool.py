@@ -145,3 +145,19 @@ def test_the_default_is_pooled_from_a_snapshot() -> None:
     options = ComputeOptions.parse({}, "model 'x'")
     assert options.isolation == "pooled" and options.snapshot is True
     assert ComputeOptions.parse({"isolation": "request"}, "x").isolation == "request"
+
+
+@pytest.mark.parametrize(
+    ("options", "parallel", "cores", "instances"),
+    [
+        ({}, 1, 3, 3),  # one per core the core budget gives the replica
+        ({}, 4, 3, 4),  # the model's parallel
+        ({"instances": 2}, 4, 3, 2),  # the package's own setting
+    ],
+)
+def test_engine_instances_follow_the_core_budget(
+    options: dict[str, object], parallel: int, cores: int, instances: int
+) -> None:
+    from runtime.backends.wasm.engine.reactor import default_instances
+
+    assert default_instances(ComputeOptions.parse(options, "x"), parallel, cores) == instances

@@ -1,0 +1,395 @@
+"""Throughput under concurrency: the bundled models through ``edgeinfer serve`` at 1, 4,
+16 and 64 concurrent clients against the raw libraries on the same cores, in one run.
+
+* SmolLM2 chat (``max_tokens`` 32, greedy, a different question per request): completed
+  requests/s and tokens/s through the gateway, p50/p99 latency, against
+  llama-cpp-python in this process with all threads running the same requests back
+  to back (measured before and after the gateway's rounds; their mean is the base).
+* MiniLM, one sentence per request: requests/s through the gateway against
+  onnxruntime + tokenizers running batches of 32 on all threads (sentences/s), and
+  single-client latency against one raw sentence.
+* ``--mixed SECONDS``: issue 15's mixed load instead: 200 clients for SECONDS (70 %
+  MiniLM, 25 % Magika, 5 % SmolLM2 chat with ``max_tokens`` 16); each model's p50/p99
+  beside its idle latency (one client, measured first).
+
+Prints one JSON line. Run: ``python bench/concurrency.py [--clients 1 4 16 64]
+[--requests-per-client 2] [--mixed SECONDS]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runtime.backends.bert_onnx import ensure_bert_onnx  # noqa: E402
+from runtime.scaling.cores import host_cores  # noqa: E402
+from runtime.scaling.replica import free_port  # noqa: E402
+from runtime.settings import Settings  # noqa: E402
+from runtime.spec.artifacts import resolve_artifact  # noqa: E402
+from runtime.spec.model import ArtifactFormat, load_config  # noqa: E402
+
+TOPICS = ["the sea", "trains", "bees", "jazz", "the moon", "bread", "rain", "chess"]
+CHAT_TOKENS = 32
+
+
+def question(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write two sentences about {TOPICS[i % 8]} (#{i})."}]
+
+
+def sentence(i: int) -> str:
+    return f"Sentence number {i} talks about {TOPICS[i % 8]} in a few plain words."
+
+
+MAGIKA = b'#!/bin/sh\nfor f in *.txt; do echo "$f"; done\n' * 8
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- the raw libraries ---------------------------------------------------------------
+
+
+class RawChat:
+    """llama-cpp-python, one process, all threads, requests back to back."""
+
+    def __init__(self, threads: int) -> None:
+        from llama_cpp import Llama
+
+        spec = load_config().get("smollm2")
+        assert spec is not None
+        path = spec.artifact_path(ArtifactFormat.GGUF, load_config().base_dir)
+        self.llm = Llama(
+            str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
+
+    def rate(self, n: int, max_tokens: int = CHAT_TOKENS) -> dict[str, float]:
+        tokens = 0
+        start = time.perf_counter()
+        for i in range(n):
+            out = self.llm.create_chat_completion(
+                question(i),  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=0,
+                repeat_penalty=1.0,
+            )
+            tokens += out["usage"]["completion_tokens"]  # type: ignore[index]
+        elapsed = time.perf_counter() - start
+        return {"requests_per_s": n / elapsed, "tokens_per_s": tokens / elapsed}
+
+
+class RawEmbed:
+    """onnxruntime + tokenizers on the worker's ONNX file, all threads."""
+
+    def __init__(self, threads: int) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        config = load_config()
+        spec = config.get("minilm")
+        assert spec is not None and spec.tokenizer
+        weights = spec.artifact_path(ArtifactFormat.SAFETENSORS, config.base_dir)
+        model = ensure_bert_onnx(weights.parent, Settings.from_env().artifact_cache, name="minilm")
+        self.tok = Tokenizer.from_file(
+            str(resolve_artifact(spec.tokenizer, config.base_dir, model="minilm", field="tok"))
+        )
+        self.tok.enable_padding()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, texts: list[str]) -> None:
+        enc = self.tok.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+        self.session.run(["sentence_embedding"], feeds)
+
+    def batch_rate(self, batches: int) -> float:
+        start = time.perf_counter()
+        for b in range(batches):
+            self.run([sentence(32 * b + i) for i in range(32)])
+        return 32 * batches / (time.perf_counter() - start)
+
+    def single_latency(self, n: int) -> float:
+        times = []
+        for i in range(n):
+            start = time.perf_counter()
+            self.run([sentence(i)])
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+# -- through edgeinfer serve -----------------------------------------------------------
+
+
+class Served:
+    def __init__(self, home: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "EDGEINFER_HOME": home}
+        self.log = open(Path(home) / "serve.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{self.url}/v2/health/ready") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise SystemExit("edgeinfer serve did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.log.close()
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with session.post(url, json=body) as r:
+        data: dict[str, Any] = await r.json(content_type=None)
+        if r.status != 200:
+            raise SystemExit(f"{url} answered {r.status}: {str(data)[:300]}")
+        return data
+
+
+async def chat(s: aiohttp.ClientSession, base: str, i: int, max_tokens: int = CHAT_TOKENS) -> int:
+    body = {"model": "smollm2", "messages": question(i), "max_tokens": max_tokens}
+    data = await post(s, f"{base}/v1/chat/completions", {**body, "temperature": 0})
+    return int(data["usage"]["completion_tokens"])
+
+
+async def embed(s: aiohttp.ClientSession, base: str, i: int) -> int:
+    data = await post(s, f"{base}/v1/embeddings", {"model": "minilm", "input": sentence(i)})
+    return len(data["data"])
+
+
+async def classify(s: aiohttp.ClientSession, base: str, i: int) -> int:
+    content = MAGIKA.decode() + f"# {i}\n"
+    inputs = [{"name": "content", "shape": [1], "datatype": "BYTES", "data": [content]}]
+    await post(s, f"{base}/v2/models/magika/infer", {"inputs": inputs})
+    return 1
+
+
+Call = Callable[[aiohttp.ClientSession, str, int], Awaitable[int]]
+
+
+async def closed_loop(
+    s: aiohttp.ClientSession, base: str, call: Call, clients: int, per_client: int
+) -> dict[str, float]:
+    """``clients`` each send ``per_client`` requests one after another."""
+    latencies: list[float] = []
+    units = 0
+
+    async def client(k: int) -> None:
+        nonlocal units
+        for j in range(per_client):
+            start = time.perf_counter()
+            got = await call(s, base, k * per_client + j)  # not ``units += await``: that
+            units += got  # reads ``units`` before the await and loses the others' counts
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    elapsed = time.perf_counter() - start
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "units_per_s": units / elapsed,
+        "p50_s": statistics.median(latencies),
+        "p99_s": pct(latencies, 0.99),
+    }
+
+
+async def gateway_rounds(
+    args: argparse.Namespace, raw_chat: RawChat, raw_embed: RawEmbed
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"chat": {}, "embeddings": {}}
+    chat_base = raw_chat.rate(args.raw_requests)
+    embed_base = raw_embed.batch_rate(20)
+    single_raw = raw_embed.single_latency(50)
+    with tempfile.TemporaryDirectory() as home:
+        served = Served(home)
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=600)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+                await served.wait_ready(s)
+                # Each model's cold start is not measured. On a small machine the core
+                # budget holds one model's replica at a time: chat first, then MiniLM.
+                await chat(s, served.url, 0)
+                for clients in args.clients:
+                    per = max(args.requests_per_client, 16 // clients)
+                    got = await closed_loop(s, served.url, chat, clients, per)
+                    out["chat"][str(clients)] = got
+                for i in range(3):  # cold start, then a few to settle
+                    await embed(s, served.url, i)
+                for clients in args.clients:
+                    per = max(20, 640 // clients)
+                    out["embeddings"][str(clients)] = await closed_loop(
+                        s, served.url, embed, clients, per
+                    )
+                async with s.get(f"{served.url}/admin/models") as r:
+                    admin = await r.json()
+        finally:
+            served.stop()
+    chat_after = raw_chat.rate(args.raw_requests)
+    embed_after = raw_embed.batch_rate(20)
+    raw_rps = (chat_base["requests_per_s"] + chat_after["requests_per_s"]) / 2
+    raw_tps = (chat_base["tokens_per_s"] + chat_after["tokens_per_s"]) / 2
+    raw_sps = (embed_base + embed_after) / 2
+    for got in out["chat"].values():
+        got["tokens_per_s"] = got.pop("units_per_s")
+        got["ratio_requests"] = got["requests_per_s"] / raw_rps
+        got["ratio_tokens"] = got["tokens_per_s"] / raw_tps
+    for got in out["embeddings"].values():
+        got.pop("units_per_s")
+        got["ratio"] = got["requests_per_s"] / raw_sps
+    one = out["embeddings"].get("1")
+    out["raw"] = {
+        "chat_requests_per_s": raw_rps,
+        "chat_tokens_per_s": raw_tps,
+        "chat_before_after_requests_per_s": [
+            chat_base["requests_per_s"],
+            chat_after["requests_per_s"],
+        ],
+        "embed_batch32_sentences_per_s": raw_sps,
+        "embed_single_sentence_s": single_raw,
+    }
+    if one is not None:
+        out["embeddings"]["single_client_added_latency_ms"] = (one["p50_s"] - single_raw) * 1000
+    out["admin"] = {
+        m["model"]: {"replicas": m["replicas"], "autoscaler": m["autoscaler"]}
+        for m in admin["models"]
+    }
+    return out
+
+
+async def mixed(seconds: float) -> dict[str, Any]:
+    calls: dict[str, Call] = {
+        "minilm": embed,
+        "magika": classify,
+        "smollm2": lambda s, b, i: chat(s, b, i, max_tokens=16),
+    }
+    mix = [("minilm", 0.70), ("magika", 0.25), ("smollm2", 0.05)]
+    with tempfile.TemporaryDirectory() as home:
+        served = Served(home)
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=600)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+                await served.wait_ready(s)
+                idle: dict[str, list[float]] = {}
+                for name, call in calls.items():
+                    await call(s, served.url, 0)  # cold start
+                    idle[name] = []
+                    for i in range(10 if name == "smollm2" else 40):
+                        start = time.perf_counter()
+                        await call(s, served.url, i)
+                        idle[name].append(time.perf_counter() - start)
+                loaded: dict[str, list[float]] = {name: [] for name in calls}
+                failed = 0
+                end = time.perf_counter() + seconds
+                rng = random.Random(15)
+
+                async def client(k: int) -> None:
+                    nonlocal failed
+                    i = 0
+                    while time.perf_counter() < end:
+                        name = rng.choices([m for m, _ in mix], [w for _, w in mix])[0]
+                        start = time.perf_counter()
+                        try:
+                            await calls[name](s, served.url, k * 10000 + i)
+                        except (TimeoutError, SystemExit, aiohttp.ClientError):
+                            failed += 1
+                        else:
+                            loaded[name].append(time.perf_counter() - start)
+                        i += 1
+
+                await asyncio.gather(*(client(k) for k in range(200)))
+        finally:
+            served.stop()
+    return {
+        "seconds": seconds,
+        "clients": 200,
+        "failed": failed,
+        "models": {
+            name: {
+                "idle_p50_s": statistics.median(idle[name]),
+                "idle_p99_s": pct(idle[name], 0.99),
+                "p50_s": statistics.median(loaded[name]) if loaded[name] else None,
+                "p99_s": pct(loaded[name], 0.99) if loaded[name] else None,
+                "completed": len(loaded[name]),
+                "p99_over_idle_p99": (pct(loaded[name], 0.99) / pct(idle[name], 0.99))
+                if loaded[name]
+                else None,
+            }
+            for name in calls
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16, 64])
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--raw-requests", type=int, default=12)
+    parser.add_argument("--mixed", type=float, default=0.0, help="seconds of mixed load")
+    args = parser.parse_args()
+    threads = host_cores()
+    result: dict[str, Any] = {"bench": "concurrency", "threads": threads}
+    if args.mixed:
+        result["mixed"] = asyncio.run(mixed(args.mixed))
+    else:
+        result.update(asyncio.run(gateway_rounds(args, RawChat(threads), RawEmbed(threads))))
+        chat16 = result["chat"].get("16", {}).get("ratio_requests")
+        result["targets"] = {
+            "chat_ratio_each": 0.9,
+            "chat_ratio_16": 1.5,
+            "embed_ratio_64": 0.8,
+            "embed_single_added_ms": 1.0,
+        }
+        result["pass"] = {
+            "chat_each": all(g["ratio_requests"] >= 0.9 for g in result["chat"].values()),
+            "chat_16": chat16 is not None and chat16 >= 1.5,
+            "embed_64": result["embeddings"].get("64", {}).get("ratio", 0) >= 0.8,
+            "embed_single": result["embeddings"].get("single_client_added_latency_ms", 99) <= 1.0,
+        }
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The cores of this machine as a budget the supervisor owns.
+
+llama.cpp's and onnxruntime's threads wait for each other at every step; two replicas
+whose threads together outnumber the cores do not share them, they collapse (issue 15:
+20 chat requests took 41 s on 2 replicas of 2 threads on 2 cores, 5 s one after
+another). So replicas x threads per replica never exceed the cores given to the
+supervisor: a replica takes :func:`replica_threads` cores while it starts, serves and
+drains, and a scale-up that does not fit starts what fits and says why the rest waits
+(``PoolStatus.cores``). Concurrency inside a replica comes from batching instead
+(``runtime.backends.llama_batch``, ``runtime.backends.dynamic_batch``).
+
+Fairness: a model at zero with requests waiting goes first (the one waiting longest
+first). While one waits for cores, no other model scales out or starts, and a replica
+of another model is drained to make room: an idle one (nothing in flight; Ollama
+evicts an idle model the same way) first, else one that has served its turn (``turn``
+seconds). So when more models are busy than the cores hold, they take turns, and
+every model gets served however many there are.
+
+The budget holds no counts of its own: what is used is read from the pools each time,
+so a replica that dies or drains gives its cores back without being told.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from runtime.scaling.replica import ReplicaState
+from runtime.settings import Settings
+from runtime.spec.model import ModelSpec
+
+if TYPE_CHECKING:
+    from runtime.scaling.pool import ModelPool
+
+__all__ = ["CoreBudget", "host_cores", "replica_threads"]
+
+
+def host_cores() -> int:
+    """The cores this process may run on (its affinity mask, else the CPU count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def replica_threads(spec: ModelSpec, cores: int) -> int:
+    """Compute threads one replica of ``spec`` runs with when ``cores`` are given to
+    replicas: ``options.threads``, else all of them (what the llama and onnx runtimes
+    do, ``Settings.threads``)."""
+    return Settings(cpu_cores=cores).threads(spec.options.threads)
+
+
+def _holding(pool: ModelPool) -> int:
+    """Replicas of ``pool`` that hold cores: starting (spawns included), serving, draining."""
+    return pool.count(ReplicaState.STARTING, ReplicaState.READY, ReplicaState.DRAINING)
+
+
+def _idle(pool: ModelPool) -> int:
+    return sum(1 for r in pool.replicas if r.state is ReplicaState.READY and not r.in_flight)
+
+
+def _served_turn(pool: ModelPool, now: float, turn: float) -> int:
+    return sum(
+        1 for r in pool.replicas if r.state is ReplicaState.READY and now - r.started >= turn
+    )
+
+
+class CoreBudget:
+    """``cores`` compute cores shared by every pool's replicas. ``clock`` is the
+    supervisor's; a serving replica of another model is drained for a model at zero
+    only after it has served ``turn`` seconds (so busy models take turns, not thrash)."""
+
+    def __init__(self, cores: int, *, clock: Callable[[], float], turn: float = 10.0) -> None:
+        if cores < 1:
+            raise ValueError(f"a core budget needs at least 1 core, got {cores}")
+        self.cores = cores
+        self.turn = turn
+        self._clock = clock
+        self._pools: list[ModelPool] = []
+        # Pools asked to give cores back: (pool, replicas it will hold once done, cores).
+        self._asked: list[tuple[ModelPool, int, int]] = []
+        self._starved: dict[str, float] = {}  # model -> since when it waits at zero
+
+    def track(self, pool: ModelPool) -> None:
+        self._pools.append(pool)
+
+    def cost(self, spec: ModelSpec) -> int:
+        return 0 if spec.endpoint is not None else replica_threads(spec, self.cores)
+
+    def used(self) -> int:
+        """Cores held by replicas starting, serving or draining."""
+        return sum(_holding(p) * self.cost(p.spec) for p in self._pools)
+
+    def admit(self, pool: ModelPool, n: int) -> tuple[int, str]:
+        """How many of ``n`` new replicas of ``pool`` may start now, and why the rest
+        may not ("" when all may)."""
+        cost = self.cost(pool.spec)
+        if cost == 0 or n <= 0:
+            return n, ""
+        if cost > self.cores:
+            return 0, (
+                f"a replica needs {cost} threads (options.threads) and the budget has "
+                f"{self.cores} cores: it can never start; lower options.threads"
+            )
+        at_zero = _holding(pool) == 0
+        first = self._first_in_line()
+        if first is not None and first is not pool:
+            why = "at zero with requests waiting" if at_zero else "at zero, requests waiting"
+            return 0, f"waiting for cores: {first.spec.name} ({why}) goes first"
+        used = self.used()
+        fits = max(0, (self.cores - used) // cost)
+        if fits >= n:
+            return n, ""
+        if at_zero and fits == 0:
+            self._make_room(pool, cost - (self.cores - used))
+        return fits, (
+            f"waiting for cores: {n - fits} more replica(s) of {cost} threads do not fit "
+            f"({used} of {self.cores} cores in use)"
+        )
+
+    def _first_in_line(self) -> ModelPool | None:
+        """The model that has waited longest at zero with requests waiting, if any."""
+        now = self._clock()
+        for p in self._pools:
+            if len(p.queue) and not _holding(p):
+                self._starved.setdefault(p.spec.name, now)
+            else:
+                self._starved.pop(p.spec.name, None)
+        if not self._starved:
+            return None
+        name = min(self._starved, key=lambda n: self._starved[n])
+        return next(p for p in self._pools if p.spec.name == name)
+
+    def _make_room(self, pool: ModelPool, need: int) -> None:
+        """Drain replicas of other models until ``need`` cores will be free: idle ones
+        first, then ones that have served their turn."""
+        self._asked = [(p, keep, c) for p, keep, c in self._asked if _holding(p) > keep]
+        need -= sum(c for _, _, c in self._asked)
+        now = self._clock()
+        for victims in (_idle, lambda p: _served_turn(p, now, self.turn)):
+            for other in self._pools:
+                if need <= 0:
+                    return
+                if other is pool or other.external or any(p is other for p, _, _ in self._asked):
+                    continue
+                if victims is _idle and len(other.queue):
+                    continue
+                cost = max(1, self.cost(other.spec))
+                n = min(victims(other), -(-need // cost))
+                if n:
+                    other.scale_down(n)
+                    self._asked.append((other, _holding(other) - n, n * cost))
+                    need -= n * cost
