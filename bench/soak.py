@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from runtime.scaling.health import HealthConfig
 from tests.gateway.served import ADMIN_KEY, API_KEY, ServedGateway, bundled_models, start_gateway
 
 MODELS = ("minilm", "magika", "smollm2")
@@ -58,6 +59,10 @@ CLIENT_KINDS = {
 }
 ROTATION = ("embed", "classify", "chat", "mixed", "embed", "classify")
 LATE_S = 30.0
+# The longest a frozen replica's health verdict can trail its freeze's end: the default
+# health settings' probes (period + timeout) times the misses they need in a row.
+_H = HealthConfig()
+VERDICT_S = (_H.period_seconds + _H.timeout_seconds) * _H.failure_threshold
 
 
 @dataclass
@@ -170,10 +175,17 @@ class Soak:
                     os.kill(pid, signal.SIGCONT)
 
     def expected(self, o: Outcome) -> bool:
-        """A replica failure of a request in flight while its model's worker was hit."""
+        """A replica failure of a request in flight while its model's worker was hit,
+        or until the health check's verdict on a freeze: a replica that missed its
+        probes while frozen is killed once the last miss is in, which can come a
+        little after its SIGCONT (a resumed worker answers its backlog first), and the
+        requests it took meanwhile go with it."""
         replica_failure = o.result in ("status_502", "error_replica_died", "error_replica_failed")
         return replica_failure and any(
-            f.model == o.model and o.start <= f.until and f.at <= o.end for f in self.faults
+            f.model == o.model
+            and o.start <= f.until + (VERDICT_S if f.kind == "freeze" else 0.0)
+            and f.at <= o.end
+            for f in self.faults
         )
 
 

@@ -204,7 +204,8 @@ async def _forward(
     progress: Callable[[], None] | None = None,
 ) -> None:
     try:
-        response = await pool.request(host, port, method, target, headers, body)
+        # Every request the gateway forwards is an inference call, free of side effects.
+        response = await pool.request(host, port, method, target, headers, body, replay=True)
     except ReplicaUnreachable:
         raise
     except OSError as exc:  # connecting failed: nothing was written

@@ -314,10 +314,15 @@ class UpstreamPool:
         target: str,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
+        *,
+        replay: bool = False,
     ) -> UpstreamResponse:
         """Send one request; returns once the status line and headers have arrived.
-        Once its bytes were written, a request is sent again (on a fresh connection)
-        only when its method is idempotent: the replica may have run it."""
+        Once its bytes were written on a reused connection that then failed before a
+        byte of the answer came, a request is sent again (on a fresh connection) only
+        when its method is idempotent or ``replay`` says it has no side effects (an
+        inference call: at worst the work is done twice, and a replica that was killed
+        while the connection sat idle never saw it)."""
         payload = request_bytes(host, port, method, target, headers, body)
         for attempt in (0, 1):
             conn, reused = await self._connection((host, port))
@@ -332,7 +337,8 @@ class UpstreamPool:
             except UpstreamError:
                 # A reused connection the server had just closed. Sending once more is
                 # safe only for a request that changes nothing when run twice.
-                if reused and attempt == 0 and not conn.chunks and method in _IDEMPOTENT:
+                safe = method in _IDEMPOTENT or replay
+                if reused and attempt == 0 and not conn.head_bytes and not conn.chunks and safe:
                     continue
                 raise
             except asyncio.CancelledError:

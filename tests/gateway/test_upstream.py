@@ -229,6 +229,38 @@ def test_a_post_is_not_sent_again_once_its_bytes_went_out() -> None:
     assert asyncio.run(asyncio.wait_for(run(), 60)) == 2
 
 
+def test_a_request_without_side_effects_is_sent_again_after_a_reset_before_its_answer() -> None:
+    """The replica died while the connection sat idle (it took the bytes, then the
+    connection was reset, no byte of an answer came): an inference call (``replay``)
+    is sent once more on a fresh connection, and answered there."""
+
+    async def run() -> tuple[int, bytes, int]:
+        seen: list[bytes] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            if len(seen) == 1:  # the first connection: take the next request, then reset
+                seen.append(await read_request(reader))
+                writer.transport.abort()
+                return
+            writer.close()
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        assert await read_all(pool, port, b"first") == (200, b"ok")
+        response = await pool.request("127.0.0.1", port, "POST", "/x", [], b"again", replay=True)
+        data = b"".join([chunk async for chunk in response.chunks()])
+        pool.close()
+        server.close()
+        return response.status, data, len(seen)
+
+    status, data, requests = asyncio.run(asyncio.wait_for(run(), 60))
+    assert (status, data) == (200, b"ok")
+    assert requests == 3  # first, the one lost to the reset, and the same sent again
+
+
 @pytest.mark.parametrize("later", [False, True], ids=["with the answer", "while idle"])
 def test_a_connection_with_bytes_nobody_asked_for_is_not_reused(later: bool) -> None:
     """A second answer to one request (what a smuggled request produces) is never given
