@@ -150,7 +150,7 @@ class RawEmbed:
 class Served:
     def __init__(self, home: str) -> None:
         self.port = free_port()
-        env = {**os.environ, "EDGEINFER_HOME": home}
+        env = {**os.environ, "EDGEINFER_HOME": home, "EDGEINFER_MEASURE_MISSING": "0"}
         self.log = open(Path(home) / "serve.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],

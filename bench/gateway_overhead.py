@@ -168,7 +168,7 @@ def gateway_app() -> Any:
 def spawn_server(
     kind: str, port: int, config: Path, baseline: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    env = os.environ | {CONFIG_ENV: str(config)}
+    env = os.environ | {CONFIG_ENV: str(config), "EDGEINFER_MEASURE_MISSING": "0"}
     cwd = ROOT
     if kind in ("http1", "baseline"):
         args = ["-m", "gateway", "serve", "--config", str(config), "--port", str(port)]

@@ -100,7 +100,7 @@ def start_gateway(
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ),
+            env={"EDGEINFER_MEASURE_MISSING": "0", **os.environ},
         )
     served = ServedGateway(f"http://127.0.0.1:{port}", port, proc, log)
     deadline = time.monotonic() + 120
