@@ -31,8 +31,10 @@ class Settings(BaseModel):
     log_level: str = "info"
     # The WASM host's admin bearer token; never in a repr (nor so in a log line).
     host_token: str | None = Field(None, repr=False)
-    # edgeinfer serve measures models with no profile in the background (autoprofile)
-    measure_missing: bool = True
+    # Measure models with no profile in the background (runtime.placement.autoprofile):
+    # off when built directly, on in a process's settings (from_env) unless
+    # EDGEINFER_MEASURE_MISSING=0, so `edgeinfer serve` measures on a first start.
+    measure_missing: bool = False
     otel: dict[str, str] = {}  # the OTEL_* variables (runtime.spec.telemetry reads them)
     # Cores this process's model may use (EDGEINFER_CPU_CORES, set by the supervisor
     # for its workers from its core budget); None: all of the machine's.
@@ -50,13 +52,12 @@ class Settings(BaseModel):
             values["log_level"] = env["EDGEINFER_LOG_LEVEL"].lower()
         if env.get(HOST_TOKEN_ENV):
             values["host_token"] = env[HOST_TOKEN_ENV]
-        if env.get("EDGEINFER_MEASURE_MISSING"):
-            values["measure_missing"] = env["EDGEINFER_MEASURE_MISSING"].lower() not in (
-                "0",
-                "false",
-                "no",
-                "off",
-            )
+        values["measure_missing"] = env.get("EDGEINFER_MEASURE_MISSING", "1").lower() not in (
+            "0",
+            "false",
+            "no",
+            "off",
+        )
         values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         return cls(**values)
 

@@ -94,3 +94,17 @@ def test_the_first_start_measures_what_it_lacks_and_the_manager_decides_on_it(
     assert "no profile" not in decision.reason
     assert {c.tier.runtime for c in decision.candidates} == set(magika.runtimes)
     assert any(e.startswith("measured: ") for e in m.events["magika"])
+
+
+@pytest.mark.parametrize(
+    ("environ", "measures"),
+    [
+        ({}, True),
+        ({"EDGEINFER_MEASURE_MISSING": "0"}, False),
+        ({"EDGEINFER_MEASURE_MISSING": "off"}, False),
+        ({"EDGEINFER_MEASURE_MISSING": "1"}, True),
+    ],
+)
+def test_a_process_measures_unless_told_not_to(environ: dict[str, str], measures: bool) -> None:
+    assert Settings.from_env(environ).measure_missing is measures
+    assert Settings().measure_missing is False  # built directly (tests, libraries): off
