@@ -10,9 +10,12 @@ to stdout as they are, one object per line.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +68,41 @@ def access_line(record: RequestRecord) -> str:
     )
 
 
+FLUSH_SECONDS = 0.5  # the longest an access line waits in the buffer
+BUFFER_BYTES = 64 * 1024
+
+
+class _BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines go into a 64 KiB buffer, written out when it fills and every
+    :data:`FLUSH_SECONDS` by a daemon thread (as nginx's ``access_log ... buffer=
+    flush=``): a write and flush per request cost the gateway a third of its
+    throughput on small answers."""
+
+    def flush(self) -> None:  # called by emit after every line: not here
+        pass
+
+    def flush_now(self) -> None:
+        super().flush()
+
+    def flush_every(self, seconds: float) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(seconds)
+                self.flush_now()
+
+        threading.Thread(target=loop, name="access-log-flush", daemon=True).start()
+        atexit.register(self.flush_now)
+
+
 def log_to_stdout() -> None:
     """``edgeinfer serve``: the access lines go to stdout as they are (not through the
-    console log's formatting), and only there."""
-    handler = logging.StreamHandler(sys.stdout)
+    console log's formatting), and only there, buffered (:class:`_BufferedHandler`)."""
+    stream = open(  # lives as long as the process
+        sys.stdout.fileno(), "w", buffering=BUFFER_BYTES, closefd=False, encoding="utf-8"
+    )
+    handler = _BufferedHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.flush_every(FLUSH_SECONDS)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False

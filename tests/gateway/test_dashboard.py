@@ -167,8 +167,13 @@ def test_the_page_holds_no_data_and_the_state_takes_the_admin_key(served: Served
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     state = httpx.get(f"{served.url}/admin/state", headers=admin).json()
     assert sorted(m["model"] for m in state["models"]) == sorted(BUNDLED)
-    # The access log: JSON lines on the served process's stdout.
-    assert re.search(r'^\{"time":"[^"]+","request_id":"[0-9a-f]{24}"', served.output(), re.M)
+    # The access log: JSON lines on the served process's stdout, buffered for at most
+    # gateway.access_log.FLUSH_SECONDS.
+    line = re.compile(r'^\{"time":"[^"]+","request_id":"[0-9a-f]{24}"', re.M)
+    deadline = time.monotonic() + 10
+    while not line.search(served.output()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line.search(served.output())
 
 
 def test_edgeinfer_top_shows_the_same_models(served: ServedGateway) -> None:
