@@ -197,22 +197,14 @@ class Gateway:
                         tap = UsageTap(strip_usage_event=True)
                         request["stream_options"] = {**(options or {}), "include_usage": True}
                         body = json.dumps(request).encode()
-                if (plan := self.aliases.plan(model)) is not None:
-                    status, model = await self.aliases.serve(
-                        plan,
-                        partial(self._proxy, scope),
-                        receive,
-                        send,
-                        body_rewrite(target, request),
-                        tap,
-                        ticket,
-                        identity.name,
-                        stream=request.get("stream") is True,
-                    )
-                else:
-                    status = await self._proxy(
-                        scope, receive, send, target, model, body, tap, ticket, identity.name
-                    )
+                status, model = await self._send_to(
+                    scope,
+                    receive,
+                    send,
+                    (target, model, body, tap, ticket, identity.name),
+                    lambda: body_rewrite(target, request),
+                    stream=request.get("stream") is True,
+                )
             elif (m := _OIP_MODEL.match(path)) is not None:
                 model, suffix = m.group(1), m.group(2)
                 route = "/v2/models/{name}" + (suffix or "")
@@ -234,21 +226,13 @@ class Gateway:
                     self._admit(identity, model)  # all before the body
                     ticket = self._ticket(scope, identity)
                     body = await self._body(scope, receive) if allow == "POST" else b""
-                    if (plan := self.aliases.plan(model)) is not None:
-                        status, model = await self.aliases.serve(
-                            plan,
-                            partial(self._proxy, scope),
-                            receive,
-                            send,
-                            path_rewrite(target, model, suffix, body),
-                            None,
-                            ticket,
-                            identity.name,
-                        )
-                    else:
-                        status = await self._proxy(
-                            scope, receive, send, target, model, body, None, ticket, identity.name
-                        )
+                    status, model = await self._send_to(
+                        scope,
+                        receive,
+                        send,
+                        (target, model, body, None, ticket, identity.name),
+                        partial(path_rewrite, target, model, suffix, body),
+                    )
             elif path == ollama.SHOW or path in ollama.LISTINGS:
                 model, route = "-", path
                 status = await self._ollama(scope, receive, send, path)
@@ -350,6 +334,29 @@ class Gateway:
             config,
             _header(scope, config.priority_header.encode()),
             _header(scope, config.fairness_header.encode()),
+        )
+
+    async def _send_to(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: tuple[str, str, bytes, UsageTap | None, Ticket, str],
+        rewrite: Callable[[], Any],
+        *,
+        stream: bool = False,
+    ) -> tuple[int, str]:
+        """The request (target, model, body, tap, ticket, key name) to its model, or
+        through the alias's plan when the name is an alias (``rewrite()`` makes the
+        request for each of its models); the status and the model that answered."""
+        target, model, body, tap, ticket, key = request
+        plan = self.aliases.plan(model)
+        if plan is None:
+            status = await self._proxy(scope, receive, send, target, model, body, tap, ticket, key)
+            return status, model
+        proxy = partial(self._proxy, scope)
+        return await self.aliases.serve(
+            plan, proxy, receive, send, rewrite(), tap, ticket, key, stream=stream
         )
 
     async def _proxy(

@@ -217,12 +217,7 @@ class LlamaRuntime(Runtime):
             future = self._pool.submit(
                 self._generate, llm, tokens, max_tokens, extra_stop, request, cancel, emit
             )
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in _emitted(queue):
                 yield item
         finally:
             # No await here: this runs while the request's task is being cancelled.
@@ -247,12 +242,7 @@ class LlamaRuntime(Runtime):
             BatchJob(tokens, max_tokens, p, [*p.stop, *extra_stop], seed, cancel, emit, _DONE)
         )
         try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in _emitted(queue):
                 yield item
         finally:
             cancel.set()  # the engine drops the sequence at its next step
@@ -371,3 +361,15 @@ def _chat_formatter(llm: Llama) -> Jinja2ChatFormatter | None:
         return None
     template, bos, eos = found
     return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+
+async def _emitted(queue: asyncio.Queue[Any]) -> AsyncGenerator[TokenChunk, None]:
+    """What a decoding thread puts on ``queue``, until it puts ``_DONE``; an exception
+    it puts is raised here."""
+    while True:
+        item = await queue.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
