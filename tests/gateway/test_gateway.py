@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -267,8 +268,15 @@ def test_streams_pass_through_token_by_token(gateway_factory: Factory) -> None:
     assert len(pieces) >= 8 and "".join(pieces) == whole.choices[0].message.content
     # The gateway asked the worker for usage to count tokens; the client did not ask.
     assert all(c.usage is None for c in chunks)
+    # The gateway counts a stream's tokens once its last byte went out: the client
+    # can ask for the metrics a moment before that bookkeeping ran.
+    want = 'edgeinfer_tokens_total{kind="completion",model="smollm2"} 32.0'
+    deadline = time.monotonic() + 10
     metrics = httpx.get(f"{gw.url}/metrics").text
-    assert 'edgeinfer_tokens_total{kind="completion",model="smollm2"} 32.0' in metrics
+    while want not in metrics and time.monotonic() < deadline:
+        time.sleep(0.05)
+        metrics = httpx.get(f"{gw.url}/metrics").text
+    assert want in metrics
     assert "edgeinfer_time_to_first_token_seconds_count" in metrics
 
 
