@@ -58,12 +58,13 @@ from runtime.errors import (
     RuntimeFailure,
     ShuttingDown,
     Unauthorized,
+    UnsupportedTask,
 )
 from runtime.placement.manager import Manager
 from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart, Replica
 from runtime.scaling.source import ReplicaSource
-from runtime.spec.model import MODEL_NAME, ModelConfig
+from runtime.spec.model import MODEL_NAME, ROUTE_TASKS, ModelConfig
 
 __all__ = ["Gateway"]
 
@@ -372,6 +373,13 @@ class Gateway:
         key: str = "",
     ) -> int:
         pool = self.supervisor.pool(model)
+        tasks = ROUTE_TASKS.get(scope["path"])
+        if tasks is not None and pool.spec.task not in tasks:
+            raise UnsupportedTask(
+                f"model {model!r} is a {pool.spec.task} model; {scope['path']} serves "
+                + " and ".join(sorted(tasks))
+                + " models"
+            )
         timeout = self._deadline(scope, pool.spec.scaling.timeout)
         record: RequestRecord = scope["edgeinfer.request"]
         deadline = self.clock() + timeout

@@ -74,6 +74,17 @@ RUNTIME_FORMATS: dict[RuntimeName, tuple[ArtifactFormat, ...]] = {
     RuntimeName.WASM: (ArtifactFormat.WASM,),
 }
 GENERATIVE_TASKS = frozenset({Task.CHAT, Task.COMPLETION})
+# The tasks each model-serving OpenAI/Ollama route takes: the gateway refuses another
+# before any replica is asked (a classifier at zero is not started to say it cannot chat).
+ROUTE_TASKS: dict[str, frozenset[Task]] = {
+    "/v1/chat/completions": frozenset({Task.CHAT}),
+    "/v1/responses": frozenset({Task.CHAT}),
+    "/api/chat": frozenset({Task.CHAT}),
+    "/v1/completions": GENERATIVE_TASKS,
+    "/api/generate": GENERATIVE_TASKS,
+    "/v1/embeddings": frozenset({Task.EMBEDDING}),
+    "/api/embed": frozenset({Task.EMBEDDING}),
+}
 # A model's name: a DNS label (it names a Knative Service), so also safe in a URL path.
 MODEL_NAME = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
 

@@ -242,6 +242,29 @@ def test_unknown_model_and_routes(gateway_factory: Factory) -> None:
     assert gw.status("minilm").ready == 0  # none of that started a replica
 
 
+def test_a_route_for_another_task_is_refused_before_a_replica_starts(
+    gateway_factory: Factory,
+) -> None:
+    gw = gateway_factory([with_scaling(MINILM)])
+    asks = [
+        (
+            "/v1/chat/completions",
+            {"model": "minilm", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        ("/v1/completions", {"model": "minilm", "prompt": "hi"}),
+        ("/v1/responses", {"model": "minilm", "input": "hi"}),
+        ("/api/chat", {"model": "minilm", "messages": []}),
+        ("/api/generate", {"model": "minilm", "prompt": "hi"}),
+    ]
+    for path, body in asks:
+        r = httpx.post(f"{gw.url}{path}", json=body, timeout=30)
+        assert r.status_code == 400, (path, r.text)
+        message = r.json()["error"]["message"] if path.startswith("/v1") else r.json()["error"]
+        assert "embedding model" in message and path in message, (path, message)
+    assert gw.status("minilm").ready == 0 and gw.status("minilm").starting == 0
+    assert embed(gw).status_code == 200  # the route it serves still starts it
+
+
 def replica_metric(gw: GatewayServer, model: str, name: str) -> float:
     url = gw.on_loop(lambda: gw.pool(model).replicas[0].url)
     for line in httpx.get(f"{url}/metrics").text.splitlines():
