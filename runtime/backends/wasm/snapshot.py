@@ -126,6 +126,7 @@ class SnapshotModule:
     template: Template
     image_bytes: int  # bytes of data in the image (non-zero blocks)
     memory_bytes: int  # the memory an instance starts with
+    mutable_globals: tuple[int, ...] = ()  # their value types (``reset.resettable``)
 
     @property
     def module(self) -> wasmtime.Module:
@@ -396,7 +397,10 @@ class SnapshotCache:
             module = wasmtime.Module.deserialize_file(self.host.engine, str(path))
         memory_bytes = _initial_memory(module)
         template = self.host.template(module, recipe.define)
-        return SnapshotModule(path, template, image_bytes, memory_bytes)
+        # The snapshot keeps the guest's globals (their initial values changed).
+        layout = parse_module(recipe.guest.read_bytes())
+        mutable = tuple(g.valtype for g in layout.globals if g.mutable)
+        return SnapshotModule(path, template, image_bytes, memory_bytes, mutable)
 
 
 def _initial_memory(module: wasmtime.Module) -> int:
