@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from runtime.backends.wasm.reset import page_scan
 from runtime.settings import Settings
 from runtime.spec.model import ModelSpec, load_config
 from runtime.worker.hosted import HostedModels
@@ -112,6 +113,8 @@ async def _two_models_scale_to_zero_inside_the_host() -> None:
             m["name"]: m for m in (await client.get("/admin/models", headers=AUTH)).json()["models"]
         }
         assert table["tenant-a"]["instances"] == 0 and not table["tenant-a"]["active"]
+        # One instance is kept parked in the snapshot's state where pages can be scanned.
+        assert table["tenant-a"]["parked_instances"] == (1 if page_scan() else 0)
         assert table["tenant-b"]["instances"] >= 1  # the other model keeps its instances
 
         # From zero: activation loads nothing (the model is resident), the call makes one

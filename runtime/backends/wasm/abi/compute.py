@@ -52,6 +52,7 @@ from runtime.backends.wasm.engine.snapshot import engine_recipe
 from runtime.backends.wasm.host import Sandbox
 from runtime.backends.wasm.package import FILES_MOUNT, MANIFEST_NAME
 from runtime.backends.wasm.request_pool import RequestPool
+from runtime.backends.wasm.reset import page_scan, resettable
 from runtime.backends.wasm.snapshot import SnapshotModule, snapshot_cache
 from runtime.errors import ConfigError, ModelNotReady
 from runtime.spec.artifacts import resolve_artifact
@@ -163,8 +164,17 @@ class ComputeGuest(GuestAbi):
             phases.end("compile")
             template = self.host.template(module)
             phases.end("link")
+        made = self.snapshot
+        park = page_scan() if made is not None and resettable(made.mutable_globals) else None
         pool = EnginePool(
-            self.host, template, sandbox, size=size, max_tokens=max_tokens, max_seq=max_seq
+            self.host,
+            template,
+            sandbox,
+            size=size,
+            max_tokens=max_tokens,
+            max_seq=max_seq,
+            park=park,
+            park_memory_bytes=made.memory_bytes if made is not None else 0,
         )
         if not self.options.snapshot:
             pool.fill()  # each instance loads the weights: not on a request's time
@@ -245,6 +255,9 @@ class ComputeGuest(GuestAbi):
 
     def live_instances(self) -> int:
         return self.pool.live if self.pool is not None else 0
+
+    def parked_instances(self) -> int:
+        return self.pool.parked if isinstance(self.pool, EnginePool) else 0
 
     def close(self) -> None:
         if self._executor is not None:

@@ -16,6 +16,7 @@ from runtime.backends.wasm.engine.reactor import ComputeOptions, EngineInstance,
 from runtime.backends.wasm.engine.snapshot import ENGINE_INIT_EXPORTS, engine_recipe
 from runtime.backends.wasm.host import Sandbox, WasmHost
 from runtime.backends.wasm.request_pool import RequestPool
+from runtime.backends.wasm.reset import page_scan
 from runtime.backends.wasm.snapshot import SnapshotCache, SnapshotModule
 from runtime.errors import ConfigError, DeadlineExceeded, GuestOutOfMemory, GuestTrap
 from runtime.settings import Settings
@@ -211,5 +212,36 @@ def test_without_the_page_scan_each_call_gets_a_fresh_instance(
         assert _call(pool, STATE, 11)[:2] == [1, 0]
         assert _call(pool, STATE, 22)[:2] == [1, 0]
         assert pool.fresh == 2 and pool.live == 0 and pool.resets == 0
+    finally:
+        pool.close()
+
+
+def test_a_released_pooled_model_parks_one_instance_in_the_snapshot_state(
+    snapshot: SnapshotModule, sandbox: Sandbox
+) -> None:
+    scan = page_scan()
+    if scan is None:
+        pytest.skip("PAGEMAP_SCAN is not supported here: release drops every instance")
+    pool = EnginePool(
+        snapshot.template.host,
+        snapshot.template,
+        sandbox,
+        size=2,
+        max_tokens=4,
+        max_seq=0,
+        park=scan,
+        park_memory_bytes=snapshot.memory_bytes,
+    )
+    try:
+        pristine = _memory_bytes(pool._free.queue[0])  # the first instance, never called
+        assert _call(pool, STATE, 11)[:2] == [1, 0]
+        assert _call(pool, STATE, 22)[:2] == [2, 11]  # pooled: it remembers
+        assert pool.release() == 1
+        assert pool.live == 0 and pool.parked == 1
+        parked = pool._free.queue[0]
+        assert _memory_bytes(parked) == pristine  # what the calls wrote is gone
+        assert _call(pool, STATE, 33)[:2] == [1, 0]  # the snapshot's state, not [3, 22]
+        assert pool.live == 1 and pool.parked == 0
+        assert pool._free.queue[0] is parked  # the parked instance served: none was made
     finally:
         pool.close()
