@@ -245,3 +245,31 @@ def test_preloaded_models_serve_without_a_supervisor() -> None:
             await models.close()
 
     asyncio.run(run())
+
+
+def _mapped(path: Path) -> bool:
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
+def test_unloading_the_last_model_of_a_snapshot_unmaps_it() -> None:
+    """Two tenants share one snapshot; it stays mapped while either is resident and is
+    unmapped with the last (before: the host kept every snapshot it ever mapped)."""
+    import gc
+
+    async def run() -> None:
+        async with hosted() as (client, models):
+            await load(client, spec("mag-a", PACKAGES / "magika-engine"))
+            await load(client, spec("mag-b", PACKAGES / "magika-engine"))
+            guest = models.get("mag-a").runtime._guest  # type: ignore[attr-defined]
+            path = guest.snapshot.path
+            del guest
+            assert _mapped(path)
+            await client.post("/admin/models/mag-a/unload", headers=AUTH)
+            gc.collect()
+            assert _mapped(path)  # mag-b still serves from it
+            assert (await classify(client, "mag-b")).status_code == 200
+            await client.post("/admin/models/mag-b/unload", headers=AUTH)
+            gc.collect()
+            assert not _mapped(path)
+
+    asyncio.run(run())

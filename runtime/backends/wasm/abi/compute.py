@@ -265,6 +265,9 @@ class ComputeGuest(GuestAbi):
         if self.pool is not None:
             self.pool.close()
         self.pool = self._executor = None
+        if self.snapshot is not None:  # evicted or unloaded: its mapping goes with it
+            snapshot_cache(self.host).put(self.snapshot)
+            self.snapshot = None
 
     def _ready(self) -> tuple[EnginePool | RequestPool, ThreadPoolExecutor]:
         if self.pool is None or self._executor is None:
