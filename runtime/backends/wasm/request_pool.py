@@ -8,8 +8,9 @@ state after a trap) is seen by the next. Two ways to get there, the same state:
   after a call returns, the pages it wrote get the snapshot's bytes back, copied from
   a pristine instance of the snapshot that never runs; the instance, its store and its
   sandbox serve the next call. The weights' pages stay mapped and the written pages
-  stay resident, so the cost is one scan of the memory's page table and a copy of what
-  the call wrote, not a new instance's first touch of every page.
+  stay resident, so the cost is one scan of the memory's page table (a bit test per
+  entry where userfaultfd's write-protect tracks the writes) and a copy of what the
+  call wrote, not a new instance's first touch of every page.
   An instance whose call trapped, or whose memory grew, is dropped instead.
 - **a fresh instance per call** (no scan, or a guest with more mutable state than a
   stack pointer): a new store and a copy-on-write mapping of the image per call.
@@ -31,10 +32,12 @@ from runtime.backends.wasm.engine.reactor import EngineInstance, EngineLayout, L
 from runtime.backends.wasm.host import Sandbox, WasmHost
 from runtime.backends.wasm.reset import (
     PageScan,
+    Restorer,
+    WriteTracker,
     base_address,
-    dirty_ranges,
     page_scan,
     resettable,
+    write_tracker,
 )
 from runtime.backends.wasm.snapshot import SnapshotModule
 from runtime.errors import DeadlineExceeded
@@ -64,6 +67,8 @@ class RequestPool(LaidOut):
         self._scan: PageScan | None = (
             page_scan() if reset and resettable(snapshot.mutable_globals) else None
         )
+        self._tracker: WriteTracker | None = write_tracker() if self._scan is not None else None
+        self._restorers: dict[int, Restorer] = {}  # id(instance) -> its restorer
         # The first instance reads the layout every instance of the snapshot shares.
         first = EngineInstance(
             host, snapshot.template, sandbox, max_tokens=max_tokens, max_seq=max_seq
@@ -89,6 +94,7 @@ class RequestPool(LaidOut):
             self._pristine_at = base_address(self._pristine.memory, self._pristine.store)
             self._live = 1
             self.fresh = 1
+            self._restorer(first)
             self._idle.put(first)
         else:
             first.close()
@@ -111,11 +117,23 @@ class RequestPool(LaidOut):
         )
         return inst
 
+    def _restorer(self, inst: EngineInstance) -> None:
+        """Made before the instance's first call (it write-protects the memory)."""
+        assert self._scan is not None
+        self._restorers[id(inst)] = Restorer(
+            self._scan,
+            self._tracker,
+            target=base_address(inst.memory, inst.store),
+            source=self._pristine_at,
+            length=inst.memory.data_len(inst.store),
+        )
+
     def _take(self) -> EngineInstance:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             inst = self.instance()
+            self._restorer(inst)
             with self._lock:
                 self._live += 1
                 self.fresh += 1
@@ -157,21 +175,23 @@ class RequestPool(LaidOut):
                 start = time.perf_counter()
                 size = inst.memory.data_len(inst.store)
                 if size == self.snapshot.memory_bytes:  # grown memory cannot shrink
-                    ranges = dirty_ranges(self._scan, inst.memory, inst.store)
-                    target = base_address(inst.memory, inst.store)
-                    self._scan.copy(ranges, self._pristine_at, target)
+                    pages = self._restorers[id(inst)].reset()
                     with self._lock:
                         self.resets += 1
-                        self.reset_pages += sum(hi - lo for lo, hi in ranges) // 4096
+                        self.reset_pages += pages
                         self.reset_seconds += time.perf_counter() - start
                     kept = True
         finally:
             if kept:
                 self._idle.put(inst)
             else:
-                with self._lock:
-                    self._live -= 1
-                inst.close()
+                self._drop(inst)
+
+    def _drop(self, inst: EngineInstance) -> None:
+        with self._lock:
+            self._live -= 1
+        self._restorers.pop(id(inst), None)
+        inst.close()
 
     def available(self) -> int:
         """Calls that could start right now."""
@@ -199,9 +219,7 @@ class RequestPool(LaidOut):
                 inst = self._idle.get_nowait()
             except queue.Empty:
                 return dropped
-            with self._lock:
-                self._live -= 1
-            inst.close()
+            self._drop(inst)
             dropped += 1
 
     def close(self) -> None:

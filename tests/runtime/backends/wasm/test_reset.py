@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from runtime.backends.wasm.reset import PAGE, PageScan, page_scan, resettable
+from runtime.backends.wasm.reset import (
+    PAGE,
+    PageScan,
+    Restorer,
+    page_scan,
+    resettable,
+    write_tracker,
+)
 
 
 @pytest.fixture
@@ -77,3 +84,28 @@ def test_copying_from_a_pristine_mapping_restores_and_keeps_the_pages(
 )
 def test_only_a_lone_i32_global_is_reset_safe(globals_: tuple[int, ...], ok: bool) -> None:
     assert resettable(globals_) is ok
+
+
+@pytest.mark.parametrize("tracked", [True, False], ids=["write-protect", "page-categories"])
+def test_a_restorer_puts_a_memory_back_after_each_call(
+    scan: PageScan, image: tuple[mmap.mmap, int, bytes], tmp_path: Path, tracked: bool
+) -> None:
+    mapping, base, data = image
+    tracker = write_tracker() if tracked else None
+    if tracked and tracker is None:
+        pytest.skip("userfaultfd's asynchronous write-protect is not available")
+    with (tmp_path / "image.bin").open("rb") as f:
+        pristine = mmap.mmap(f.fileno(), len(data), flags=mmap.MAP_PRIVATE)
+    source = ctypes.addressof(ctypes.c_char.from_buffer(pristine))
+    restorer = Restorer(scan, tracker, target=base, source=source, length=len(data))
+    assert restorer.reset() == 0  # nothing written yet
+    mapping[PAGE * 4 : PAGE * 4 + 2] = b"c1"  # "call 1"
+    assert restorer.reset() == 1 and mapping[: len(data)] == data
+    mapping[PAGE * 1] = 0x01  # "call 2" writes another page
+    mapping[PAGE * 4] = 0x02  # and the one call 1 wrote, unprotected since
+    restored = restorer.reset()
+    assert mapping[: len(data)] == data
+    assert restored == 2
+    # A page written once is copied back after every call from then on (tracked: it is
+    # no longer write-protected; scanned: it stays a private page), none other.
+    assert restorer.reset() == 2 and mapping[: len(data)] == data
