@@ -14,9 +14,11 @@ so the snapshot is the one it serves from), in one process:
   beside it what each instance from the plain module adds (N=3, each its own weights);
 * isolation: the per-call cost of ``isolation: request`` over a pooled warm instance,
   the same input, calls alternating, medians compared: as served (an instance reset in
-  place to the snapshot after each call, ``runtime.backends.wasm.reset``; its reset time
-  also measured inside the pool, the figure without the noise of two medians) and, as
-  before, a fresh instance per call; with the page faults per call that explain them.
+  place to the snapshot after each call, ``runtime.backends.wasm.reset``, the reset
+  running after the answer is handed back, so a call's latency includes it only when
+  the next call comes before it is done; its time is also measured inside the pool:
+  the CPU each call costs, without the noise of two medians) and, as before, a fresh
+  instance per call; with the page faults per call that explain them.
 
 Run: ``python bench/wasm_snapshot.py [--calls 40] [--instances 50]``. Prints one JSON
 line. Figures from a shared machine carry its noise; the ratios compare sides measured
@@ -162,7 +164,9 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
         request.run(payload, batch, seq)
         request_t.append(time.perf_counter() - t)
         request_faults.append(faults() - f)
+    request.settle()
     request.close()
+    fresh.close()
     asyncio.run(rt.unload())
 
     # -- memory of live instances (the runtime's own pooled instances closed first, so

@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -69,6 +70,9 @@ class RequestPool(LaidOut):
         )
         self._tracker: WriteTracker | None = write_tracker() if self._scan is not None else None
         self._restorers: dict[int, Restorer] = {}  # id(instance) -> its restorer
+        self._resetter = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wasm-reset")
+        self._resetting = 0
+        self._settled = threading.Condition()
         # The first instance reads the layout every instance of the snapshot shares.
         first = EngineInstance(
             host, snapshot.template, sandbox, max_tokens=max_tokens, max_seq=max_seq
@@ -147,8 +151,8 @@ class RequestPool(LaidOut):
         with self._lock:
             self._free -= 1
             self.calls += 1
-        try:
-            if self._scan is None:
+        if self._scan is None:
+            try:
                 inst = self.instance()
                 with self._lock:
                     self.fresh += 1
@@ -156,15 +160,45 @@ class RequestPool(LaidOut):
                     return inst.run(payload, batch, seq)
                 finally:
                     inst.close()
-            inst = self._take()
-            try:
-                return inst.run(payload, batch, seq)
             finally:
-                self._put_back(inst)
+                self._give_slot()
+        try:
+            inst = self._take()
+        except BaseException:
+            self._give_slot()
+            raise
+        try:
+            return inst.run(payload, batch, seq)
         finally:
-            with self._lock:
-                self._free += 1
-            self._slots.release()
+            # The reset runs after the answer is handed back (as Spin tears an instance
+            # down after the response): the slot, and so the instance, frees once the
+            # reset is done, so no call ever sees what this one wrote.
+            with self._settled:
+                self._resetting += 1
+            try:
+                self._resetter.submit(self._reset_and_free, inst)
+            except RuntimeError:  # closed meanwhile
+                self._reset_and_free(inst)
+
+    def _reset_and_free(self, inst: EngineInstance) -> None:
+        try:
+            self._put_back(inst)
+        finally:
+            self._give_slot()
+            with self._settled:
+                self._resetting -= 1
+                self._settled.notify_all()
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until no reset is running (every slot is free again between calls);
+        whether that happened within ``timeout``."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._resetting == 0, timeout)
+
+    def _give_slot(self) -> None:
+        with self._lock:
+            self._free += 1
+        self._slots.release()
 
     def _put_back(self, inst: EngineInstance) -> None:
         """Reset ``inst`` to the snapshot's state and keep it, or drop it."""
@@ -225,6 +259,7 @@ class RequestPool(LaidOut):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        self._resetter.shutdown(wait=True)
         self.release()
         if self._pristine is not None:
             self._pristine.close()

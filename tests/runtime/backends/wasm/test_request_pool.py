@@ -113,6 +113,7 @@ def test_each_request_instance_keeps_the_sandbox_limits(
     with pytest.raises(error):
         _call(request_pool, mode)
     assert _call(request_pool, STATE, 5)[:2] == [1, 0]  # and the next request is served
+    assert request_pool.settle()  # the reset after the answer is done
     assert request_pool.available() == request_pool.size
 
 
@@ -180,6 +181,7 @@ def test_a_request_instance_is_reset_in_place_to_the_snapshot_byte_for_byte(
         fresh.close()
     for arg in (11, 22, 33):
         assert _call(request_pool, STATE, arg)[:2] == [1, 0]
+        assert request_pool.settle()  # one instance suffices when calls come one by one
     # One instance served all three (no new instance made after the first), and what it
     # holds between calls is the snapshot's memory again, not what the calls wrote.
     assert request_pool.fresh == 1 and request_pool.resets == 3
@@ -193,10 +195,13 @@ def test_a_request_instance_is_reset_in_place_to_the_snapshot_byte_for_byte(
 
 def test_an_instance_whose_call_trapped_is_dropped_not_reset(request_pool: RequestPool) -> None:
     assert _call(request_pool, STATE, 1)[:2] == [1, 0]
+    assert request_pool.settle()
     made = request_pool.fresh
     with pytest.raises(GuestTrap):
         _call(request_pool, TRAP)
+    assert request_pool.settle()
     assert _call(request_pool, STATE, 2)[:2] == [1, 0]
+    assert request_pool.settle()
     assert request_pool.fresh == made + 1  # the trapped one went; a new one served
     assert request_pool.live <= request_pool.size
 
