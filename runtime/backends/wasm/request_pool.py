@@ -73,6 +73,7 @@ class RequestPool(LaidOut):
         self._resetter = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wasm-reset")
         self._resetting = 0
         self._settled = threading.Condition()
+        self._parked: EngineInstance | None = None
         # The first instance reads the layout every instance of the snapshot shares.
         first = EngineInstance(
             host, snapshot.template, sandbox, max_tokens=max_tokens, max_seq=max_seq
@@ -134,7 +135,11 @@ class RequestPool(LaidOut):
 
     def _take(self) -> EngineInstance:
         try:
-            return self._idle.get_nowait()
+            inst = self._idle.get_nowait()
+            with self._lock:
+                if inst is self._parked:
+                    self._parked = None
+            return inst
         except queue.Empty:
             inst = self.instance()
             self._restorer(inst)
@@ -241,26 +246,49 @@ class RequestPool(LaidOut):
 
     @property
     def live(self) -> int:
-        """Instances held now (each in the snapshot's state while idle)."""
+        """Instances held now (each in the snapshot's state while idle), the parked one
+        not counted."""
         with self._lock:
-            return self._live
+            return self._live - (self._parked is not None)
 
     def release(self) -> int:
-        """Drop every idle instance (a model scaled to zero holds none)."""
-        dropped = 0
+        """Drop every idle instance but one, kept *parked*: already in the snapshot's
+        state, its written pages are dropped too (no private memory), its weights' pages
+        stay mapped, so the next call from zero does not fault them in; how many were
+        released (the parked one counted). A closed pool keeps none."""
+        released = 0
+        keep: EngineInstance | None = None
         while True:
             try:
                 inst = self._idle.get_nowait()
             except queue.Empty:
-                return dropped
+                break
+            released += 1
+            if keep is None and not self._closed and self._scan is not None:
+                restorer = self._restorers[id(inst)]
+                self._scan.drop(
+                    restorer.hot or restorer.scan.written(restorer.target, restorer.length)
+                )
+                keep = inst
+                continue
             self._drop(inst)
-            dropped += 1
+        with self._lock:
+            self._parked = keep
+        if keep is not None:
+            self._idle.put(keep)
+        return released
+
+    @property
+    def parked(self) -> int:
+        """1 while an idle instance is parked by :meth:`release`, else 0."""
+        with self._lock:
+            return int(self._parked is not None)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
         self._resetter.shutdown(wait=True)
-        self.release()
+        self.release()  # closed: keeps none
         if self._pristine is not None:
             self._pristine.close()
             self._pristine = None

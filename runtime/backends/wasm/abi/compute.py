@@ -257,7 +257,7 @@ class ComputeGuest(GuestAbi):
         return self.pool.live if self.pool is not None else 0
 
     def parked_instances(self) -> int:
-        return self.pool.parked if isinstance(self.pool, EnginePool) else 0
+        return self.pool.parked if self.pool is not None else 0
 
     def close(self) -> None:
         if self._executor is not None:

@@ -250,3 +250,16 @@ def test_a_released_pooled_model_parks_one_instance_in_the_snapshot_state(
         assert pool._free.queue[0] is parked  # the parked instance served: none was made
     finally:
         pool.close()
+
+
+def test_a_released_request_pool_parks_one_reset_instance(request_pool: RequestPool) -> None:
+    if not request_pool.resets_in_place:
+        pytest.skip("PAGEMAP_SCAN is not supported here: release drops every instance")
+    assert _call(request_pool, STATE, 11)[:2] == [1, 0]
+    assert request_pool.settle()
+    assert request_pool.release() == 1
+    assert request_pool.live == 0 and request_pool.parked == 1
+    made = request_pool.fresh
+    assert _call(request_pool, STATE, 22)[:2] == [1, 0]  # still the snapshot's state
+    assert request_pool.settle()
+    assert request_pool.fresh == made and request_pool.parked == 0  # the parked one served
