@@ -262,10 +262,11 @@ def serve_cold_starts(rounds: int) -> dict[str, Any]:
                 warm[m["name"]].append(
                     statistics.median(served.first_byte(path, body)[0] for _ in range(5))
                 )
-            admin = served.admin()
-            for n in names:
-                phases[n].append(admin[n]["last_cold_start"]["phases"])
-                in_host[n] = any("/m/" in i["url"] for i in admin[n]["instances"])
+                # Looked at now, while the model still has its replica (a slow native
+                # cold start of the next model can outlast this one's window).
+                entry = served.admin()[m["name"]]
+                phases[m["name"]].append(entry["last_cold_start"]["phases"])
+                in_host[m["name"]] = any("/m/" in i["url"] for i in entry["instances"])
             served.wait_zero(names)
     finally:
         served.stop()

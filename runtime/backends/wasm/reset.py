@@ -6,10 +6,13 @@ cache), a page it never touched has no page at all, and only a page it *wrote* i
 private copy. So the pages a call changed are exactly the present pages that are neither
 file-backed nor the shared zero page, and Linux's ``PAGEMAP_SCAN`` ioctl (6.7+) lists
 them in one call over the whole memory. Dropping them with ``MADV_DONTNEED`` puts the
-file's page (or zeros) back under those addresses: the memory is then byte for byte the
-snapshot's image again, while the pages only read (the weights) stay mapped, so the next
-call does not fault them in again. That is what wasmtime's pooling allocator does when
-it reuses a slot; doing it here keeps the instance, its store and its sandbox.
+file's page (or zeros) back under those addresses (:meth:`PageScan.drop`: what a parked
+instance does, holding no private memory), or copying a pristine instance's bytes over
+them keeps them resident (:meth:`PageScan.copy`, :class:`Restorer`: what a request
+instance does between calls). Either way the memory is byte for byte the snapshot's
+image again, while the pages only read (the weights) stay mapped, so the next call does
+not fault them in again. That is what wasmtime's pooling allocator does when it reuses
+a slot; doing it here keeps the instance, its store and its sandbox.
 
 What this does not restore, and how callers cope: a memory that grew during the call
 (it cannot shrink: the instance is dropped instead), tables (C guests do not change
