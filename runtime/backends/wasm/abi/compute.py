@@ -278,7 +278,10 @@ class ComputeGuest(GuestAbi):
         """Run guest calls on the instances in parallel; results in order."""
         pool, executor = self._ready()
         if len(jobs) == 1:
-            return [executor.submit(pool.run, *jobs[0]).result()]
+            # On the calling thread (already off the event loop): a hand-off to the
+            # executor would wait for another thread's wake-up, which costs most under
+            # load. The pool still bounds how many calls run at once (its instances).
+            return [pool.run(*jobs[0])]
         futures = [executor.submit(pool.run, *job) for job in jobs]
         return [f.result() for f in futures]
 
