@@ -12,9 +12,13 @@ so the snapshot is the one it serves from), in one process:
   instances, each having served one call (so each touched the weights), with no other
   instance mapping the image (so N=1 pays for the image's pages, N=50 shares them);
   beside it what each instance from the plain module adds (N=3, each its own weights);
-* isolation: the per-call cost of ``isolation: request`` (a fresh instance per call)
-  over a pooled warm instance, the same input, calls alternating, medians compared;
-  with the page faults per call that explain it.
+* isolation: the per-call cost of ``isolation: request`` over a pooled warm instance,
+  the same input, calls alternating, medians compared: as served (an instance reset in
+  place to the snapshot after each call, ``runtime.backends.wasm.reset``, the reset
+  running after the answer is handed back, so a call's latency includes it only when
+  the next call comes before it is done; its time is also measured inside the pool:
+  the CPU each call costs, without the noise of two medians) and, as before, a fresh
+  instance per call; with the page faults per call that explain them.
 
 Run: ``python bench/wasm_snapshot.py [--calls 40] [--instances 50]``. Prints one JSON
 line. Figures from a shared machine carry its noise; the ratios compare sides measured
@@ -140,11 +144,18 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
     request = RequestPool(
         host, snap, sandbox, size=1, max_tokens=pool.max_tokens, max_seq=pool.max_seq
     )
+    fresh = RequestPool(
+        host, snap, sandbox, size=1, max_tokens=pool.max_tokens, max_seq=pool.max_seq, reset=False
+    )
     for _ in range(3):
         pool.run(payload, batch, seq)
         request.run(payload, batch, seq)
-    pooled_t, request_t, request_faults = [], [], []
+        fresh.run(payload, batch, seq)
+    pooled_t, request_t, request_faults, fresh_t = [], [], [], []
     for _ in range(calls):
+        t = time.perf_counter()
+        fresh.run(payload, batch, seq)
+        fresh_t.append(time.perf_counter() - t)
         t = time.perf_counter()
         pool.run(payload, batch, seq)
         pooled_t.append(time.perf_counter() - t)
@@ -153,6 +164,9 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
         request.run(payload, batch, seq)
         request_t.append(time.perf_counter() - t)
         request_faults.append(faults() - f)
+    request.settle()
+    request.close()
+    fresh.close()
     asyncio.run(rt.unload())
 
     # -- memory of live instances (the runtime's own pooled instances closed first, so
@@ -207,9 +221,16 @@ def bench_model(name: str, settings: Settings, calls: int, count: int) -> dict[s
         "call_ms": {
             "pooled": round(med(pooled_t) * 1e3, 3),
             "request": round(med(request_t) * 1e3, 3),
+            "request_fresh_instance": round(med(fresh_t) * 1e3, 3),
         },
+        "fresh_instance_cost_ms": round((med(fresh_t) - med(pooled_t)) * 1e3, 3),
         "request_isolation_cost_ms": round((med(request_t) - med(pooled_t)) * 1e3, 3),
         "request_faults_per_call": int(med(request_faults)),
+        "request_resets_in_place": request.resets_in_place,
+        # The reset's own time, measured inside the pool: the cost without the noise of
+        # two call medians (a loaded machine moves those by milliseconds).
+        "request_reset_ms_per_call": round(request.reset_seconds * 1e3 / max(request.resets, 1), 3),
+        "request_reset_pages_per_call": round(request.reset_pages / max(request.resets, 1), 1),
     }
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runtime.scaling.replica import ReplicaState
+from runtime.scaling.wasm_host import in_host as runs_wasm
 from runtime.settings import Settings
 from runtime.spec.model import ModelSpec
 
@@ -87,14 +88,20 @@ class CoreBudget:
     def cost(self, spec: ModelSpec) -> int:
         return 0 if spec.endpoint is not None else replica_threads(spec, self.cores)
 
+    def _cost(self, pool: ModelPool) -> int:
+        """A replica on the ``wasm`` runtime holds no cores: its guest calls run one
+        thread each and never wait for each other (the WASM host bounds its threads)."""
+        tier = pool.placement.primary if pool.placement else None
+        return 0 if runs_wasm(pool.spec, tier) else self.cost(pool.spec)
+
     def used(self) -> int:
         """Cores held by replicas starting, serving or draining."""
-        return sum(_holding(p) * self.cost(p.spec) for p in self._pools)
+        return sum(_holding(p) * self._cost(p) for p in self._pools)
 
     def admit(self, pool: ModelPool, n: int) -> tuple[int, str]:
         """How many of ``n`` new replicas of ``pool`` may start now, and why the rest
         may not ("" when all may)."""
-        cost = self.cost(pool.spec)
+        cost = self._cost(pool)
         if cost == 0 or n <= 0:
             return n, ""
         if cost > self.cores:
@@ -122,7 +129,7 @@ class CoreBudget:
         """The model that has waited longest at zero with requests waiting, if any."""
         now = self._clock()
         for p in self._pools:
-            if len(p.queue) and not _holding(p):
+            if len(p.queue) and not _holding(p) and self._cost(p):
                 self._starved.setdefault(p.spec.name, now)
             else:
                 self._starved.pop(p.spec.name, None)
@@ -145,7 +152,9 @@ class CoreBudget:
                     continue
                 if victims is _idle and len(other.queue):
                     continue
-                cost = max(1, self.cost(other.spec))
+                cost = self._cost(other)
+                if cost == 0:
+                    continue  # draining it frees no cores
                 n = min(victims(other), -(-need // cost))
                 if n:
                     other.scale_down(n)

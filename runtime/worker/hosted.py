@@ -94,11 +94,18 @@ class HostedModel:
         live = getattr(self.runtime, "live_instances", None)
         return int(live()) if live is not None else 0
 
+    def parked(self) -> int:
+        """Instances kept in the snapshot's state after a release (the next call from
+        zero takes one instead of faulting a new instance's pages in)."""
+        parked = getattr(self.runtime, "parked_instances", None)
+        return int(parked()) if parked is not None else 0
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
             "active": self.active,
             "instances": self.instances(),
+            "parked_instances": self.parked(),
             "in_flight": self.in_flight,
             "memory_bytes": self.memory_bytes,
             "activations": self.activations,

@@ -62,6 +62,9 @@ class WasmRuntime(Runtime):
     def live_instances(self) -> int:
         return self._guest.live_instances() if self._guest is not None else 0
 
+    def parked_instances(self) -> int:
+        return self._guest.parked_instances() if self._guest is not None else 0
+
     def _ready(self) -> GuestAbi:
         if self._guest is None:
             raise ModelNotReady(f"model {self.spec.name!r} is not loaded")

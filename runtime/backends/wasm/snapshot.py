@@ -32,7 +32,7 @@ The interface the one-host-for-many-models work uses::
     cache = snapshot_cache(host)                 # one per WasmHost
     snap = cache.get(recipe)                     # SnapshotModule, built or mapped
     instance = snap.instantiate(store)           # store from the recipe's sandbox
-    cache.forget(recipe)                         # unmap when its instances are gone
+    cache.put(snap)                              # its last user gone: unmapped
 
 For the engine, ``runtime.backends.wasm.engine.snapshot.engine_recipe`` makes the recipe, and
 ``EngineInstance(host, snap.template, sandbox, ..., layout=...)`` an instance.
@@ -126,6 +126,8 @@ class SnapshotModule:
     template: Template
     image_bytes: int  # bytes of data in the image (non-zero blocks)
     memory_bytes: int  # the memory an instance starts with
+    mutable_globals: tuple[int, ...] = ()  # their value types (``reset.resettable``)
+    key: str = ""  # in its SnapshotCache
 
     @property
     def module(self) -> wasmtime.Module:
@@ -311,6 +313,7 @@ class SnapshotCache:
         self.host = host
         self.folder = host.cache_dir.parent / "snapshots"
         self._loaded: dict[str, SnapshotModule] = {}
+        self._users: dict[str, int] = {}  # key -> models using it (get minus put)
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self.captures = 0  # snapshots made by this process (a cache miss each)
@@ -339,11 +342,13 @@ class SnapshotCache:
     def get(self, recipe: SnapshotRecipe) -> SnapshotModule:
         """The recipe's snapshot: from this process's memory, else mapped from the disk
         cache, else captured, compiled and written there first. Thread-safe; concurrent
-        callers of one recipe capture it once."""
+        callers of one recipe capture it once. Each call counts a user, whom
+        :meth:`put` takes off again."""
         key = self.key(recipe)
         with self._lock:
             found = self._loaded.get(key)
             if found is not None:
+                self._users[key] = self._users.get(key, 0) + 1
                 return found
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
@@ -353,7 +358,26 @@ class SnapshotCache:
                 found = self._load(key, recipe)
                 with self._lock:
                     self._loaded[key] = found
+            with self._lock:
+                self._users[key] = self._users.get(key, 0) + 1
             return found
+
+    def put(self, snapshot: SnapshotModule) -> bool:
+        """One user of ``snapshot`` fewer (a model unloaded or evicted); when none is
+        left, this process drops its mapping (once the users' instances are gone its
+        image and code are unmapped; the disk cache stays). Whether it was dropped."""
+        with self._lock:
+            left = self._users.get(snapshot.key, 0) - 1
+            if left > 0:
+                self._users[snapshot.key] = left
+                return False
+            self._users.pop(snapshot.key, None)
+            return self._loaded.pop(snapshot.key, None) is not None
+
+    def held(self) -> int:
+        """Snapshots this process holds mapped."""
+        with self._lock:
+            return len(self._loaded)
 
     def forget(self, recipe: SnapshotRecipe) -> bool:
         """Drop this process's mapping of the recipe's snapshot (the disk cache stays):
@@ -361,6 +385,7 @@ class SnapshotCache:
         :meth:`get` maps it again. For a host that must free room for other models."""
         key = self.key(recipe)
         with self._lock:
+            self._users.pop(key, None)
             return self._loaded.pop(key, None) is not None
 
     def _load(self, key: str, recipe: SnapshotRecipe) -> SnapshotModule:
@@ -396,7 +421,10 @@ class SnapshotCache:
             module = wasmtime.Module.deserialize_file(self.host.engine, str(path))
         memory_bytes = _initial_memory(module)
         template = self.host.template(module, recipe.define)
-        return SnapshotModule(path, template, image_bytes, memory_bytes)
+        # The snapshot keeps the guest's globals (their initial values changed).
+        layout = parse_module(recipe.guest.read_bytes())
+        mutable = tuple(g.valtype for g in layout.globals if g.mutable)
+        return SnapshotModule(path, template, image_bytes, memory_bytes, mutable, key)
 
 
 def _initial_memory(module: wasmtime.Module) -> int:

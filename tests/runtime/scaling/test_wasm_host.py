@@ -218,3 +218,39 @@ def test_supervisor_scales_models_in_one_host(tmp_path: Path) -> None:
         assert not launcher.host.running
 
     asyncio.run(run())
+
+
+def test_a_wasm_model_at_zero_starts_while_native_replicas_hold_every_core() -> None:
+    """The core budget (runtime/scaling/cores.py) charges nothing for a replica on the
+    wasm runtime: a WASM model's scale from zero neither waits for cores nor drains a
+    busy native replica (before: it waited until the native model scaled down)."""
+    from tests.runtime.scaling.fakes import FakeClock, settle
+
+    zero = {"scaling": {"initial-scale": 0, "container-concurrency": 1}}
+    native = _spec("native", ["onnx"], options={"threads": 2}, **zero)
+    edge = _spec("edge", ["wasm"], options={"threads": 2}, **zero)
+    config = ModelConfig(models=[native, edge])
+
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        sup = Supervisor(config, launcher=launcher, clock=clock, tick=3600, cores=2)
+        await sup.start()
+        busy = asyncio.ensure_future(sup.pool("native").acquire(1e9))
+        await settle()
+        launcher.ready(0)
+        await settle()
+        held = busy.result()  # the native replica holds both cores, a request in flight
+        assert sup.cores is not None and sup.cores.used() == 2
+        call = asyncio.ensure_future(sup.pool("edge").acquire(1e9))
+        await settle()
+        assert [r.model for r in launcher.started] == ["native", "edge"]
+        assert sup.pool("edge").status().cores == ""
+        assert sup.pool("native").count(ReplicaState.READY) == 1  # not drained for it
+        assert sup.cores.used() == 2  # the WASM replica holds none
+        launcher.ready(1)
+        await settle()
+        sup.pool("edge").release(call.result())
+        sup.pool("native").release(held)
+        await sup.stop()
+
+    asyncio.run(scenario())

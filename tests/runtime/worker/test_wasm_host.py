@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from runtime.backends.wasm.reset import page_scan
 from runtime.settings import Settings
 from runtime.spec.model import ModelSpec, load_config
 from runtime.worker.hosted import HostedModels
@@ -112,6 +113,8 @@ async def _two_models_scale_to_zero_inside_the_host() -> None:
             m["name"]: m for m in (await client.get("/admin/models", headers=AUTH)).json()["models"]
         }
         assert table["tenant-a"]["instances"] == 0 and not table["tenant-a"]["active"]
+        # One instance is kept parked in the snapshot's state where pages can be scanned.
+        assert table["tenant-a"]["parked_instances"] == (1 if page_scan() else 0)
         assert table["tenant-b"]["instances"] >= 1  # the other model keeps its instances
 
         # From zero: activation loads nothing (the model is resident), the call makes one
@@ -240,5 +243,33 @@ def test_preloaded_models_serve_without_a_supervisor() -> None:
                 assert (await classify(client, "broken")).status_code == 404
         finally:
             await models.close()
+
+    asyncio.run(run())
+
+
+def _mapped(path: Path) -> bool:
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
+def test_unloading_the_last_model_of_a_snapshot_unmaps_it() -> None:
+    """Two tenants share one snapshot; it stays mapped while either is resident and is
+    unmapped with the last (before: the host kept every snapshot it ever mapped)."""
+    import gc
+
+    async def run() -> None:
+        async with hosted() as (client, models):
+            await load(client, spec("mag-a", PACKAGES / "magika-engine"))
+            await load(client, spec("mag-b", PACKAGES / "magika-engine"))
+            guest = models.get("mag-a").runtime._guest  # type: ignore[attr-defined]
+            path = guest.snapshot.path
+            del guest
+            assert _mapped(path)
+            await client.post("/admin/models/mag-a/unload", headers=AUTH)
+            gc.collect()
+            assert _mapped(path)  # mag-b still serves from it
+            assert (await classify(client, "mag-b")).status_code == 200
+            await client.post("/admin/models/mag-b/unload", headers=AUTH)
+            gc.collect()
+            assert not _mapped(path)
 
     asyncio.run(run())

@@ -63,6 +63,11 @@ class GuestAbi:
         """Instances held now (idle or busy); 0 for a guest with a store per call."""
         return 0
 
+    def parked_instances(self) -> int:
+        """Instances kept after a release in the snapshot's state (no request's data,
+        no private pages), not counted in :meth:`live_instances`."""
+        return 0
+
     def inputs(self) -> list[TensorSpec]:
         return []
 

@@ -52,6 +52,7 @@ from runtime.backends.wasm.engine.snapshot import engine_recipe
 from runtime.backends.wasm.host import Sandbox
 from runtime.backends.wasm.package import FILES_MOUNT, MANIFEST_NAME
 from runtime.backends.wasm.request_pool import RequestPool
+from runtime.backends.wasm.reset import page_scan, resettable
 from runtime.backends.wasm.snapshot import SnapshotModule, snapshot_cache
 from runtime.errors import ConfigError, ModelNotReady
 from runtime.spec.artifacts import resolve_artifact
@@ -163,8 +164,17 @@ class ComputeGuest(GuestAbi):
             phases.end("compile")
             template = self.host.template(module)
             phases.end("link")
+        made = self.snapshot
+        park = page_scan() if made is not None and resettable(made.mutable_globals) else None
         pool = EnginePool(
-            self.host, template, sandbox, size=size, max_tokens=max_tokens, max_seq=max_seq
+            self.host,
+            template,
+            sandbox,
+            size=size,
+            max_tokens=max_tokens,
+            max_seq=max_seq,
+            park=park,
+            park_memory_bytes=made.memory_bytes if made is not None else 0,
         )
         if not self.options.snapshot:
             pool.fill()  # each instance loads the weights: not on a request's time
@@ -246,12 +256,18 @@ class ComputeGuest(GuestAbi):
     def live_instances(self) -> int:
         return self.pool.live if self.pool is not None else 0
 
+    def parked_instances(self) -> int:
+        return self.pool.parked if self.pool is not None else 0
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         if self.pool is not None:
             self.pool.close()
         self.pool = self._executor = None
+        if self.snapshot is not None:  # evicted or unloaded: its mapping goes with it
+            snapshot_cache(self.host).put(self.snapshot)
+            self.snapshot = None
 
     def _ready(self) -> tuple[EnginePool | RequestPool, ThreadPoolExecutor]:
         if self.pool is None or self._executor is None:
@@ -262,7 +278,10 @@ class ComputeGuest(GuestAbi):
         """Run guest calls on the instances in parallel; results in order."""
         pool, executor = self._ready()
         if len(jobs) == 1:
-            return [executor.submit(pool.run, *jobs[0]).result()]
+            # On the calling thread (already off the event loop): a hand-off to the
+            # executor would wait for another thread's wake-up, which costs most under
+            # load. The pool still bounds how many calls run at once (its instances).
+            return [pool.run(*jobs[0])]
         futures = [executor.submit(pool.run, *job) for job in jobs]
         return [f.result() for f in futures]
 

@@ -38,6 +38,7 @@ from runtime.backends.wasm.host import (
     _wasi_config,
     translate,
 )
+from runtime.backends.wasm.reset import PageScan, dirty_ranges
 from runtime.errors import BadInput, ConfigError, DeadlineExceeded
 from runtime.spec.frozen import Frozen
 
@@ -270,6 +271,11 @@ class EnginePool(LaidOut):
     demand when a call finds none free, so an idle model holds only what it used.
     :meth:`release` drops every idle instance (a model scaled to zero inside the WASM
     host holds none; from a snapshot the next one costs a fraction of a millisecond).
+    With ``park`` (instances from a snapshot, where ``runtime.backends.wasm.reset`` can
+    scan their pages) it keeps one, *parked*: the pages its calls wrote are dropped, so
+    it holds the snapshot's state again (no request's data, no private pages) while the
+    weights' pages stay mapped; the next call from zero then does not fault every
+    weight page in again (a new instance's first touch: 700-1500 page faults).
     An instance whose call failed in the guest is dropped; the next call makes another.
     """
 
@@ -282,11 +288,15 @@ class EnginePool(LaidOut):
         size: int,
         max_tokens: int,
         max_seq: int,
+        park: PageScan | None = None,
+        park_memory_bytes: int = 0,
     ) -> None:
         self.host = host
         self.template = template
         self.sandbox = sandbox
         self.size = size
+        self._park, self._park_bytes = park, park_memory_bytes
+        self._parked: EngineInstance | None = None  # idle, in the snapshot's state
         self._max_tokens, self._max_seq = max_tokens, max_seq
         self._free: queue.Queue[EngineInstance] = queue.Queue()
         self._all: list[EngineInstance] = []
@@ -312,7 +322,7 @@ class EnginePool(LaidOut):
     def _take(self) -> EngineInstance:
         """A free instance; a new one while fewer than ``size`` exist; else wait."""
         try:
-            return self._free.get_nowait()
+            return self._unparked(self._free.get_nowait())
         except queue.Empty:
             pass
         with self._lock:
@@ -326,11 +336,17 @@ class EnginePool(LaidOut):
                 with self._lock:
                     self._making -= 1
         try:
-            return self._free.get(timeout=self.sandbox.timeout_s)
+            return self._unparked(self._free.get(timeout=self.sandbox.timeout_s))
         except queue.Empty:
             raise DeadlineExceeded(
                 f"no engine instance became free within {self.sandbox.timeout_s:g} s"
             ) from None
+
+    def _unparked(self, inst: EngineInstance) -> EngineInstance:
+        with self._lock:
+            if inst is self._parked:
+                self._parked = None
+        return inst
 
     def run(self, payload: np.ndarray, batch: int, seq: int) -> np.ndarray:
         inst = self._take()
@@ -361,22 +377,48 @@ class EnginePool(LaidOut):
 
     @property
     def live(self) -> int:
-        """Instances that exist now (idle or busy)."""
+        """Instances that exist now (idle or busy), the parked one not counted."""
         with self._lock:
-            return len(self._all)
+            return len(self._all) - (self._parked is not None)
+
+    @property
+    def parked(self) -> int:
+        """1 while an instance is parked (see the class), else 0."""
+        with self._lock:
+            return int(self._parked is not None)
 
     def release(self) -> int:
-        """Drop every idle instance (busy ones finish and stay); how many were dropped."""
-        dropped = 0
+        """Drop every idle instance (busy ones finish and stay), parking one if the
+        pool parks; how many were released."""
+        released = 0
+        keep: EngineInstance | None = None
         while True:
             try:
-                inst = self._free.get_nowait()
+                inst = self._unparked(self._free.get_nowait())
             except queue.Empty:
-                return dropped
+                break
+            released += 1
+            if keep is None and self._parkable(inst):
+                keep = inst
+                continue
             with self._lock:
                 self._all.remove(inst)
             inst.close()
-            dropped += 1
+        if keep is not None:
+            with self._lock:
+                self._parked = keep
+            self._free.put(keep)
+        return released
+
+    def _parkable(self, inst: EngineInstance) -> bool:
+        """Drop the pages ``inst``'s calls wrote; whether it is now in the snapshot's
+        state (a memory that grew cannot go back)."""
+        if self._park is None or not inst.healthy or self._closed:
+            return False
+        if inst.memory.data_len(inst.store) != self._park_bytes:
+            return False
+        self._park.drop(dirty_ranges(self._park, inst.memory, inst.store))
+        return True
 
     def profile(self, reset: bool = False) -> dict[str, float]:
         """Summed over idle instances (call when no request is in flight)."""

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from runtime.backends.wasm.build import build_guest
-from runtime.backends.wasm.engine.reactor import ComputeOptions, EnginePool
+from runtime.backends.wasm.engine.reactor import ComputeOptions, EngineInstance, EnginePool
 from runtime.backends.wasm.engine.snapshot import ENGINE_INIT_EXPORTS, engine_recipe
 from runtime.backends.wasm.host import Sandbox, WasmHost
 from runtime.backends.wasm.request_pool import RequestPool
+from runtime.backends.wasm.reset import page_scan
 from runtime.backends.wasm.snapshot import SnapshotCache, SnapshotModule
 from runtime.errors import ConfigError, DeadlineExceeded, GuestOutOfMemory, GuestTrap
 from runtime.settings import Settings
@@ -112,6 +113,7 @@ def test_each_request_instance_keeps_the_sandbox_limits(
     with pytest.raises(error):
         _call(request_pool, mode)
     assert _call(request_pool, STATE, 5)[:2] == [1, 0]  # and the next request is served
+    assert request_pool.settle()  # the reset after the answer is done
     assert request_pool.available() == request_pool.size
 
 
@@ -161,3 +163,103 @@ def test_engine_instances_follow_the_core_budget(
     from runtime.backends.wasm.engine.reactor import default_instances
 
     assert default_instances(ComputeOptions.parse(options, "x"), parallel, cores) == instances
+
+
+def _memory_bytes(inst: EngineInstance) -> bytes:
+    return bytes(inst.memory.read(inst.store, 0, inst.memory.data_len(inst.store)))
+
+
+def test_a_request_instance_is_reset_in_place_to_the_snapshot_byte_for_byte(
+    request_pool: RequestPool, snapshot: SnapshotModule
+) -> None:
+    if not request_pool.resets_in_place:
+        pytest.skip("PAGEMAP_SCAN is not supported here: a fresh instance per call instead")
+    fresh = request_pool.instance()
+    try:
+        pristine = _memory_bytes(fresh)
+    finally:
+        fresh.close()
+    for arg in (11, 22, 33):
+        assert _call(request_pool, STATE, arg)[:2] == [1, 0]
+        assert request_pool.settle()  # one instance suffices when calls come one by one
+    # One instance served all three (no new instance made after the first), and what it
+    # holds between calls is the snapshot's memory again, not what the calls wrote.
+    assert request_pool.fresh == 1 and request_pool.resets == 3
+    assert request_pool.reset_pages >= 3  # each call wrote at least its input page
+    idle = request_pool._idle.get_nowait()  # the kept instance, looked at directly
+    try:
+        assert _memory_bytes(idle) == pristine
+    finally:
+        request_pool._idle.put(idle)
+
+
+def test_an_instance_whose_call_trapped_is_dropped_not_reset(request_pool: RequestPool) -> None:
+    assert _call(request_pool, STATE, 1)[:2] == [1, 0]
+    assert request_pool.settle()
+    made = request_pool.fresh
+    with pytest.raises(GuestTrap):
+        _call(request_pool, TRAP)
+    assert request_pool.settle()
+    assert _call(request_pool, STATE, 2)[:2] == [1, 0]
+    assert request_pool.settle()
+    assert request_pool.fresh == made + 1  # the trapped one went; a new one served
+    assert request_pool.live <= request_pool.size
+
+
+def test_without_the_page_scan_each_call_gets_a_fresh_instance(
+    snapshot: SnapshotModule, sandbox: Sandbox
+) -> None:
+    pool = RequestPool(
+        snapshot.template.host, snapshot, sandbox, size=1, max_tokens=4, max_seq=0, reset=False
+    )
+    try:
+        assert not pool.resets_in_place
+        assert _call(pool, STATE, 11)[:2] == [1, 0]
+        assert _call(pool, STATE, 22)[:2] == [1, 0]
+        assert pool.fresh == 2 and pool.live == 0 and pool.resets == 0
+    finally:
+        pool.close()
+
+
+def test_a_released_pooled_model_parks_one_instance_in_the_snapshot_state(
+    snapshot: SnapshotModule, sandbox: Sandbox
+) -> None:
+    scan = page_scan()
+    if scan is None:
+        pytest.skip("PAGEMAP_SCAN is not supported here: release drops every instance")
+    pool = EnginePool(
+        snapshot.template.host,
+        snapshot.template,
+        sandbox,
+        size=2,
+        max_tokens=4,
+        max_seq=0,
+        park=scan,
+        park_memory_bytes=snapshot.memory_bytes,
+    )
+    try:
+        pristine = _memory_bytes(pool._free.queue[0])  # the first instance, never called
+        assert _call(pool, STATE, 11)[:2] == [1, 0]
+        assert _call(pool, STATE, 22)[:2] == [2, 11]  # pooled: it remembers
+        assert pool.release() == 1
+        assert pool.live == 0 and pool.parked == 1
+        parked = pool._free.queue[0]
+        assert _memory_bytes(parked) == pristine  # what the calls wrote is gone
+        assert _call(pool, STATE, 33)[:2] == [1, 0]  # the snapshot's state, not [3, 22]
+        assert pool.live == 1 and pool.parked == 0
+        assert pool._free.queue[0] is parked  # the parked instance served: none was made
+    finally:
+        pool.close()
+
+
+def test_a_released_request_pool_parks_one_reset_instance(request_pool: RequestPool) -> None:
+    if not request_pool.resets_in_place:
+        pytest.skip("PAGEMAP_SCAN is not supported here: release drops every instance")
+    assert _call(request_pool, STATE, 11)[:2] == [1, 0]
+    assert request_pool.settle()
+    assert request_pool.release() == 1
+    assert request_pool.live == 0 and request_pool.parked == 1
+    made = request_pool.fresh
+    assert _call(request_pool, STATE, 22)[:2] == [1, 0]  # still the snapshot's state
+    assert request_pool.settle()
+    assert request_pool.fresh == made and request_pool.parked == 0  # the parked one served
