@@ -12,6 +12,7 @@ from runtime.placement.gpu_packing import Resident
 from runtime.placement.inventory import Inventory
 from runtime.placement.policy_config import PolicyConfig
 from runtime.placement.pricing import (
+    choose_keep_alive,
     held_fraction,
     idle_seconds,
     in_host_cost_per_s,
@@ -82,8 +83,11 @@ def _cost_per_hour(
     inv: Inventory,
     spec: ModelSpec,
     cfg: PolicyConfig,
+    keep_alive_s: float | None,
 ) -> tuple[float, float]:
-    """(cost per hour at ``load_rps``, cost per hour of one replica kept warm)."""
+    """(cost per hour at ``load_rps``, cost per hour of one replica kept warm); a
+    replica that scales to zero stays up ``keep_alive_s`` after a request (None: the
+    rule's idle period) and is held while it loads again."""
     mem_gib = max(profile.rss_mib, profile.memory_mib) / 1024
     cores = replica_cores(spec, profile, inv)
     if in_host(tier, cfg):
@@ -111,8 +115,30 @@ def _cost_per_hour(
         )
     else:
         per_s = cfg.cost.cpu_second * cores + cfg.cost.gib_second * mem_gib
-    held = held_fraction(load_rps, idle_seconds(spec), warm=spec.scaling.min_scale > 0)
+    held = held_fraction(
+        load_rps,
+        idle_seconds(spec) if keep_alive_s is None else keep_alive_s,
+        warm=spec.scaling.min_scale > 0,
+        cold_s=profile.cold_start_s,
+    )
     return replica_cost_per_s(per_s, replicas, held) * 3600, per_s * 3600
+
+
+def _keep_alive(
+    spec: ModelSpec, tier: Tier, profile: Profile, p95_ms: float, load_rps: float, cfg: PolicyConfig
+) -> float | None:
+    """The keep-alive the manager chooses for the tier's replicas: a short one for a
+    rarely used model that scales to zero and whose cold start plus p95 fits its goal
+    (so a request that finds it at zero is still answered in time), else None (the
+    rule's idle period: a warm minimum, a busy model, or a cold start that needs
+    cover, which a short keep-alive would only expose more often)."""
+    if not cfg.keep_alive_to_zero or spec.scaling.min_scale > 0 or in_host(tier, cfg):
+        return None
+    if profile.cold_start_s * 1000 + p95_ms > spec.latency.p95_ms:
+        return None
+    return choose_keep_alive(
+        load_rps, profile.cold_start_s, idle_seconds(spec), cfg.shortest_keep_alive_s, cfg.min_gain
+    )
 
 
 def _no_profile(spec: ModelSpec, tier: Tier, available: frozenset[RuntimeName] | None) -> Candidate:
@@ -173,8 +199,9 @@ def evaluate(
         return replace(base, reason="its replicas failed to start or to serve here (observed)")
     if seen is not None and seen > p95:
         p95, note = seen, f"observed p95 {seen:.0f} ms"
+    keep_alive = _keep_alive(spec, tier, profile, p95, load_rps, cfg)
     cost, warm_cost = _cost_per_hour(
-        tier, profile, replicas, load_rps, space.gpu_total_mib, inv, spec, cfg
+        tier, profile, replicas, load_rps, space.gpu_total_mib, inv, spec, cfg, keep_alive
     )
     cand = replace(
         base,
@@ -186,6 +213,7 @@ def evaluate(
         evict=space.evict,
         gpu=space.gpu,
         memory_mib=space.need_mib,
+        keep_alive_s=keep_alive,
     )
     return _judge(spec, cand, note)
 

@@ -39,6 +39,7 @@ from runtime.placement.cold_start import cover_cold_start, cover_cost
 from runtime.placement.gpu_packing import Resident
 from runtime.placement.inventory import Inventory
 from runtime.placement.policy_config import CostModel, PolicyConfig, policy_config
+from runtime.placement.pricing import held_fraction, idle_seconds
 from runtime.placement.profiles import Profile
 from runtime.placement.queueing import erlang_c_wait_p95
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
@@ -89,6 +90,10 @@ def choose_runtime(
     warm = 0
     if spec.scaling.min_scale == 0 and best.cold_start_ms is not None:
         best, tiers, cands, warm, why = cover_cold_start(spec, best, cands, config, why)
+    if best.keep_alive_s is not None and not tiers[0].min_scale:
+        tiers[0] = replace(tiers[0], keep_alive_s=best.keep_alive_s)
+        why += _keep_alive_why(spec, best, load)
+        best = replace(best, reason=why)
     cands = [best if c.tier == best.tier else c for c in cands]
     for i, c in enumerate(cands):
         if c.verdict == "rejected" and c.meets_goal:
@@ -98,6 +103,20 @@ def choose_runtime(
     cands += without_gpu(spec, inventory, cuda_runtimes, cands)
     placement = Placement(spec.name, tuple(tiers), reason=why)
     return PlacementDecision(spec.name, placement, tuple(cands), goal_met, load, warm, now)
+
+
+def _keep_alive_why(spec: ModelSpec, best: Candidate, load: float) -> str:
+    """Why the chosen tier goes to zero soon after each request, with the share of the
+    time its replica is up either way."""
+    assert best.keep_alive_s is not None and best.cold_start_ms is not None
+    cold_s = best.cold_start_ms / 1000
+    short = held_fraction(load, best.keep_alive_s, warm=False, cold_s=cold_s)
+    usual = held_fraction(load, idle_seconds(spec), warm=False, cold_s=cold_s)
+    return (
+        f"; to zero {best.keep_alive_s:g} s after its last request, since its cold start "
+        f"({best.cold_start_ms:.0f} ms) fits the goal: at {load:g} req/s a replica is up "
+        f"{short:.0%} of the time, against {usual:.0%} kept {idle_seconds(spec):g} s"
+    )
 
 
 def _pick(

@@ -7,6 +7,7 @@ from pydantic import Field, ValidationError
 
 from runtime.errors import ConfigError
 from runtime.spec.frozen import Frozen
+from runtime.spec.knative_bounds import KNATIVE_BOUNDS
 from runtime.spec.model import ModelConfig
 
 __all__ = ["CostModel", "PolicyConfig", "policy_config"]
@@ -50,6 +51,19 @@ class PolicyConfig(Frozen):
         ge=0,
         description="a cold start in the warm WASM host: a new instance from the snapshot "
         "(~0.2 ms) and the first touch of its pages (~8 ms, README's snapshot table)",
+    )
+    keep_alive_to_zero: bool = Field(
+        True,
+        description="a replica whose cold start fits the goal goes to zero "
+        "shortest_keep_alive_s after its last request when that holds it at least min_gain "
+        "less of the time than the scaling rule's idle period (rarely used models)",
+    )
+    shortest_keep_alive_s: float = Field(
+        KNATIVE_BOUNDS["window"].low,
+        ge=KNATIVE_BOUNDS["window"].low,
+        le=3600,
+        description="the keep-alive of such a replica: Knative's smallest stable window, "
+        "with no scale-down delay, retention or grace after it",
     )
     wasm_host_share_mib: float = Field(
         4.0, ge=0, description="each model's share of the WASM host process's own memory"
