@@ -191,3 +191,37 @@ def test_held_fraction_counts_the_cold_starts_after_long_gaps() -> None:
         1 - gone + 0.01 * 2.0 * gone
     )
     assert held_fraction(1.0, 6, warm=False, cold_s=5.0) == 1.0  # capped
+
+
+class _NoPools:
+    """A supervisor with no pools: the manager's decisions are checked, not applied."""
+
+    pools: dict[str, object] = {}
+
+
+def test_the_manager_shortens_the_keep_alive_when_the_load_falls_without_a_move() -> None:
+    """Planned at the default 1 req/s the model keeps its rule's idle period; once no
+    request came for a whole re-plan window, the manager decides again at the low load,
+    keeps the tier (no move) and takes the short keep-alive."""
+    from runtime.placement.manager import Manager
+    from runtime.spec.model import ModelConfig
+
+    now = [0.0]
+    m = Manager(
+        ModelConfig(models=[spec()]),
+        _NoPools(),  # type: ignore[arg-type]
+        probe=lambda: CPU_BOX,
+        profiles={"chat": (FAST_START,)},
+        policy=CFG.model_copy(update={"replan_window_s": 30, "replan_cooldown_s": 60}),
+        clock=lambda: now[0],
+    )
+    m.plan()
+    assert m.decisions["chat"].placement.primary.keep_alive_s is None
+    for t in range(0, 100, 10):
+        now[0] = float(t)
+        m.step()
+    d = m.decisions["chat"]
+    assert d.placement.primary.key == "llama-cpu"
+    assert d.placement.primary.keep_alive_s == CFG.shortest_keep_alive_s
+    assert d.load_rps < 0.01
+    assert not any("moved to" in e for e in m.events["chat"])
