@@ -31,6 +31,7 @@ class TierSim:
     cores: float  # held while a replica is up (0 for an instance in the WASM host)
     host: bool = False  # an instance in the shared WASM host
     keep_alive: float = KEEPALIVE  # idle seconds after a request before it goes
+    name: str = ""  # the tier's key (``llama-cuda``)
 
     def service(self, rng: np.random.Generator) -> float:
         return self.p50 * math.exp(self.sigma * rng.standard_normal())
@@ -62,6 +63,7 @@ def tier_of(
         cores=0.0 if host else 1.0 if gpu else float(spec.resources.cpu or 2),
         host=host,
         keep_alive=KEEPALIVE if keep_alive is None else keep_alive,
+        name=p.key,
     )
 
 
