@@ -171,11 +171,15 @@ def simulate(
             if b is not None and max(b.ready, b.free) < at:
                 best, at = b, max(b.ready, b.free)
         assert best is not None
-        done = at + best.tier.service(rng)
+        done = max(at, t) + best.tier.service(rng)  # an idle replica starts at arrival
         best.free = done
         best.last = done
         ok += int((done - t) * 1000 <= goal)
-    end = DAY
+    # At the end of the day, replicas idle past their keep-alive (above the warm
+    # minimum) went when it ran out, not at midnight; the rest are held to the end.
+    primary, bridge = current
+    retire(reps, DAY, primary.min_warm)
+    retire(bridges, DAY, bridge.min_warm if bridge else 0)
     for r in reps + bridges:
-        intervals.append((r.started, min(r.retire, max(end, r.free)), r.tier))
+        intervals.append((r.started, min(r.retire, max(DAY, r.free)), r.tier))
     return len(times), ok
