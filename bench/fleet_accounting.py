@@ -127,3 +127,11 @@ def gap_cause(m: Synthetic, cfg: PolicyConfig) -> str:
     if peak * best > m.spec.scaling.max_scale * cfg.max_utilization:
         return "load"
     return "choice"
+
+
+def warm_p95_meets_goal(m: Synthetic) -> bool:
+    """Whether some tier of the model (CPU, WASM or GPU) has a warm p95, alone, within
+    its goal; the fleet draws goals from the base model's latency, so a large model's
+    may be beyond any hardware, and no policy can meet it."""
+    tiers = (m.cpu, m.wasm, m.gpu)
+    return min(p.points[0].p95_ms for p in tiers if p is not None) <= m.spec.latency.p95_ms
