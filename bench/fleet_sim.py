@@ -135,6 +135,7 @@ def run(
     intervals: list[tuple[float, float, TierSim]] = []
     total = within = moves = on_wasm = 0
     feasible = [0, 0, 0]  # models, requests, within goal: of goals some tier meets warm
+    feasible_held = 0.0  # their GPU memory-hours
     gap: dict[str, float] = {"floor": 0.0, "gpu_from_zero": 0.0, "load": 0.0, "choice": 0.0}
     over: dict[str, float] = dict.fromkeys(gap, 0.0)
     worst: list[tuple[float, float, Synthetic, str]] = []
@@ -189,6 +190,7 @@ def run(
             feasible[0] += 1
             feasible[1] += n
             feasible[2] += ok
+            feasible_held += held
         by_family[m.family][0] += n
         by_family[m.family][1] += ok
     managed = policy.startswith("manager")
@@ -200,6 +202,7 @@ def run(
         # The same over the models whose goal some tier meets warm (warm_p95_meets_goal):
         "slo_attainment_feasible": round(feasible[2] / max(1, feasible[1]), 5),
         "feasible_models": feasible[0],
+        "gpu_memory_hours_feasible": round(feasible_held, 2),
         "gpu_hours": round(own, 1),
         "gpu_hours_packed": round(packed_gpu_hours(intervals), 1),
         "gpu_memory_hours": round(memory_gpu_hours(intervals), 2),
@@ -278,6 +281,9 @@ def main() -> None:
     )
     base = results["always_gpu"]
     floor = gpu_memory_floor(fleet, traffic)
+    able = [i for i, m in enumerate(fleet) if warm_p95_meets_goal(m)]
+    floor_feasible = gpu_memory_floor([fleet[i] for i in able], [traffic[i] for i in able])
+    base_feasible = base["gpu_memory_hours_feasible"]
     loose = gpu_memory_floor_loose(fleet)
     mgr = results["manager"]
     bare = results["manager_no_cover"]
@@ -331,6 +337,14 @@ def main() -> None:
                 # no GPU time for GPU-only models that start in time), for comparison:
                 "gpu_memory_hours_floor_loose": round(loose, 2),
                 "manager_share_of_best_saving_loose": share("manager", loose),
+                # The same over the models whose goal some tier meets warm (no policy
+                # keeps the others' goals, so the floor's premise holds for these only):
+                "gpu_memory_hours_floor_feasible": round(floor_feasible, 2),
+                "manager_share_of_best_saving_feasible": round(
+                    (1 - mgr["gpu_memory_hours_feasible"] / max(base_feasible, 1e-9))
+                    / max(1 - floor_feasible / max(base_feasible, 1e-9), 1e-9),
+                    3,
+                ),
                 # The issue's target (>= 99 % within goal, >= 40 % fewer GPU-hours than
                 # always-on GPU), under each accounting: as deployed, and like for like.
                 "target_met_as_deployed": bool(
