@@ -27,6 +27,7 @@ from runtime.placement.profiles import ProfileStore
 from runtime.settings import Settings
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.model import ModelConfig, load_config
+from runtime.spec.placement import Tier
 
 __all__ = ["plan_command", "profile_command"]
 
@@ -149,6 +150,14 @@ def _rates(pairs: list[str]) -> dict[str, float]:
     return out
 
 
+def _tier(t: Tier) -> str:
+    """A tier as the plan shows it: key, role, warm minimum, the manager's keep-alive."""
+    extra = f", {t.min_scale} warm" if t.min_scale else ""
+    if t.keep_alive_s is not None:
+        extra += f", to zero {t.keep_alive_s:g} s after a request"
+    return f"{t.key} ({t.role.value}{extra})"
+
+
 def plan_command(
     config: Path | None = typer.Option(None, "--config", help="Model config (YAML)."),
     hardware: Path | None = typer.Option(
@@ -184,10 +193,7 @@ def plan_command(
     out = Console(width=200)
     out.print(f"[bold]inventory[/bold] ({inv.source}): {inv.describe()}", highlight=False)
     for d in decisions:
-        tiers = " + ".join(
-            f"{t.key} ({t.role.value}" + (f", {t.min_scale} warm" if t.min_scale else "") + ")"
-            for t in d.placement.tiers
-        )
+        tiers = " + ".join(_tier(t) for t in d.placement.tiers)
         mark = "" if d.goal_met else " [red]GOAL NOT MET[/red]"
         out.print(f"\n[bold]{d.model}[/bold] -> {tiers}{mark}", highlight=False)
         out.print(f"  {d.reason}", highlight=False)

@@ -80,8 +80,9 @@ def placements_from_plan(
 ) -> dict[str, Placement]:
     """The manager's placements from ``edgeinfer plan --json`` output (its contract:
     ``{"models": [{"model", "reason", "tiers": [{"tier": "<runtime>-<device>", "role",
-    "cluster", "min_scale"}]}]}``). A tier's cluster is a cluster name of the config, or
-    the kubeconfig context of one (the manager names clusters it probed by context).
+    "cluster", "min_scale", "keep_alive_s"}]}]}``). A tier's cluster is a cluster name
+    of the config, or the kubeconfig context of one (the manager names clusters it
+    probed by context).
     Tiers with no cluster are for this machine and are kept out of Knative."""
     by_context = {c.context: c.name for c in clusters if c.context}
     try:
@@ -98,12 +99,14 @@ def placements_from_plan(
                 if where is not None and where not in {c.name for c in clusters}:
                     where = by_context.get(where, where)
                 warm = t.get("min_scale")
+                keep = t.get("keep_alive_s")
                 tier = Tier(
                     RuntimeName(runtime),
                     Device(device),
                     where,
                     TierRole(t["role"]),
                     None if warm is None else int(warm),
+                    None if keep is None else float(keep),
                 )
                 tiers.append(tier)
             out[entry["model"]] = Placement(entry["model"], tuple(tiers), entry.get("reason", ""))

@@ -36,6 +36,7 @@ from knative.naming import (
 from knative.placement_checks import check_placement
 from knative.pod import CONFIG_MOUNT, PORT, cores, resources, worker_args
 from knative.spinapp import is_spin_tier, render_spinapp
+from runtime.scaling.keep_alive import keep_alive_rule
 from runtime.spec.clusters import ClusterSpec
 from runtime.spec.model import ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
@@ -161,6 +162,10 @@ def _service(
     config_hash: str,
 ) -> dict[str, Any]:
     rule = spec.scaling
+    if tier.keep_alive_s is not None:
+        # The manager's short keep-alive: the stable window (no delay, no retention);
+        # the grace after it is the cluster's config-autoscaler setting, not ours.
+        rule, _ = keep_alive_rule(rule, tier.keep_alive_s, 0.0)
     # The manager may keep replicas warm on a tier (Tier.min_scale); a bridge is kept
     # warm anyway, or it could not answer while the primary scales from zero.
     warm = tier.min_scale

@@ -189,6 +189,16 @@ def _start_failure(current: PlacementDecision, error: str | None, ready: int, r:
     )
 
 
+def _with_keep_alive(current: PlacementDecision, new: PlacementDecision) -> PlacementDecision:
+    """``current`` with ``new``'s keep-alive on its primary, when both have the same
+    primary tier (a keep-alive chosen at a new load; no replica moves for it)."""
+    primary, fresh = current.placement.primary, new.placement.primary
+    if not same_tier(primary, fresh) or primary.keep_alive_s == fresh.keep_alive_s:
+        return current
+    tiers = (replace(primary, keep_alive_s=fresh.keep_alive_s), *current.placement.tiers[1:])
+    return replace(current, placement=replace(current.placement, tiers=tiers))
+
+
 def accept_move(
     current: PlacementDecision, new: PlacementDecision, replan: Replan, cfg: PolicyConfig
 ) -> bool:
@@ -387,10 +397,14 @@ class Manager:
                 self._evict(new, inv, now)
                 self.states[spec.name] = ReplanState(last_move=now, last_replan=now)
             else:
-                # Keep the tier but remember the new load and reasons (no move).
+                # Keep the tier but remember the new load and reasons (no move); the
+                # keep-alive chosen at the new load applies at once (it moves nothing).
+                kept = _with_keep_alive(current, new)
                 self.decisions[spec.name] = replace(
-                    current, load_rps=new.load_rps if r.load_rps else current.load_rps
+                    kept, load_rps=new.load_rps if r.load_rps else current.load_rps
                 )
+                if kept.placement != current.placement and pool is not None:
+                    pool.set_placement(kept.placement)
                 if not r.forced:
                     self.states[spec.name] = ReplanState(
                         last_move=r.state.last_move, last_replan=now

@@ -35,6 +35,7 @@ from typing import Any
 from runtime.errors import ModelNotReady
 from runtime.scaling.cores import CoreBudget
 from runtime.scaling.health import HealthConfig, backoff_seconds, watch
+from runtime.scaling.keep_alive import keep_alive_rule
 from runtime.scaling.kpa import UNBOUNDED, ConcurrencyWindow, ScaleDecision, ScalerState, decide
 from runtime.scaling.queue import STANDARD, RequestQueue, Ticket
 from runtime.scaling.replica import ColdStart, Launcher, Replica, ReplicaState
@@ -510,6 +511,8 @@ class ModelPool:
             rule = rule.model_copy(update={"min_scale": warm})
         if now < self.hold_until and rule.min_scale < 1:
             rule = rule.model_copy(update={"min_scale": 1})
+        keep = self.placement.primary.keep_alive_s if self.placement else None
+        rule, grace = keep_alive_rule(rule, keep, self.scale_to_zero_grace)
         self._apply_tiers(hold=max(1, self._replace))
         decision = decide(
             self.window.stats(now, rule),
@@ -517,7 +520,7 @@ class ModelPool:
             self.scaler,
             rule,
             now,
-            scale_to_zero_grace=self.scale_to_zero_grace,
+            scale_to_zero_grace=grace,
         )
         self.scaler = decision.state
         self.decision = decision

@@ -49,6 +49,10 @@ class Tier:
     # Replicas kept warm on this tier whatever the traffic (the manager's answer to a
     # cold start that breaks the latency goal); None: the model's own min-scale.
     min_scale: int | None = None
+    # Seconds a replica of this tier stays up after its last request before it goes to
+    # zero, when the manager chose it (a rarely used model whose cold start fits its
+    # goal goes to zero soon after each request); None: the model's scaling rule's.
+    keep_alive_s: float | None = None
 
     @property
     def key(self) -> str:

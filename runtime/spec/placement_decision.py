@@ -36,6 +36,9 @@ class Candidate:
     # What one replica costs per hour kept warm (a warm minimum or a warm bridge); for a
     # model in the WASM host, what it costs at zero, since it holds no replica.
     warm_cost_per_hour: float | None = None
+    # The keep-alive the price assumed when the manager chose a shorter one than the
+    # rule's (``runtime.placement.pricing.choose_keep_alive``); None: the rule's.
+    keep_alive_s: float | None = None
 
     @property
     def key(self) -> str:
@@ -61,6 +64,7 @@ class Candidate:
             "evict": list(self.evict),
             "gpu": self.gpu,  # which GPU of this host, when placed on one
             "memory_mib": round(self.memory_mib, 1),  # what it holds there (GPU or host)
+            "keep_alive_s": self.keep_alive_s,
         }
 
 
@@ -91,6 +95,7 @@ class PlacementDecision:
                     "role": t.role.value,
                     "cluster": t.cluster,
                     "min_scale": t.min_scale,
+                    "keep_alive_s": t.keep_alive_s,
                 }
                 for t in self.placement.tiers
             ],

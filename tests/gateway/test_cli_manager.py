@@ -181,3 +181,20 @@ def test_plan_at_a_stated_load(tmp_path: Path) -> None:
     assert "overloaded" in m["candidates"][0]["reason"]
     bad = run(home, "plan", "--config", str(config), "--rps", "nope=1")
     assert bad.exit_code == 2 and "no model 'nope'" in bad.output
+
+
+def test_plan_explains_a_short_keep_alive_for_a_rarely_used_model(tmp_path: Path) -> None:
+    """A model whose cold start fits its goal, at one request every few minutes: the plan
+    says it goes to zero 6 s after each request and why; at 5 req/s it keeps its rule's."""
+    config = write_config(tmp_path, {**MINILM, "latency": {"p95_ms": 2000}})
+    write_profile(tmp_path / "home", config, p95=40)
+    hw = tmp_path / "edge.yaml"
+    hw.write_text("cpu: {cores: 2}\nmemory_total_mib: 4096\n")
+    args = ("plan", "--config", str(config), "--hardware", str(hw))
+    rare = run(tmp_path / "home", *args, "--rps", "minilm=0.005")
+    assert rare.exit_code == 0, rare.output
+    assert "onnx-cpu (primary, to zero 6 s after a request)" in rare.output
+    assert "to zero 6 s after its last request, since its cold start" in rare.output
+    hot = run(tmp_path / "home", *args, "--json", "--rps", "minilm=5")
+    (m,) = json.loads(hot.output)["models"]
+    assert m["tiers"][0]["keep_alive_s"] is None and "after its last request" not in m["reason"]

@@ -443,3 +443,28 @@ def test_spin_guests_are_found_by_their_package_manifest(
     out = render_model(spec, default_placement(spec, cluster), cluster, tmp_path)
     assert out.errors == []
     assert [m["kind"] for m in out.manifests] == ["ConfigMap", kind]
+
+
+def test_manager_keep_alive_becomes_a_short_window(tmp_path: Path) -> None:
+    """The manager's Tier.keep_alive_s (a rarely used model that goes to zero soon after
+    each request), read from `edgeinfer plan --json`: the revision's stable window, with
+    no scale-down delay or retention; without it, the model's own rule."""
+    import json
+
+    from knative.placement_checks import placements_from_plan
+
+    core = ClusterSpec(name="core")
+    windows = {}
+    for keep in (6, None):
+        plan = tmp_path / f"plan-{keep}.json"
+        tier = {"tier": "llama-cuda", "role": "primary", "cluster": "core", "keep_alive_s": keep}
+        plan.write_text(json.dumps({"models": [{"model": "smollm2", "tiers": [tier]}]}))
+        placement = placements_from_plan(plan, (core,))["smollm2"]
+        assert placement.primary.keep_alive_s == keep
+        out = render_model(smollm2(), placement, core, Path.cwd())
+        meta = services(out.manifests)["smollm2-llama-cuda"]["spec"]["template"]["metadata"]
+        a = meta["annotations"]
+        windows[keep] = a["autoscaling.knative.dev/window"]
+        if keep is not None:
+            assert a["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] == "0s"
+    assert windows == {6: "6s", None: "60s"}
