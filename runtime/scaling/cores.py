@@ -16,8 +16,15 @@ evicts an idle model the same way) first, else one that has served its turn (``t
 seconds). So when more models are busy than the cores hold, they take turns, and
 every model gets served however many there are.
 
-The budget holds no counts of its own: what is used is read from the pools each time,
-so a replica that dies or drains gives its cores back without being told.
+The budget holds no counts of its own: what is used, and what is on its way back
+(replicas draining), is read from the pools each time, so a replica that dies or drains
+gives its cores back without being told, and a model that was drained and came back on
+free cores is drained again when another waits at zero. (A ledger of past drains kept
+here once went stale that way: a model came back on free cores, the budget still counted
+its old drain as cores coming back, and magika waited at zero for 60 s in CI.)
+
+A model in crash-loop back-off takes no cores and has no other model drained for it:
+its next start may fail too, and it would hold the cores while it sleeps out the delay.
 """
 
 from __future__ import annotations
@@ -59,6 +66,11 @@ def _idle(pool: ModelPool) -> int:
     return sum(1 for r in pool.replicas if r.state is ReplicaState.READY and not r.in_flight)
 
 
+def _backoff(pool: ModelPool, now: float) -> float:
+    """Seconds until ``pool``'s next start may begin (crash-loop back-off); 0 if none."""
+    return max(0.0, pool.backoff_until - now) if pool.failed_starts else 0.0
+
+
 def _served_turn(pool: ModelPool, now: float, turn: float) -> int:
     return sum(
         1 for r in pool.replicas if r.state is ReplicaState.READY and now - r.started >= turn
@@ -77,8 +89,6 @@ class CoreBudget:
         self.turn = turn
         self._clock = clock
         self._pools: list[ModelPool] = []
-        # Pools asked to give cores back: (pool, replicas it will hold once done, cores).
-        self._asked: list[tuple[ModelPool, int, int]] = []
         self._starved: dict[str, float] = {}  # model -> since when it waits at zero
 
     def track(self, pool: ModelPool) -> None:
@@ -91,6 +101,10 @@ class CoreBudget:
         """Cores held by replicas starting, serving or draining."""
         return sum(_holding(p) * self.cost(p.spec) for p in self._pools)
 
+    def returning(self) -> int:
+        """Cores held by replicas draining: free once their requests in flight end."""
+        return sum(p.count(ReplicaState.DRAINING) * self.cost(p.spec) for p in self._pools)
+
     def admit(self, pool: ModelPool, n: int) -> tuple[int, str]:
         """How many of ``n`` new replicas of ``pool`` may start now, and why the rest
         may not ("" when all may)."""
@@ -102,6 +116,9 @@ class CoreBudget:
                 f"a replica needs {cost} threads (options.threads) and the budget has "
                 f"{self.cores} cores: it can never start; lower options.threads"
             )
+        backoff = _backoff(pool, self._clock())
+        if backoff:
+            return 0, f"crash-loop back-off: takes no cores until its next try in {backoff:.0f}s"
         at_zero = _holding(pool) == 0
         first = self._first_in_line()
         if first is not None and first is not pool:
@@ -119,29 +136,29 @@ class CoreBudget:
         )
 
     def _first_in_line(self) -> ModelPool | None:
-        """The model that has waited longest at zero with requests waiting, if any."""
+        """The model that has waited longest at zero with requests waiting, if any (one
+        in crash-loop back-off keeps its place but lets the others go meanwhile)."""
         now = self._clock()
         for p in self._pools:
             if len(p.queue) and not _holding(p):
                 self._starved.setdefault(p.spec.name, now)
             else:
                 self._starved.pop(p.spec.name, None)
-        if not self._starved:
-            return None
-        name = min(self._starved, key=lambda n: self._starved[n])
-        return next(p for p in self._pools if p.spec.name == name)
+        waiting = [p for p in self._pools if p.spec.name in self._starved and not _backoff(p, now)]
+        return min(waiting, key=lambda p: self._starved[p.spec.name], default=None)
 
     def _make_room(self, pool: ModelPool, need: int) -> None:
-        """Drain replicas of other models until ``need`` cores will be free: idle ones
-        first, then ones that have served their turn."""
-        self._asked = [(p, keep, c) for p, keep, c in self._asked if _holding(p) > keep]
-        need -= sum(c for _, _, c in self._asked)
+        """Drain replicas of other models until ``need`` cores will be free, counting
+        the ones draining already: idle ones first, then ones that have served their
+        turn. ``scale_down`` marks them draining at once, so a second call in the same
+        moment counts them and drains no more."""
+        need -= self.returning()
         now = self._clock()
         for victims in (_idle, lambda p: _served_turn(p, now, self.turn)):
             for other in self._pools:
                 if need <= 0:
                     return
-                if other is pool or other.external or any(p is other for p, _, _ in self._asked):
+                if other is pool or other.external:
                     continue
                 if victims is _idle and len(other.queue):
                     continue
@@ -149,5 +166,4 @@ class CoreBudget:
                 n = min(victims(other), -(-need // cost))
                 if n:
                     other.scale_down(n)
-                    self._asked.append((other, _holding(other) - n, n * cost))
                     need -= n * cost

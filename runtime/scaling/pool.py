@@ -480,6 +480,7 @@ class ModelPool:
             key=lambda r: (r.state is ReplicaState.READY, r.in_flight),
         )
         for replica in candidates[:n]:
+            replica.state = ReplicaState.DRAINING  # at once: the core budget counts it
             self._spawn_task(self._drain(replica))
 
     async def _drain(self, replica: Replica) -> None:

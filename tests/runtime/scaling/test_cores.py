@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from runtime.errors import ModelNotReady
 from runtime.scaling.cores import CoreBudget, replica_threads
+from runtime.scaling.health import HealthConfig
 from runtime.scaling.replica import Replica, ReplicaState
 from runtime.scaling.supervisor import Supervisor
 from runtime.spec.model import ModelConfig, ModelSpec, load_config
@@ -219,3 +221,86 @@ def test_busy_models_take_turns_when_the_cores_hold_one_of_them() -> None:
 def test_the_budget_needs_a_core() -> None:
     with pytest.raises(ValueError, match="at least 1 core"):
         CoreBudget(0, clock=FakeClock())
+
+
+def three_models() -> ModelConfig:
+    base = one_model(2, **{"max-scale": 1}).models[0]
+    return ModelConfig(models=[base.model_copy(update={"name": n}) for n in ("a", "b", "c")])
+
+
+def test_a_model_that_came_back_on_free_cores_is_still_drained_for_one_at_zero() -> None:
+    """CI's 504 (tests/gateway/test_schemathesis.py, magika at zero for 60 s): a model
+    drained for another came back on its own once the cores were free; the budget still
+    counted that old drain as cores on their way back and never drained it again."""
+
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        sup = Supervisor(three_models(), launcher=launcher, clock=clock, tick=3600, cores=2)
+        await sup.start()
+        a, b, c = (sup.pool(n) for n in "abc")
+
+        async def serve(pool: Any, index: int) -> None:
+            call = asyncio.ensure_future(pool.acquire(FAR))
+            await settle()
+            pool.autoscale(clock.now)  # its next tick, should the cores have been busy
+            await settle()
+            assert len(launcher.started) == index + 1, [r.model for r in launcher.started]
+            launcher.ready(index)
+            await settle()
+            pool.release(call.result())  # served; the replica stays, idle
+
+        await serve(a, 0)  # a holds both cores, idle
+        await serve(b, 1)  # a is drained for b
+        assert launcher.started[0].state is ReplicaState.STOPPED
+        b.scale_down(1)  # b goes to zero on its own (its window passed)
+        await settle()
+        await serve(a, 2)  # a comes back on the free cores
+        call = asyncio.ensure_future(c.acquire(FAR))  # c at zero: a is idle, drain it
+        await settle()
+        assert launcher.started[2].state is ReplicaState.STOPPED
+        c.autoscale(clock.now)
+        await settle()
+        assert [r.model for r in launcher.started] == ["a", "b", "a", "c"]
+        launcher.ready(3)
+        await settle()
+        assert call.result() is launcher.started[3]
+        await sup.stop()
+
+    run(scenario)
+
+
+def test_no_serving_replica_is_drained_for_a_model_in_crash_loop_back_off() -> None:
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        health = HealthConfig(backoff_initial_seconds=5.0)
+        sup = Supervisor(
+            two_models(), launcher=launcher, clock=clock, tick=3600, cores=2, health=health
+        )
+        await sup.start()
+        a, b = sup.pool("a"), sup.pool("b")
+        first = asyncio.ensure_future(b.acquire(FAR))
+        await settle()
+        clock.now += 1.0  # the request waits a second (b's window sees traffic)
+        launcher.fail_load(0, "bad weights")  # b's start fails: back-off 5 s
+        await settle()
+        with pytest.raises(ModelNotReady):
+            first.result()
+        served = asyncio.ensure_future(a.acquire(FAR))  # a is not kept out by b meanwhile
+        await settle()
+        launcher.ready(1)
+        await settle()
+        a.release(served.result())  # a: one idle replica holding both cores
+        b.autoscale(clock.now)  # b's autoscaler still wants a replica (recent traffic)
+        await settle()
+        assert launcher.started[1].state is ReplicaState.READY, "drained for a crash loop"
+        assert "crash-loop back-off" in b.status().cores
+        clock.now += 5.0  # the back-off is over: b's next try may take a's cores
+        b.autoscale(clock.now)
+        await settle()
+        assert launcher.started[1].state is ReplicaState.STOPPED
+        b.autoscale(clock.now)
+        await settle()
+        assert [r.model for r in launcher.started] == ["b", "a", "b"]
+        await sup.stop()
+
+    run(scenario)
