@@ -128,7 +128,9 @@ class CoreBudget:
         fits = max(0, (self.cores - used) // cost)
         if fits >= n:
             return n, ""
-        if at_zero and fits == 0:
+        if at_zero and fits == 0 and len(pool.queue):
+            # Only for requests waiting: a model whose window merely still wants a
+            # replica drained a serving one every tick, and they ping-ponged.
             self._make_room(pool, cost - (self.cores - used))
         return fits, (
             f"waiting for cores: {n - fits} more replica(s) of {cost} threads do not fit "

@@ -294,13 +294,49 @@ def test_no_serving_replica_is_drained_for_a_model_in_crash_loop_back_off() -> N
         await settle()
         assert launcher.started[1].state is ReplicaState.READY, "drained for a crash loop"
         assert "crash-loop back-off" in b.status().cores
-        clock.now += 5.0  # the back-off is over: b's next try may take a's cores
-        b.autoscale(clock.now)
+        clock.now += 5.0  # the back-off is over: a request for b may take a's cores
+        second = asyncio.ensure_future(b.acquire(FAR))
         await settle()
         assert launcher.started[1].state is ReplicaState.STOPPED
         b.autoscale(clock.now)
         await settle()
         assert [r.model for r in launcher.started] == ["b", "a", "b"]
+        second.cancel()
+        await sup.stop()
+
+    run(scenario)
+
+
+def test_a_model_at_zero_with_no_request_waiting_drains_no_one() -> None:
+    """Its window still wanting a replica is no reason to take another model's: two
+    models with recent traffic drained each other's idle replica every tick."""
+
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        sup = Supervisor(two_models(), launcher=launcher, clock=clock, tick=3600, cores=2)
+        await sup.start()
+        a, b = sup.pool("a"), sup.pool("b")
+        first = asyncio.ensure_future(a.acquire(FAR))
+        await settle()
+        clock.now += 1.0
+        launcher.ready(0)
+        await settle()
+        a.release(first.result())
+        second = asyncio.ensure_future(b.acquire(FAR))  # a idle: drained for b
+        await settle()
+        b.autoscale(clock.now)
+        await settle()
+        launcher.ready(1)
+        await settle()
+        b.release(second.result())  # b: one idle replica holding both cores
+        for _ in range(3):
+            clock.now += 1.0
+            a.autoscale(clock.now)  # a's window wants a replica, nobody waits for one
+            b.autoscale(clock.now)
+            await settle()
+            assert a.decision is not None and a.decision.desired == 1
+        assert [r.model for r in launcher.started] == ["a", "b"]
+        assert launcher.started[1].state is ReplicaState.READY
         await sup.stop()
 
     run(scenario)
