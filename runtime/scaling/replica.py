@@ -19,7 +19,7 @@ import enum
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -307,6 +307,8 @@ class WorkerProcess:
     config_path: Path
     log_dir: Path
     extra_args: tuple[str, ...] = ()
+    # The workers' environment (None: ours); the core budget's EDGEINFER_CPU_CORES.
+    environ: Mapping[str, str] | None = None
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -333,6 +335,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env=self.environ,
                 start_new_session=True,  # drained by the supervisor, not by Ctrl-C
             )
 
