@@ -13,8 +13,16 @@ Fairness: a model at zero with requests waiting goes first (the one waiting long
 first). While one waits for cores, no other model scales out or starts, and a replica
 of another model is drained to make room: an idle one (nothing in flight; Ollama
 evicts an idle model the same way) first, else one that has served its turn (``turn``
-seconds). So when more models are busy than the cores hold, they take turns, and
-every model gets served however many there are.
+seconds); among those, the model whose cold start costs least goes first (a MiniLM
+replica is back in a second, SmolLM2's in several). So when more models are busy than
+the cores hold, they take turns, and every model gets served however many there are.
+
+Width: a model without ``options.threads`` runs on every core when it is the only one
+busy. When several are, a replica started then gets ``cores // busy models`` threads
+(at least 1), so that they share the cores side by side instead of taking turns, each
+turn a cold start (issue 15's mixed load). A model keeps the width it started with
+while it holds any replica (:meth:`CoreBudget.width`); the worker is told through
+``options.threads`` of the spec it is launched with (:meth:`CoreBudget.launch_spec`).
 
 The budget holds no counts of its own: what is used, and what is on its way back
 (replicas draining), is read from the pools each time, so a replica that dies or drains
@@ -71,6 +79,16 @@ def _backoff(pool: ModelPool, now: float) -> float:
     return max(0.0, pool.backoff_until - now) if pool.failed_starts else 0.0
 
 
+def _busy(pool: ModelPool) -> bool:
+    """Requests waiting for ``pool`` or in flight on it."""
+    return bool(len(pool.queue)) or any(r.in_flight for r in pool.replicas)
+
+
+def _cold_start_seconds(pool: ModelPool) -> float:
+    """What ``pool``'s last cold start took (0 before its first)."""
+    return pool.last_cold_start.total if pool.last_cold_start is not None else 0.0
+
+
 def _served_turn(pool: ModelPool, now: float, turn: float) -> int:
     return sum(
         1 for r in pool.replicas if r.state is ReplicaState.READY and now - r.started >= turn
@@ -90,25 +108,50 @@ class CoreBudget:
         self._clock = clock
         self._pools: list[ModelPool] = []
         self._starved: dict[str, float] = {}  # model -> since when it waits at zero
+        # model -> threads of its replicas, set when it starts from zero; read only
+        # while it holds a replica (so no count here outlives the replicas it describes).
+        self._width: dict[str, int] = {}
 
     def track(self, pool: ModelPool) -> None:
         self._pools.append(pool)
 
-    def cost(self, spec: ModelSpec) -> int:
-        return 0 if spec.endpoint is not None else replica_threads(spec, self.cores)
+    def width(self, pool: ModelPool) -> int:
+        """Threads (cores) one replica of ``pool`` runs: the width it started with while
+        it holds replicas, else what a replica started now would get; 0 for an external
+        endpoint."""
+        if pool.external:
+            return 0
+        if _holding(pool) and pool.spec.name in self._width:
+            return self._width[pool.spec.name]
+        full = replica_threads(pool.spec, self.cores)
+        if pool.spec.options.threads is not None:
+            return full  # the config's own choice
+        busy = sum(1 for p in self._pools if p is pool or (not p.external and _busy(p)))
+        return min(full, max(1, self.cores // busy))
+
+    def launch_spec(self, pool: ModelPool) -> ModelSpec:
+        """The spec a new replica of ``pool`` is launched with: its own, with
+        ``options.threads`` set where the budget narrowed it."""
+        spec = pool.spec
+        width = self.width(pool)
+        if spec.options.threads is not None or width >= replica_threads(spec, self.cores):
+            return spec
+        return spec.model_copy(
+            update={"options": spec.options.model_copy(update={"threads": width})}
+        )
 
     def used(self) -> int:
         """Cores held by replicas starting, serving or draining."""
-        return sum(_holding(p) * self.cost(p.spec) for p in self._pools)
+        return sum(_holding(p) * self.width(p) for p in self._pools)
 
     def returning(self) -> int:
         """Cores held by replicas draining: free once their requests in flight end."""
-        return sum(p.count(ReplicaState.DRAINING) * self.cost(p.spec) for p in self._pools)
+        return sum(p.count(ReplicaState.DRAINING) * self.width(p) for p in self._pools)
 
     def admit(self, pool: ModelPool, n: int) -> tuple[int, str]:
         """How many of ``n`` new replicas of ``pool`` may start now, and why the rest
-        may not ("" when all may)."""
-        cost = self.cost(pool.spec)
+        may not, or that they start narrowed ("" when all may, at full width)."""
+        cost = self.width(pool)
         if cost == 0 or n <= 0:
             return n, ""
         if cost > self.cores:
@@ -125,9 +168,17 @@ class CoreBudget:
             why = "at zero with requests waiting" if at_zero else "at zero, requests waiting"
             return 0, f"waiting for cores: {first.spec.name} ({why}) goes first"
         used = self.used()
-        fits = max(0, (self.cores - used) // cost)
-        if fits >= n:
-            return n, ""
+        fits = min(n, max(0, (self.cores - used) // cost))
+        if fits:
+            self._width[pool.spec.name] = cost
+        full = replica_threads(pool.spec, self.cores)
+        narrowed = (
+            f"replicas of {cost} of {full} threads: other models are busy on the {self.cores} cores"
+            if cost < full
+            else ""
+        )
+        if fits == n:
+            return n, narrowed
         if at_zero and fits == 0 and len(pool.queue):
             # Only for requests waiting: a model whose window merely still wants a
             # replica drained a serving one every tick, and they ping-ponged.
@@ -146,8 +197,12 @@ class CoreBudget:
                 self._starved.setdefault(p.spec.name, now)
             else:
                 self._starved.pop(p.spec.name, None)
-        waiting = [p for p in self._pools if p.spec.name in self._starved and not _backoff(p, now)]
-        return min(waiting, key=lambda p: self._starved[p.spec.name], default=None)
+        eligible = {p.spec.name: p for p in self._pools if not _backoff(p, now)}
+        # sorted() is stable and the dict keeps arrival order: a tie goes to the first.
+        for name in sorted(self._starved, key=self._starved.__getitem__):
+            if name in eligible:
+                return eligible[name]
+        return None
 
     def _make_room(self, pool: ModelPool, need: int) -> None:
         """Drain replicas of other models until ``need`` cores will be free, counting
@@ -156,15 +211,17 @@ class CoreBudget:
         moment counts them and drains no more."""
         need -= self.returning()
         now = self._clock()
+        # The cheapest to bring back first: a fast cold start is a short turn lost.
+        cheapest = sorted(self._pools, key=_cold_start_seconds)
         for victims in (_idle, lambda p: _served_turn(p, now, self.turn)):
-            for other in self._pools:
+            for other in cheapest:
                 if need <= 0:
                     return
                 if other is pool or other.external:
                     continue
                 if victims is _idle and len(other.queue):
                     continue
-                cost = max(1, self.cost(other.spec))
+                cost = max(1, self.width(other))
                 n = min(victims(other), -(-need // cost))
                 if n:
                     other.scale_down(n)

@@ -178,6 +178,7 @@ class ForkServer:
                 "log": str(log_path),
                 "runtime": self.runtime if tier is None else tier.runtime.value,
                 "device": self.device if tier is None else tier.device.value,
+                "threads": spec.options.threads,  # the core budget's width for this one
             }
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
@@ -230,6 +231,8 @@ def _child(request: dict[str, Any]) -> int:
     os.close(null)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if request.get("threads"):  # narrowed by the core budget (the config's spec is not)
+        os.environ["EDGEINFER_CPU_CORES"] = str(int(request["threads"]))
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(message)s", force=True

@@ -317,7 +317,9 @@ class ModelPool:
             delay = self.backoff_until - self._clock()
             if delay > 0:  # a crash loop: the next start waits its back-off
                 await asyncio.sleep(delay)
-            replica = await self._launcher(self.spec, tier)
+            # The core budget may narrow a primary replica's threads (options.threads).
+            spec = self.cores.launch_spec(self) if self.cores is not None and primary else self.spec
+            replica = await self._launcher(spec, tier)
         except Exception as exc:  # the launcher itself failed (no python, no port...)
             self._spawning -= primary
             self._bridging -= not primary

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import os
 import socket
 import sys
 import time
@@ -319,6 +320,9 @@ class WorkerProcess:
     async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         placed = () if tier is None else ("--runtime", tier.runtime, "--device", tier.device)
+        env = self.environ
+        if spec.options.threads:  # the core budget's width (the config's spec may not say)
+            env = {**(env or os.environ), "EDGEINFER_CPU_CORES": str(spec.options.threads)}
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             return await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -335,7 +339,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=self.environ,
+                env=env,
                 start_new_session=True,  # drained by the supervisor, not by Ctrl-C
             )
 

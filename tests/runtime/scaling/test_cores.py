@@ -35,15 +35,14 @@ def with_threads(config: ModelConfig, threads: dict[str, int | None]) -> ModelCo
     return config.model_copy(update={"models": models})
 
 
-def alive_threads(launcher: FakeLauncher, config: ModelConfig, cores: int) -> int:
-    """Threads of the fake worker processes that have not exited: what the machine runs."""
+def alive_threads(launcher: FakeLauncher, cores: int) -> int:
+    """Threads of the fake worker processes that have not exited, each as the spec it
+    was launched with says (the budget may narrow it): what the machine runs."""
     total = 0
-    for r in launcher.started:
+    for r, spec in zip(launcher.started, launcher.specs, strict=True):
         process = r.process
         assert isinstance(process, FakeProcess)
         if process.returncode is None and not process.terminated:
-            spec = config.get(r.model)
-            assert spec is not None
             total += replica_threads(spec, cores)
     return total
 
@@ -91,7 +90,7 @@ def test_no_bundled_configuration_oversubscribes_the_cores(cores: int, threading
             for pool in sup.pools.values():
                 pool.autoscale(clock.now)
             await settle()
-            assert alive_threads(launcher, config, cores) <= cores, step
+            assert alive_threads(launcher, cores) <= cores, step
             assert sup.cores is not None and sup.cores.used() <= cores
         assert served == set(sup.pools), "a model never got cores"
         for name, replica in held:
@@ -337,6 +336,78 @@ def test_a_model_at_zero_with_no_request_waiting_drains_no_one() -> None:
             assert a.decision is not None and a.decision.desired == 1
         assert [r.model for r in launcher.started] == ["a", "b"]
         assert launcher.started[1].state is ReplicaState.READY
+        await sup.stop()
+
+    run(scenario)
+
+
+def unthreaded(*names: str) -> ModelConfig:
+    """Models that say no options.threads: every core when alone, narrowed when not."""
+    base = one_model(1, **{"max-scale": 1}).models[0]
+    base = base.model_copy(update={"options": base.options.model_copy(update={"threads": None})})
+    return ModelConfig(models=[base.model_copy(update={"name": n}) for n in names])
+
+
+def test_busy_models_get_narrower_replicas_side_by_side_instead_of_turns() -> None:
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        sup = Supervisor(unthreaded("a", "b"), launcher=launcher, clock=clock, tick=3600, cores=2)
+        assert sup.cores is not None
+        await sup.start()
+        a, b = sup.pool("a"), sup.pool("b")
+        first = asyncio.ensure_future(a.acquire(FAR))
+        await settle()
+        launcher.ready(0)
+        await settle()
+        assert launcher.specs[0].options.threads is None  # alone: every core
+        second = asyncio.ensure_future(a.acquire(FAR))  # a stays busy: one waits
+        waiting = asyncio.ensure_future(b.acquire(FAR))  # b waits for a's turn
+        await settle()
+        assert launcher.started[0].state is ReplicaState.DRAINING  # a has served its turn
+        a.release(first.result())
+        await settle()
+        b.autoscale(clock.now)  # both busy: b gets 1 of the 2 cores...
+        a.autoscale(clock.now)  # ...and a, back at zero, the other one beside it
+        await settle()
+        assert [r.model for r in launcher.started] == ["a", "b", "a"]
+        assert [s.options.threads for s in launcher.specs] == [None, 1, 1]
+        assert "replicas of 1 of 2 threads" in b.status().cores
+        launcher.ready(1)
+        launcher.ready(2)
+        await settle()
+        assert waiting.result() is launcher.started[1]
+        assert second.result() is launcher.started[2]
+        assert alive_threads(launcher, 2) == sup.cores.used() == 2
+        b.release(waiting.result())
+        a.release(second.result())
+        await sup.stop()
+
+    run(scenario)
+
+
+def test_the_model_quickest_to_come_back_is_drained_first() -> None:
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        config = ModelConfig(
+            models=[
+                m.model_copy(update={"name": n})
+                for m, n in zip(three_models().models, ("slow", "quick", "c"), strict=True)
+            ]
+        )
+        config = with_threads(config, {"slow": 1, "quick": 1, "c": 1})
+        sup = Supervisor(config, launcher=launcher, clock=clock, tick=3600, cores=2)
+        await sup.start()
+        for i, (name, load_s) in enumerate((("slow", 5.0), ("quick", 0.5))):
+            call = asyncio.ensure_future(sup.pool(name).acquire(FAR))
+            await settle()
+            launcher.ready(i, load_s=load_s)
+            await settle()
+            sup.pool(name).release(call.result())  # idle, holding 1 core each
+        waiting = asyncio.ensure_future(sup.pool("c").acquire(FAR))
+        await settle()
+        assert launcher.started[1].state is ReplicaState.STOPPED  # quick: back in 0.5 s
+        assert launcher.started[0].state is ReplicaState.READY  # slow: 5 s to come back
+        waiting.cancel()
         await sup.stop()
 
     run(scenario)
