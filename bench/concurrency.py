@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -322,6 +323,7 @@ async def mixed(seconds: float) -> dict[str, Any]:
                         idle[name].append(time.perf_counter() - start)
                 loaded: dict[str, list[float]] = {name: [] for name in calls}
                 failed = 0
+                why: dict[str, int] = {}  # "model status" -> failed requests
                 end = time.perf_counter() + seconds
                 rng = random.Random(15)
 
@@ -333,19 +335,25 @@ async def mixed(seconds: float) -> dict[str, Any]:
                         start = time.perf_counter()
                         try:
                             await calls[name](s, served.url, k * 10000 + i)
-                        except (TimeoutError, SystemExit, aiohttp.ClientError):
+                        except (TimeoutError, SystemExit, aiohttp.ClientError) as exc:
                             failed += 1
+                            status = re.search(r"answered (\d+)", str(exc))
+                            key = f"{name} {status[1] if status else type(exc).__name__}"
+                            why[key] = why.get(key, 0) + 1
                         else:
                             loaded[name].append(time.perf_counter() - start)
                         i += 1
 
                 await asyncio.gather(*(client(k) for k in range(200)))
+                async with s.get(f"{served.url}/admin/models") as r:
+                    admin = {m["model"]: m for m in (await r.json())["models"]}
         finally:
             served.stop()
     return {
         "seconds": seconds,
         "clients": 200,
         "failed": failed,
+        "failed_by": why,
         "models": {
             name: {
                 "idle_p50_s": statistics.median(idle[name]),
@@ -353,6 +361,8 @@ async def mixed(seconds: float) -> dict[str, Any]:
                 "p50_s": statistics.median(loaded[name]) if loaded[name] else None,
                 "p99_s": pct(loaded[name], 0.99) if loaded[name] else None,
                 "completed": len(loaded[name]),
+                "cold_starts": admin[name]["cold_starts"],
+                "cores": admin[name]["autoscaler"]["cores"],
                 "p99_over_idle_p99": (pct(loaded[name], 0.99) / pct(idle[name], 0.99))
                 if loaded[name]
                 else None,
