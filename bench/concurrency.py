@@ -212,16 +212,25 @@ Call = Callable[[aiohttp.ClientSession, str, int], Awaitable[int]]
 async def closed_loop(
     s: aiohttp.ClientSession, base: str, call: Call, clients: int, per_client: int
 ) -> dict[str, float]:
-    """``clients`` each send ``per_client`` requests one after another."""
+    """``clients`` each send ``per_client`` requests one after another. A refused
+    request (the gateway's 504 when its deadline cannot be met, a 429/503) is counted
+    in ``failed`` by status, not in the rates: the round goes on."""
     latencies: list[float] = []
     units = 0
+    failed: dict[str, int] = {}
 
     async def client(k: int) -> None:
         nonlocal units
         for j in range(per_client):
             start = time.perf_counter()
-            got = await call(s, base, k * per_client + j)  # not ``units += await``: that
-            units += got  # reads ``units`` before the await and loses the others' counts
+            try:
+                got = await call(s, base, k * per_client + j)  # not ``units += await``:
+            except (SystemExit, aiohttp.ClientError, TimeoutError) as exc:
+                status = re.search(r"answered (\d+)", str(exc))
+                key = status[1] if status else type(exc).__name__
+                failed[key] = failed.get(key, 0) + 1
+                continue
+            units += got  # that reads ``units`` before the await, losing others' counts
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -230,8 +239,9 @@ async def closed_loop(
     return {
         "requests_per_s": len(latencies) / elapsed,
         "units_per_s": units / elapsed,
-        "p50_s": statistics.median(latencies),
-        "p99_s": pct(latencies, 0.99),
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p99_s": pct(latencies, 0.99) if latencies else float("nan"),
+        "failed": failed,
     }
 
 
