@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -211,16 +212,25 @@ Call = Callable[[aiohttp.ClientSession, str, int], Awaitable[int]]
 async def closed_loop(
     s: aiohttp.ClientSession, base: str, call: Call, clients: int, per_client: int
 ) -> dict[str, float]:
-    """``clients`` each send ``per_client`` requests one after another."""
+    """``clients`` each send ``per_client`` requests one after another. A refused
+    request (the gateway's 504 when its deadline cannot be met, a 429/503) is counted
+    in ``failed`` by status, not in the rates: the round goes on."""
     latencies: list[float] = []
     units = 0
+    failed: dict[str, int] = {}
 
     async def client(k: int) -> None:
         nonlocal units
         for j in range(per_client):
             start = time.perf_counter()
-            got = await call(s, base, k * per_client + j)  # not ``units += await``: that
-            units += got  # reads ``units`` before the await and loses the others' counts
+            try:
+                got = await call(s, base, k * per_client + j)  # not ``units += await``:
+            except (SystemExit, aiohttp.ClientError, TimeoutError) as exc:
+                status = re.search(r"answered (\d+)", str(exc))
+                key = status[1] if status else type(exc).__name__
+                failed[key] = failed.get(key, 0) + 1
+                continue
+            units += got  # that reads ``units`` before the await, losing others' counts
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -229,8 +239,9 @@ async def closed_loop(
     return {
         "requests_per_s": len(latencies) / elapsed,
         "units_per_s": units / elapsed,
-        "p50_s": statistics.median(latencies),
-        "p99_s": pct(latencies, 0.99),
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p99_s": pct(latencies, 0.99) if latencies else float("nan"),
+        "failed": failed,
     }
 
 
@@ -322,6 +333,7 @@ async def mixed(seconds: float) -> dict[str, Any]:
                         idle[name].append(time.perf_counter() - start)
                 loaded: dict[str, list[float]] = {name: [] for name in calls}
                 failed = 0
+                why: dict[str, int] = {}  # "model status" -> failed requests
                 end = time.perf_counter() + seconds
                 rng = random.Random(15)
 
@@ -333,19 +345,25 @@ async def mixed(seconds: float) -> dict[str, Any]:
                         start = time.perf_counter()
                         try:
                             await calls[name](s, served.url, k * 10000 + i)
-                        except (TimeoutError, SystemExit, aiohttp.ClientError):
+                        except (TimeoutError, SystemExit, aiohttp.ClientError) as exc:
                             failed += 1
+                            status = re.search(r"answered (\d+)", str(exc))
+                            key = f"{name} {status[1] if status else type(exc).__name__}"
+                            why[key] = why.get(key, 0) + 1
                         else:
                             loaded[name].append(time.perf_counter() - start)
                         i += 1
 
                 await asyncio.gather(*(client(k) for k in range(200)))
+                async with s.get(f"{served.url}/admin/models") as r:
+                    admin = {m["model"]: m for m in (await r.json())["models"]}
         finally:
             served.stop()
     return {
         "seconds": seconds,
         "clients": 200,
         "failed": failed,
+        "failed_by": why,
         "models": {
             name: {
                 "idle_p50_s": statistics.median(idle[name]),
@@ -353,6 +371,8 @@ async def mixed(seconds: float) -> dict[str, Any]:
                 "p50_s": statistics.median(loaded[name]) if loaded[name] else None,
                 "p99_s": pct(loaded[name], 0.99) if loaded[name] else None,
                 "completed": len(loaded[name]),
+                "cold_starts": admin[name]["cold_starts"],
+                "cores": admin[name]["autoscaler"]["cores"],
                 "p99_over_idle_p99": (pct(loaded[name], 0.99) / pct(idle[name], 0.99))
                 if loaded[name]
                 else None,

@@ -194,6 +194,8 @@ def evaluate(
     if isinstance(space, str):
         return replace(base, reason=space, fits=False)
     p95, replicas, tps, note = predict(spec, profile, load_rps, space.max_replicas, cfg)
+    if note and space.note:  # the room binds: say why (e.g. the core budget's arithmetic)
+        note += f" ({space.note})"
     seen = observed_p95.get(tier.key)
     if seen is not None and math.isinf(seen):
         return replace(base, reason="its replicas failed to start or to serve here (observed)")

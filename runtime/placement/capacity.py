@@ -1,9 +1,11 @@
 """What each kind of hardware allows one model: the room for its replicas.
 
 The policy (:mod:`runtime.placement.policy`) asks :func:`room` for every candidate
-tier; each kind of hardware has its own rule: this host's CPU (cores and free memory),
-this host's GPUs (packed by :mod:`runtime.placement.gpu_packing`), a cluster's or edge
-site's CPU nodes (whole replica-sized slots per node) and a cluster's GPU nodes. Pure.
+tier; each kind of hardware has its own rule: this host's CPU (free memory, and its
+cores counted as the supervisor's core budget counts them, :mod:`runtime.scaling.cores`:
+replicas x threads never exceed the cores), this host's GPUs (packed by
+:mod:`runtime.placement.gpu_packing`), a cluster's or edge site's CPU nodes (whole
+replica-sized slots per node) and a cluster's GPU nodes. Pure.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, replace
 from runtime.placement.gpu_packing import Resident, fit
 from runtime.placement.inventory import Inventory
 from runtime.placement.profiles import Profile
+from runtime.scaling.cores import replica_threads
 from runtime.scaling.kpa import UNBOUNDED
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Device, Tier
@@ -45,13 +48,15 @@ def replica_cores(spec: ModelSpec, profile: Profile, inv: Inventory) -> float:
 class Room:
     """What the hardware of one tier allows a model: at most ``max_replicas``, each
     holding ``need_mib`` (of GPU memory on a GPU tier, host memory on a CPU tier); on
-    this host's GPU, which one (``gpu``, of ``gpu_total_mib``) and whom it evicts."""
+    this host's GPU, which one (``gpu``, of ``gpu_total_mib``) and whom it evicts;
+    ``note``: the arithmetic behind ``max_replicas`` where the plan should show it."""
 
     max_replicas: int
     need_mib: float
     gpu_total_mib: float = 0.0
     gpu: int | None = None
     evict: tuple[str, ...] = ()
+    note: str = ""
 
 
 def host_memory_mib(spec: ModelSpec, profile: Profile) -> float:
@@ -110,17 +115,26 @@ def room_on_cluster_cpu(
 
 
 def room_on_host_cpu(spec: ModelSpec, profile: Profile, inv: Inventory) -> Room | str:
-    """This host's cores and free memory (at least one replica where one fits)."""
+    """This host's cores and free memory. The cores are the supervisor's budget
+    (:class:`runtime.scaling.cores.CoreBudget`), with its arithmetic: a replica runs
+    ``options.threads``, else every core (``resources.cpu`` is a cluster's request and
+    does not count here), and replicas x threads never exceed the cores; a replica
+    wider than the cores can never start."""
     need = host_memory_mib(spec, profile)
     if need > inv.memory_free_mib:
         return f"needs {need:.0f} MiB of memory, {inv.memory_free_mib} MiB free"
-    cores = replica_cores(spec, profile, inv)
+    cores = inv.cpu.cores
+    threads = replica_threads(spec, cores)
+    if threads > cores:
+        return (
+            f"a replica runs {threads} threads (options.threads) and this host has {cores} "
+            "cores: it can never start"
+        )
+    at_once = cores // threads
     return Room(
-        min(
-            max(1, int(inv.cpu.cores // cores)),
-            max(1, int(inv.memory_free_mib // max(need, 1))),
-        ),
+        min(at_once, max(1, int(inv.memory_free_mib // max(need, 1)))),
         need,
+        note=f"{cores} cores / {threads} threads a replica: {at_once} at once",
     )
 
 

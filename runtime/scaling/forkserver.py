@@ -107,7 +107,7 @@ class ForkServer:
             await self._launch(ready_timeout=60.0)
         except (OSError, RuntimeError) as exc:
             log.warning("fork server unavailable (%s); starting workers as processes", exc)
-            self._fallback = WorkerProcess(self.config_path, self.log_dir)
+            self._fallback = WorkerProcess(self.config_path, self.log_dir, environ=self.environ)
 
     async def _launch(self, ready_timeout: float) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ class ForkServer:
             await self._launch(ready_timeout=60.0)
         except (OSError, RuntimeError) as exc:
             log.warning("fork server unavailable (%s); starting workers as processes", exc)
-            self._fallback = WorkerProcess(self.config_path, self.log_dir)
+            self._fallback = WorkerProcess(self.config_path, self.log_dir, environ=self.environ)
 
     async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
         if self._fallback is None and self._server is not None:
@@ -163,7 +163,9 @@ class ForkServer:
                     reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
                 except OSError as again:
                     log.warning("new fork server unreachable (%s); plain processes", again)
-                    self._fallback = WorkerProcess(self.config_path, self.log_dir)
+                    self._fallback = WorkerProcess(
+                        self.config_path, self.log_dir, environ=self.environ
+                    )
             if self._fallback is not None:
                 return await self._fallback(spec, port, tier)
         log_path = self.log_dir / f"{spec.name}{'-' + tier.key if tier else ''}.log"
@@ -176,6 +178,7 @@ class ForkServer:
                 "log": str(log_path),
                 "runtime": self.runtime if tier is None else tier.runtime.value,
                 "device": self.device if tier is None else tier.device.value,
+                "threads": spec.options.threads,  # the core budget's width for this one
             }
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
@@ -228,6 +231,8 @@ def _child(request: dict[str, Any]) -> int:
     os.close(null)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if request.get("threads"):  # narrowed by the core budget (the config's spec is not)
+        os.environ["EDGEINFER_CPU_CORES"] = str(int(request["threads"]))
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(message)s", force=True

@@ -318,7 +318,9 @@ class ModelPool:
             delay = self.backoff_until - self._clock()
             if delay > 0:  # a crash loop: the next start waits its back-off
                 await asyncio.sleep(delay)
-            replica = await self._launcher(self.spec, tier)
+            # The core budget may narrow a primary replica's threads (options.threads).
+            spec = self.cores.launch_spec(self) if self.cores is not None and primary else self.spec
+            replica = await self._launcher(spec, tier)
         except Exception as exc:  # the launcher itself failed (no python, no port...)
             self._spawning -= primary
             self._bridging -= not primary
@@ -481,6 +483,7 @@ class ModelPool:
             key=lambda r: (r.state is ReplicaState.READY, r.in_flight),
         )
         for replica in candidates[:n]:
+            replica.state = ReplicaState.DRAINING  # at once: the core budget counts it
             self._spawn_task(self._drain(replica))
 
     async def _drain(self, replica: Replica) -> None:

@@ -16,10 +16,11 @@ import asyncio
 import collections
 import contextlib
 import enum
+import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -307,6 +308,8 @@ class WorkerProcess:
     config_path: Path
     log_dir: Path
     extra_args: tuple[str, ...] = ()
+    # The workers' environment (None: ours); the core budget's EDGEINFER_CPU_CORES.
+    environ: Mapping[str, str] | None = None
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -317,6 +320,9 @@ class WorkerProcess:
     async def __call__(self, spec: ModelSpec, port: int, tier: Tier | None = None) -> ProcessHandle:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         placed = () if tier is None else ("--runtime", tier.runtime, "--device", tier.device)
+        env = self.environ
+        if spec.options.threads:  # the core budget's width (the config's spec may not say)
+            env = {**(env or os.environ), "EDGEINFER_CPU_CORES": str(spec.options.threads)}
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             return await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -333,6 +339,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env=env,
                 start_new_session=True,  # drained by the supervisor, not by Ctrl-C
             )
 

@@ -17,7 +17,8 @@ from runtime.placement.capacity import (
     room_on_host_gpu,
 )
 from runtime.placement.inventory import CpuInfo, Inventory, NodeInfo
-from runtime.spec.model import RuntimeName
+from runtime.placement.policy import PolicyConfig, choose_runtime
+from runtime.spec.model import ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Tier
 from tests.runtime.placement.test_policy import CPU_ONLY, FULL_GPU, ONE_GPU, SITES, chat, profile
 
@@ -30,24 +31,57 @@ def host(cores: int, free_mib: int) -> Inventory:
     return Inventory(cpu=CpuInfo(cores=cores), memory_total_mib=65536, memory_free_mib=free_mib)
 
 
-# (cores, free MiB, spec cpu per replica, profile MiB) -> replicas, or the reason
-HOST_CPU: list[tuple[int, int, float, float, int | str]] = [
-    (8, 12000, 2, 300, 4),  # cores bound
-    (8, 700, 2, 300, 2),  # memory bound
-    (2, 12000, 8, 300, 1),  # a replica wider than the host still gets one
+def threaded(spec: ModelSpec, threads: int | None) -> ModelSpec:
+    return spec.model_copy(update={"options": spec.options.model_copy(update={"threads": threads})})
+
+
+# (cores, free MiB, options.threads, profile MiB) -> (replicas, at once), or the reason.
+# The core budget's arithmetic (runtime.scaling.cores): a replica runs options.threads,
+# else every core; resources.cpu (2 in chat()) is a cluster's request, not counted here.
+HOST_CPU: list[tuple[int, int, int | None, float, tuple[int, int] | str]] = [
+    (8, 12000, 2, 300, (4, 4)),  # cores bound
+    (8, 700, 2, 300, (2, 4)),  # memory bound
+    (8, 12000, None, 300, (1, 1)),  # no threads set: every core, one replica at a time
+    (8, 12000, 3, 300, (2, 2)),  # whole replicas only
+    (2, 12000, 8, 300, "runs 8 threads (options.threads) and this host has 2 cores: it can never"),
     (2, 256, 1, 300, "needs 300 MiB of memory, 256 MiB free"),
 ]
 
 
-@pytest.mark.parametrize(("cores", "free", "cpu", "mib", "expected"), HOST_CPU)
-def test_room_on_host_cpu(cores: int, free: int, cpu: float, mib: float, expected: Any) -> None:
-    got = room_on_host_cpu(
-        chat(resources={"cpu": cpu}), profile("llama", p50=100, memory=mib), host(cores, free)
-    )
+@pytest.mark.parametrize(("cores", "free", "threads", "mib", "expected"), HOST_CPU)
+def test_room_on_host_cpu(
+    cores: int, free: int, threads: int | None, mib: float, expected: Any
+) -> None:
+    spec = threaded(chat(), threads)
+    got = room_on_host_cpu(spec, profile("llama", p50=100, memory=mib), host(cores, free))
     if isinstance(expected, str):
-        assert got == expected
+        assert isinstance(got, str) and expected in got
     else:
-        assert got == Room(expected, mib)
+        replicas, at_once = expected
+        per = threads or cores
+        assert got == Room(
+            replicas, mib, note=f"{cores} cores / {per} threads a replica: {at_once} at once"
+        )
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(2, None), (8, None), (8, 2), (8, 3), (4, 1)])
+def test_a_plan_never_places_more_threads_than_the_cores_and_says_so(
+    cores: int, threads: int | None
+) -> None:
+    """More load than the host can take: the native candidate gets what the cores hold
+    at once, and its reason gives the arithmetic (the supervisor's budget would not
+    start more: tests/runtime/scaling/test_cores.py)."""
+    spec = threaded(chat(scaling={"max-scale": 0}), threads)
+    d = choose_runtime(
+        spec, (profile("llama", p50=100),), host(cores, 65536), PolicyConfig(), 0.0, load_rps=1e4
+    )
+    (native,) = [
+        c for c in d.candidates if c.tier.runtime is RuntimeName.LLAMA and c.tier.device == "cpu"
+    ]
+    per = threads or cores
+    assert native.fits and native.replicas * per <= cores, native
+    assert native.replicas == cores // per, native
+    assert f"{cores} cores / {per} threads a replica: {cores // per} at once" in native.reason
 
 
 def test_room_on_host_gpu_packs_or_says_why_not() -> None:
@@ -120,7 +154,7 @@ def test_room_on_cluster_gpu(nodes: tuple[NodeInfo, ...], expected: Room | str) 
 def test_room_dispatches_by_kind_and_max_scale_bounds_every_kind(
     tier: Tier, max_scale: int, expected: int
 ) -> None:
-    spec = chat(scaling={"min-scale": 0, "max-scale": max_scale})
+    spec = threaded(chat(scaling={"min-scale": 0, "max-scale": max_scale}), 2)
     prof = GPU_300 if tier.device is Device.CUDA else CPU_300
     got = room(spec, tier, prof, SITES, (), 512)
     assert isinstance(got, Room)

@@ -36,6 +36,7 @@ def spec(goal_ms: float = 10000, **scaling: Any) -> ModelSpec:
             "latency": {"p95_ms": goal_ms},
             "scaling": {"min-scale": 0, "max-scale": 8, "target": 1, "window": "60s", **scaling},
             "resources": {"cpu": 2},
+            "options": {"threads": 2},  # the core budget's width of a replica
         }
     )
 

@@ -57,6 +57,7 @@ def chat(**over: Any) -> ModelSpec:
         "latency": {"p95_ms": 3000},
         "scaling": {"min-scale": 1, "max-scale": 4, "target": 2},
         "resources": {"gpu_memory_mib": 1000, "cpu": 2},
+        "options": {"threads": 2},  # 2 cores a replica here too (runtime.scaling.cores)
     }
     for key, value in over.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) else value

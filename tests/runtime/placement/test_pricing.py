@@ -37,9 +37,10 @@ def spec(kind: str, **over: Any) -> ModelSpec:
         "latency": {"p95_ms": 10000 if kind == "chat" else 100},
         "scaling": {"min-scale": 0, "max-scale": 4, "target": 1, "window": "60s"},
         "resources": {"cpu": 1},
+        "options": {"threads": 1},  # one core a replica, as profiled (runtime.scaling.cores)
     }
     if kind == "classify":
-        raw["options"] = {"preprocess": "magika"}
+        raw["options"]["preprocess"] = "magika"
     for key, value in over.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
     return ModelSpec.model_validate(raw)

@@ -88,6 +88,7 @@ class FakeLauncher:
     ``broken`` set, starting raises it (a spawner that cannot start anything)."""
 
     started: list[Replica] = field(default_factory=list)
+    specs: list[ModelSpec] = field(default_factory=list)  # each one's spec, as launched
     broken: Exception | None = None
     liveness: FakeLiveness | None = None
     opened: bool = False
@@ -114,6 +115,7 @@ class FakeLauncher:
             liveness=self.liveness,
         )
         self.started.append(replica)
+        self.specs.append(spec)
         return replica
 
     def _outcome(self, i: int) -> asyncio.Future[ColdStart]:
