@@ -26,6 +26,7 @@ from runtime.errors import (
     EdgeInferError,
     ReplicaDied,
     ReplicaFailed,
+    ReplicaLost,
     ReplicaUnreachable,
     ResponseCut,
     ShuttingDown,
@@ -206,7 +207,7 @@ async def _forward(
     try:
         # Every request the gateway forwards is an inference call, free of side effects.
         response = await pool.request(host, port, method, target, headers, body, replay=True)
-    except ReplicaUnreachable:
+    except (ReplicaUnreachable, ReplicaLost):  # the caller may send it elsewhere
         raise
     except OSError as exc:  # connecting failed: nothing was written
         raise ReplicaUnreachable(f"the replica could not be reached: {exc}") from None
