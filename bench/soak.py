@@ -70,6 +70,7 @@ VERDICT_S = (_H.period_seconds + _H.timeout_seconds) * _H.failure_threshold
 # What time.monotonic() reads add to be wall-clock time (samples are matched with the
 # gateway's log by it).
 _WALL = time.time() - time.monotonic()
+_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 # Faults this close to a failure (seconds) are listed beside it.
 _NEAR_S = VERDICT_S + 5.0
 
@@ -247,14 +248,15 @@ class Soak:
 
 def _log_records(path: Path) -> list[str]:
     """The gateway's log, one string per record (rich wraps a long message onto
-    indented lines that follow it)."""
+    indented lines that follow it, and leaves out a time the record before showed)."""
     records: list[str] = []
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return records
     for line in text.splitlines():
-        if line.startswith(" ") and records:
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if line.startswith(" ") and records and first not in _LEVELS:
             records[-1] += " " + line.strip()
         else:
             records.append(line.strip())
