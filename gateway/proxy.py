@@ -121,9 +121,10 @@ async def forward(
     answer never looks complete. A client that hangs up cancels the work and the
     upstream connection is closed. ``progress`` is called at each byte of the answer
     (the health watchdog's evidence). A request none of whose bytes reached the replica
-    raises :class:`ReplicaUnreachable`: the caller may send it elsewhere. A stream cut
-    short ends with an error event whose ``code`` says why: ``deadline_exceeded``,
-    ``replica_died`` or ``shutting_down`` (the gateway cancelled it at shutdown)."""
+    raises :class:`ReplicaUnreachable`, one whose connection ended before an answer's
+    head :class:`ReplicaLost`: the caller may send it elsewhere. A stream cut short ends
+    with an error event whose ``code`` says why: ``deadline_exceeded``, ``replica_died``
+    or ``shutting_down`` (the gateway cancelled it at shutdown)."""
     result = ForwardResult(status=0, started=False)
     task = asyncio.current_task()
     assert task is not None
