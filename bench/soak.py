@@ -16,10 +16,12 @@ model's worker: the in-flight requests of a killed or frozen replica. Anything e
 that is not the planned answer is *unexpected*: 503, 504, 500, a bad request that was
 not a 400, a transport error, a stream without ``[DONE]``.
 
-Prints one JSON line: requests by outcome, expected and unexpected failures (with the
-first few unexpected ones), faults injected, p50/p99 per model of the requests that
-succeeded, the gateway's RSS at start, after warm-up (a tenth of the run, at least
-10 s) and at the end. Run from the repository root:
+Prints one JSON line: requests by outcome, expected and unexpected failures (the
+first few unexpected ones each with its wall-clock start and end, its request id, the
+gateway's log lines about it, which name the replica's port and pid, and the faults
+injected into its model's workers around it), faults injected, p50/p99 per model of
+the requests that succeeded, the gateway's RSS at start, after warm-up (a tenth of the
+run, at least 10 s) and at the end. Run from the repository root:
 ``PYTHONPATH=. python bench/soak.py [--duration 60] [--clients 6] [--fault-every 8]``.
 The release soak is ``--duration 1800``.
 """
@@ -65,6 +67,20 @@ _H = HealthConfig()
 VERDICT_S = (_H.period_seconds + _H.timeout_seconds) * _H.failure_threshold
 
 
+# What time.monotonic() reads add to be wall-clock time (samples are matched with the
+# gateway's log by it).
+_WALL = time.time() - time.monotonic()
+_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+# Faults this close to a failure (seconds) are listed beside it.
+_NEAR_S = VERDICT_S + 5.0
+
+
+def _wall(monotonic: float) -> str:
+    """A monotonic time as UTC wall-clock time, to the millisecond."""
+    stamp = time.gmtime(monotonic + _WALL)
+    return time.strftime("%H:%M:%S", stamp) + f".{int((monotonic + _WALL) % 1 * 1000):03d}"
+
+
 @dataclass
 class Outcome:
     model: str
@@ -73,6 +89,7 @@ class Outcome:
     end: float
     result: str  # ok | bad_request_400 | disconnected | status_NNN | error_CODE | transport
     detail: str = ""
+    request_id: str = ""
 
 
 @dataclass
@@ -82,6 +99,7 @@ class Fault:
     kind: str  # kill | freeze
     at: float
     until: float  # a freeze's SIGCONT (a kill: == at)
+    url: str = ""  # the worker's address, as /admin/models gave it
 
 
 @dataclass
@@ -90,6 +108,7 @@ class Soak:
     outcomes: list[Outcome] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     stop: bool = False
+    sent: int = 0
 
     # -- traffic ------------------------------------------------------------------
 
@@ -98,20 +117,29 @@ class Soak:
         stream holds up only the clients that send them."""
         while not self.stop:
             kind = rng.choice(CLIENT_KINDS[kinds])
+            # Sent as x-request-id: the gateway's log lines about the request carry it.
+            self.sent += 1
+            request_id = f"soak-{self.sent:07d}"
+            sent = {"x-request-id": request_id}
             start = time.monotonic()
-            model, result, detail = await getattr(self, kind)(http, rng)
-            self.outcomes.append(Outcome(model, kind, start, time.monotonic(), result, detail))
+            model, result, detail = await getattr(self, kind)(http, rng, sent)
+            outcome = Outcome(model, kind, start, time.monotonic(), result, detail, request_id)
+            self.outcomes.append(outcome)
 
-    async def embed(self, http: httpx.AsyncClient, rng: random.Random) -> tuple[str, str, str]:
+    async def embed(
+        self, http: httpx.AsyncClient, rng: random.Random, sent: dict[str, str]
+    ) -> tuple[str, str, str]:
         body = {"model": "minilm", "input": f"sentence number {rng.randrange(10**6)}"}
-        return ("minilm", *await _plain(http, "/v1/embeddings", body))
+        return ("minilm", *await _plain(http, "/v1/embeddings", body, sent))
 
-    async def classify(self, http: httpx.AsyncClient, rng: random.Random) -> tuple[str, str, str]:
+    async def classify(
+        self, http: httpx.AsyncClient, rng: random.Random, sent: dict[str, str]
+    ) -> tuple[str, str, str]:
         body = {"inputs": [{"name": "content", "shape": [1], "datatype": "BYTES", "data": [SHELL]}]}
-        return ("magika", *await _plain(http, "/v2/models/magika/infer", body))
+        return ("magika", *await _plain(http, "/v2/models/magika/infer", body, sent))
 
     async def chat_stream(
-        self, http: httpx.AsyncClient, rng: random.Random
+        self, http: httpx.AsyncClient, rng: random.Random, sent: dict[str, str]
     ) -> tuple[str, str, str]:
         body = {
             "model": "smollm2",
@@ -119,19 +147,21 @@ class Soak:
             "max_tokens": 6,
             "stream": True,
         }
-        return ("smollm2", *await _stream(http, body, hang_up=False))
+        return ("smollm2", *await _stream(http, body, sent, hang_up=False))
 
-    async def hang_up(self, http: httpx.AsyncClient, rng: random.Random) -> tuple[str, str, str]:
+    async def hang_up(
+        self, http: httpx.AsyncClient, rng: random.Random, sent: dict[str, str]
+    ) -> tuple[str, str, str]:
         body = {
             "model": "smollm2",
             "messages": [{"role": "user", "content": "Tell me a long story."}],
             "max_tokens": 64,
             "stream": True,
         }
-        return ("smollm2", *await _stream(http, body, hang_up=True))
+        return ("smollm2", *await _stream(http, body, sent, hang_up=True))
 
     async def bad_request(
-        self, http: httpx.AsyncClient, rng: random.Random
+        self, http: httpx.AsyncClient, rng: random.Random, sent: dict[str, str]
     ) -> tuple[str, str, str]:
         bad = rng.choice(
             [
@@ -144,7 +174,7 @@ class Soak:
         path = "/v1/embeddings" if "input" in bad else "/v1/chat/completions"
         model = str(bad.get("model", "-"))
         try:
-            r = await http.post(path, json=bad)
+            r = await http.post(path, json=bad, headers=sent)
         except httpx.TransportError as exc:
             return model, "transport", repr(exc)
         return model, "bad_request_400" if r.status_code == 400 else f"status_{r.status_code}", ""
@@ -159,17 +189,17 @@ class Soak:
             workers = await _workers(admin)
             if not workers:
                 continue
-            model, pid = rng.choice(workers)
+            model, pid, url = rng.choice(workers)
             now = time.monotonic()
             if rng.random() < 0.5:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                self.faults.append(Fault(model, pid, "kill", now, now))
+                self.faults.append(Fault(model, pid, "kill", now, now, url))
             else:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
                 pause = rng.uniform(1.0, 4.0)
-                self.faults.append(Fault(model, pid, "freeze", now, now + pause))
+                self.faults.append(Fault(model, pid, "freeze", now, now + pause, url))
                 await asyncio.sleep(pause)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
@@ -188,19 +218,67 @@ class Soak:
             for f in self.faults
         )
 
+    def sample(self, o: Outcome, log: list[str]) -> dict[str, Any]:
+        """An unexpected failure as the JSON line shows it: when (UTC wall clock), the
+        gateway's log records that name its request id (the retry's name the replica's
+        port and pid) and the faults its model's workers took around it."""
+        near = [
+            {
+                "kind": f.kind,
+                "pid": f.pid,
+                "url": f.url,
+                "at": _wall(f.at),
+                **({"until": _wall(f.until)} if f.kind == "freeze" else {}),
+            }
+            for f in self.faults
+            if f.model == o.model and f.at - _NEAR_S <= o.end and o.start <= f.until + _NEAR_S
+        ]
+        return {
+            "model": o.model,
+            "kind": o.kind,
+            "result": o.result,
+            "detail": o.detail[:160],
+            "request_id": o.request_id,
+            "start": _wall(o.start),
+            "end": _wall(o.end),
+            "gateway_log": [r[:300] for r in log if o.request_id in r][:4],
+            "faults_near": near,
+        }
 
-async def _plain(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[str, str]:
+
+def _log_records(path: Path) -> list[str]:
+    """The gateway's log, one string per record (rich wraps a long message onto
+    indented lines that follow it, and leaves out a time the record before showed)."""
+    records: list[str] = []
     try:
-        r = await http.post(path, json=body)
+        text = path.read_text(errors="replace")
+    except OSError:
+        return records
+    for line in text.splitlines():
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if line.startswith(" ") and records and first not in _LEVELS:
+            records[-1] += " " + line.strip()
+        else:
+            records.append(line.strip())
+    return records
+
+
+async def _plain(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], sent: dict[str, str]
+) -> tuple[str, str]:
+    try:
+        r = await http.post(path, json=body, headers=sent)
     except httpx.TransportError as exc:
         return "transport", repr(exc)
     return ("ok", "") if r.status_code == 200 else (f"status_{r.status_code}", r.text[:200])
 
 
-async def _stream(http: httpx.AsyncClient, body: dict[str, Any], hang_up: bool) -> tuple[str, str]:
+async def _stream(
+    http: httpx.AsyncClient, body: dict[str, Any], sent: dict[str, str], hang_up: bool
+) -> tuple[str, str]:
     last = ""
     try:
-        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        async with http.stream("POST", "/v1/chat/completions", json=body, headers=sent) as r:
             if r.status_code != 200:
                 await r.aread()
                 return f"status_{r.status_code}", r.text[:200]
@@ -221,13 +299,13 @@ async def _stream(http: httpx.AsyncClient, body: dict[str, Any], hang_up: bool) 
     return "no_done", last[:200]
 
 
-async def _workers(admin: httpx.AsyncClient) -> list[tuple[str, int]]:
+async def _workers(admin: httpx.AsyncClient) -> list[tuple[str, int, str]]:
     try:
         r = await admin.get("/admin/models")
     except httpx.TransportError:
         return []
     return [
-        (m["model"], i["pid"])
+        (m["model"], i["pid"], i["url"])
         for m in r.json()["models"]
         for i in m["instances"]
         if i["state"] == "ready" and i["pid"]
@@ -274,6 +352,7 @@ async def run(args: argparse.Namespace, gw: ServedGateway) -> dict[str, Any]:
             task.cancel()
         elapsed = time.monotonic() - began
     rss_end = gw.rss_bytes()
+    log = _log_records(gw.log)
     outcomes = Counter(o.result for o in soak.outcomes)
     failures = [
         o for o in soak.outcomes if o.result not in ("ok", "bad_request_400", "disconnected")
@@ -291,10 +370,7 @@ async def run(args: argparse.Namespace, gw: ServedGateway) -> dict[str, Any]:
         "by_kind": dict(Counter(o.kind for o in soak.outcomes).most_common()),
         "expected_failures": len(expected),
         "unexpected_failures": len(unexpected),
-        "unexpected_samples": [
-            {"model": o.model, "kind": o.kind, "result": o.result, "detail": o.detail[:160]}
-            for o in unexpected[:8]
-        ],
+        "unexpected_samples": [soak.sample(o, log) for o in unexpected[:8]],
         "faults": dict(Counter(f.kind for f in soak.faults)),
         "latency_ms": {
             m: _percentiles(
@@ -325,6 +401,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = args.logs or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
+        # Wide enough that rich seldom wraps the gateway's log lines.
+        os.environ.setdefault("COLUMNS", "240")
         models = bundled_models(*MODELS)
         gw = start_gateway(log_dir, models)
         try:

@@ -415,7 +415,13 @@ class Gateway:
 
         try:
             result = await send_with_retry(
-                pool, deadline, self.clock, send_to, ticket=ticket, acquired=acquired
+                pool,
+                deadline,
+                self.clock,
+                send_to,
+                ticket=ticket,
+                acquired=acquired,
+                request_id=record.request_id,
             )
         finally:
             if charge is not None:

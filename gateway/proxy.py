@@ -26,6 +26,7 @@ from runtime.errors import (
     EdgeInferError,
     ReplicaDied,
     ReplicaFailed,
+    ReplicaLost,
     ReplicaUnreachable,
     ResponseCut,
     ShuttingDown,
@@ -120,9 +121,10 @@ async def forward(
     answer never looks complete. A client that hangs up cancels the work and the
     upstream connection is closed. ``progress`` is called at each byte of the answer
     (the health watchdog's evidence). A request none of whose bytes reached the replica
-    raises :class:`ReplicaUnreachable`: the caller may send it elsewhere. A stream cut
-    short ends with an error event whose ``code`` says why: ``deadline_exceeded``,
-    ``replica_died`` or ``shutting_down`` (the gateway cancelled it at shutdown)."""
+    raises :class:`ReplicaUnreachable`, one whose connection ended before an answer's
+    head :class:`ReplicaLost`: the caller may send it elsewhere. A stream cut short ends
+    with an error event whose ``code`` says why: ``deadline_exceeded``, ``replica_died``
+    or ``shutting_down`` (the gateway cancelled it at shutdown)."""
     result = ForwardResult(status=0, started=False)
     task = asyncio.current_task()
     assert task is not None
@@ -206,7 +208,7 @@ async def _forward(
     try:
         # Every request the gateway forwards is an inference call, free of side effects.
         response = await pool.request(host, port, method, target, headers, body, replay=True)
-    except ReplicaUnreachable:
+    except (ReplicaUnreachable, ReplicaLost):  # the caller may send it elsewhere
         raise
     except OSError as exc:  # connecting failed: nothing was written
         raise ReplicaUnreachable(f"the replica could not be reached: {exc}") from None

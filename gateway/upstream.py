@@ -23,6 +23,7 @@ import httptools
 from runtime.errors import (
     BadInput,
     BadResponseHead,
+    ReplicaLost,
     ReplicaUnreachable,
     StrayResponse,
     UpstreamError,
@@ -158,7 +159,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self.busy and not self.complete:
-            self._fail(UpstreamError(f"the replica closed the connection: {exc or 'EOF'}"))
+            why = f"the replica closed the connection: {exc or 'EOF'}"
+            # Before the head was whole the answer has not begun for anyone: whether the
+            # request may go elsewhere is the caller's call (``request``).
+            self._fail(UpstreamError(why) if self.head.done() else ReplicaLost(why))
 
     # -- httptools callbacks ----------------------------------------------------------
 
@@ -322,7 +326,10 @@ class UpstreamPool:
         byte of the answer came, a request is sent again (on a fresh connection) only
         when its method is idempotent or ``replay`` says it has no side effects (an
         inference call: at worst the work is done twice, and a replica that was killed
-        while the connection sat idle never saw it)."""
+        while the connection sat idle never saw it). Such a request whose connection
+        (fresh, or the second one) ends before its answer's head was whole raises
+        :class:`ReplicaLost`: the caller may send it to another replica once this one
+        is known dead. Any other failure is an :class:`UpstreamError`."""
         payload = request_bytes(host, port, method, target, headers, body)
         for attempt in (0, 1):
             conn, reused = await self._connection((host, port))
@@ -334,12 +341,14 @@ class UpstreamPool:
             conn.transport.write(payload)
             try:
                 status = await conn.head
-            except UpstreamError:
+            except UpstreamError as exc:
                 # A reused connection the server had just closed. Sending once more is
                 # safe only for a request that changes nothing when run twice.
                 safe = method in _IDEMPOTENT or replay
                 if reused and attempt == 0 and not conn.head_bytes and not conn.chunks and safe:
                     continue
+                if isinstance(exc, ReplicaLost) and not safe:
+                    raise UpstreamError(exc.message) from None
                 raise
             except asyncio.CancelledError:
                 # The caller gave up (deadline, or its client hung up) before the answer

@@ -30,6 +30,7 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
     │   ├── ReplicaUnreachable (502)
     │   └── UpstreamError (502)
     │       ├── BadResponseHead (502)
+    │       ├── ReplicaLost (502)
     │       └── StrayResponse (502)
     ├── RuntimeFailure (500)
     │   ├── GuestTrap (500)
@@ -84,6 +85,7 @@ __all__ = [
     "RateLimited",
     "ReplicaDied",
     "ReplicaFailed",
+    "ReplicaLost",
     "ReplicaUnreachable",
     "ResponseCut",
     "RouteNotFound",
@@ -302,6 +304,15 @@ class BadResponseHead(UpstreamError):
     to stop parsing; the client reports it as an :class:`UpstreamError` (502)."""
 
     code = "bad_response_head"
+
+
+class ReplicaLost(UpstreamError):
+    """The connection to a replica ended (reset, or closed) after a request safe to send
+    twice was written and before the head of its answer was complete: the client has
+    no byte of an answer. The gateway sends it to another replica when this one is
+    known dead (its process exited); otherwise it is this 502."""
+
+    code = "replica_lost"
 
 
 class StrayResponse(UpstreamError):

@@ -193,7 +193,7 @@ class ModelPool:
         replica = self.try_acquire(ticket)
         if replica is not None:
             return replica
-        self._refuse_in_backoff()
+        self._refuse_in_backoff(deadline)
         ready = sum(1 for r in self.replicas if r.state is ReplicaState.READY and r.alive)
         self.queue.admit(
             ticket,
@@ -441,12 +441,17 @@ class ModelPool:
         if self._on_crash_loop is not None:
             self._on_crash_loop(self.spec.name, error)
 
-    def _refuse_in_backoff(self) -> None:
+    def _refuse_in_backoff(self, deadline: float) -> None:
         """A request for a model in a crash loop, with nothing serving and nothing
-        starting, gets a 503 naming the cause at once instead of waiting it out."""
+        starting, gets a 503 naming the cause at once instead of waiting it out, when
+        waiting cannot help: the last start failed to load (the next one will, most
+        likely), or the back-off outlasts the request's ``deadline``. After a replica
+        that was ready died (a crash on a request, or a kill from outside: a fork
+        server's child does not say which) the request waits for the next start."""
         if (
             self.failed_starts
             and self._clock() < self.backoff_until
+            and (self.start_error is not None or deadline <= self.backoff_until)
             and not self.count(ReplicaState.STARTING, ReplicaState.READY)
             and not self._others()
         ):

@@ -154,6 +154,20 @@ class Replica:
     def alive(self) -> bool:
         return self.process.returncode is None
 
+    async def exited(self, within: float) -> bool:
+        """Whether this replica's process has exited, waiting up to ``within`` seconds
+        for it (a killed process resets its connections a moment before its exit is
+        seen). Never for an external server: its life is not ours to see."""
+        if self.base_url is not None:
+            return False
+        if not self.alive:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), within)
+        except TimeoutError:
+            return False
+        return True
+
     def begin(self) -> None:
         if self.in_flight == 0:
             self.last_progress = time.monotonic()

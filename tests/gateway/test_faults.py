@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway import upstream
 from runtime.scaling.replica import free_port
 from tests.gateway.conftest import MINILM, SMOLLM2, GatewayServer
 from tests.gateway.served import ADMIN_KEY, API_KEY, bundled_models, start_gateway
@@ -106,6 +107,37 @@ def test_requests_right_after_a_kill_are_all_answered(gateway_factory: Factory) 
     for t in threads:
         t.join(120)
     assert results == [200] * 6
+
+
+def test_a_worker_killed_as_its_connection_is_made_loses_no_request(
+    gateway_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL in the instant the gateway's fresh connection to the worker is made (the
+    kernel took it into the listening socket's backlog): the request is written, the
+    dying worker resets it before a byte of an answer. Its replica is dead and the
+    client has nothing, so the request goes to the replacement: a 200, not a 502."""
+    gw = gateway_factory([with_scaling(MINILM)])
+    assert embed(gw).status_code == 200
+    [pid] = replica_pids(gw, "minilm")
+    port = gw.pool("minilm").replicas[0].port
+    gw.on_loop(gw.app.upstream.close)  # no kept-alive connection: the next one is fresh
+    killed: list[int] = []
+    made = upstream._Connection.connection_made
+
+    def connection_made(conn: upstream._Connection, transport: Any) -> None:
+        made(conn, transport)
+        if conn.key[1] == port and not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    monkeypatch.setattr(upstream._Connection, "connection_made", connection_made)
+    r = embed(gw, "sent as the worker died")
+    assert killed == [pid]
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"][0]["embedding"]) == 384
+    [replacement] = replica_pids(gw, "minilm")
+    assert replacement != pid
+    assert requests_metric(gw, "minilm", "/v1/embeddings", 502) == 0
 
 
 def sse_events(r: httpx.Response) -> list[str]:

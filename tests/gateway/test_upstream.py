@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.upstream import UpstreamPool, request_bytes
-from runtime.errors import BadInput, UpstreamError
+from runtime.errors import BadInput, ReplicaLost, UpstreamError
 from tests.gateway.replicas import RawReplica
 
 
@@ -220,8 +220,9 @@ def test_a_post_is_not_sent_again_once_its_bytes_went_out() -> None:
         server, port = await serve(handler)
         pool = UpstreamPool()
         assert await read_all(pool, port, b"first") == (200, b"ok")
-        with pytest.raises(UpstreamError):
+        with pytest.raises(UpstreamError) as caught:
             await pool.request("127.0.0.1", port, "POST", "/x", [], b"second")
+        assert not isinstance(caught.value, ReplicaLost)  # nobody may send it elsewhere
         pool.close()
         server.close()
         return len(seen)
@@ -373,3 +374,61 @@ def test_a_connection_whose_replica_closed_while_idle_is_not_written_to() -> Non
     with RawReplica(close_after_answer) as replica:
         assert asyncio.run(asyncio.wait_for(run(replica.port), 30)) == (200, b"ok")
         assert replica.requests == 2
+
+
+@pytest.mark.parametrize(
+    ("replay", "answered", "lost"),
+    [(True, b"", True), (False, b"", False), (True, b"HTTP/1.1 200 OK\r\n", True)],
+    ids=["inference call", "post with effects", "reset within the head"],
+)
+def test_a_fresh_connection_reset_before_the_answer_began(
+    replay: bool, answered: bytes, lost: bool
+) -> None:
+    """The replica took the request on a fresh connection (nothing to replay on) and
+    reset it before its answer's head was whole, as a worker killed in that instant
+    does: a request safe to run twice says so (:class:`ReplicaLost`: its caller may
+    send it to another replica once this one is dead); any other is an UpstreamError."""
+
+    async def run() -> BaseException:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(answered)
+            await writer.drain()
+            writer.transport.abort()  # a reset, as a killed process's sockets get
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("127.0.0.1", port, "POST", "/x", [], b"once", replay=replay)
+        pool.close()
+        server.close()
+        return caught.value
+
+    error = asyncio.run(asyncio.wait_for(run(), 60))
+    assert isinstance(error, ReplicaLost) is lost, error
+
+
+def test_a_reset_after_the_head_is_not_a_lost_request() -> None:
+    """Once the head is whole the answer has begun (the proxy passes it on at once): a
+    reset in the body is an UpstreamError while reading it, never :class:`ReplicaLost`."""
+
+    async def run() -> BaseException:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.transport.abort()
+
+        server, port = await serve(handler)
+        pool = UpstreamPool()
+        response = await pool.request("127.0.0.1", port, "POST", "/x", [], b"x", replay=True)
+        with pytest.raises(UpstreamError) as caught:
+            async for _ in response.chunks():
+                pass
+        pool.close()
+        server.close()
+        return caught.value
+
+    error = asyncio.run(asyncio.wait_for(run(), 60))
+    assert not isinstance(error, ReplicaLost), error

@@ -205,8 +205,10 @@ def test_a_replica_that_dies_before_finishing_a_request_counts_as_a_crash() -> N
         status = pool.status()
         assert status.failed_starts == 1 and status.backoff_seconds == 1.0
         assert calls == [("m", "a replica exited with 3 soon after it started")]
+        # A deadline inside the back-off cannot see the next start: 503 at once.
         with pytest.raises(ModelNotReady, match="next try in 1s"):
-            await pool.acquire(FAR)
+            await pool.acquire(clock() + 0.5)
+        assert len(launcher.started) == 1
         # Once a replica has served past the crash window, the loop is over.
         clock.now += 1.0
         later = asyncio.ensure_future(pool.acquire(FAR))
@@ -221,6 +223,41 @@ def test_a_replica_that_dies_before_finishing_a_request_counts_as_a_crash() -> N
         await pool.close()
 
     asyncio.run(scenario())
+
+
+def test_a_request_that_can_outwait_the_back_off_after_a_death_gets_the_next_replica() -> None:
+    """A ready replica died with a request in flight (a crash, or a kill from outside:
+    the soak's SIGKILL of a fresh worker): a request whose deadline is past the back-off
+    waits for the next start instead of a 503 (the back-off here is 20 ms of real time:
+    the pool sleeps it)."""
+
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        health = HealthConfig(backoff_initial_seconds=0.02)
+        pool = make(clock, launcher, health=health)
+        first = asyncio.ensure_future(pool.acquire(FAR))
+        await settle()
+        launcher.started[0].started = clock()
+        launcher.ready(0)
+        await settle()
+        launcher.die(0, code=-9)
+        await settle()
+        pool.release(first.result())
+        assert pool.status().failed_starts == 1
+        waiting = asyncio.ensure_future(pool.acquire(FAR))
+        await settle()
+        assert not waiting.done()  # no 503: it waits
+        assert len(launcher.started) == 1
+        await asyncio.sleep(0.05)  # past the back-off's own (earlier) timer
+        await settle()
+        assert len(launcher.started) == 2  # the start after the back-off
+        launcher.ready(1)
+        await settle()
+        assert waiting.result() is launcher.started[1]
+        pool.release(waiting.result())
+        await pool.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def test_a_replica_killed_after_serving_is_no_crash() -> None:
