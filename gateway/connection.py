@@ -461,6 +461,10 @@ class Connection(asyncio.Protocol):
                 else:
                     log.exception("the app failed before answering %s", cycle.scope["path"])
                     self.write(_refusal(500, "Internal Server Error", path=_path_of(cycle)))
+            elif isinstance(exc, EdgeInferError):
+                # The app cut an answer that had begun (ResponseCut): the way a stream
+                # ends when its replica dies, logged by the app already; no traceback.
+                log.info("%s: answer cut: %s", cycle.scope["path"], exc.message)
             elif not isinstance(exc, asyncio.CancelledError):
                 log.exception("the app failed while answering %s", cycle.scope["path"])
             self.close()
