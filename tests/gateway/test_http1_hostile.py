@@ -133,7 +133,10 @@ def test_a_body_that_stops_coming_gets_408_and_the_app_a_disconnect() -> None:
     with serving(ServerConfig(body_timeout_seconds=0.5)) as served:
         head = b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n"
         answer, closed = exchange(served.port, head + b"abc", timeout=5)
-        assert answer.startswith(b"HTTP/1.1 408") and b"no request body bytes" in answer
+        # Either limit may fire first on a loaded machine (3 bytes in 0.5 s is also
+        # below the rate floor); both say the body stopped.
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b"no request body bytes" in answer or b"request body arrives slower" in answer
         assert closed and served.app.disconnected.wait(5)
 
 
