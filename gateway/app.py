@@ -131,6 +131,12 @@ class Gateway:
             clock=clock,
         )
         self._sampling: asyncio.Task[None] | None = None
+        # Per request: header names as bytes once, and each key's ticket when its
+        # request names no class or tenant (the usual case) built once.
+        self._priority_header = settings.traffic.priority_header.encode()
+        self._fairness_header = settings.traffic.fairness_header.encode()
+        self._timeout_header = settings.timeout_header.encode()
+        self._tickets: dict[str, Ticket] = {}
 
     def _record_cold_start(self, model: str, cold: ColdStart) -> None:
         for phase, seconds in cold.phases.items():
@@ -163,14 +169,17 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        start = time.perf_counter()
-        model, route, status = "", path, 500
+        model, status = "", 500
+        route: str | None = None  # the route's metric label, once known
         record = scope["edgeinfer.request"] = self.obs.begin(scope)
-        send = Observer.send_with_id(record, send)
+        # Answers the gateway writes itself get x-request-id from this wrapper; a
+        # forwarded one gets it from the proxy (``send`` stays bare for it).
+        answer = Observer.send_with_id(record, send)
         try:
             target = _target(scope)
             method = scope["method"]
             if path in _OPENAI_PROXY:
+                route = path
                 if method != "POST":
                     raise MethodNotAllowed(f"{method} {path}: this route takes POST", allow="POST")
                 identity = self._authenticate(scope)  # from the head: before the body
@@ -213,7 +222,7 @@ class Gateway:
                         raise MethodNotAllowed(
                             f"{method} {path}: this route takes GET", allow="GET, HEAD"
                         )
-                    status = await self._model_ready(scope, send, model)
+                    status = await self._model_ready(scope, answer, model)
                 else:
                     # Never proxied with another method: a HEAD's answer has no body
                     # to wait for, and the replica would only refuse it anyway.
@@ -235,10 +244,10 @@ class Gateway:
                     )
             elif path == ollama.SHOW or path in ollama.LISTINGS:
                 model, route = "-", path
-                status = await self._ollama(scope, receive, send, path)
+                status = await self._ollama(scope, receive, answer, path)
             else:
                 model, route = "-", _route_label(path)
-                status = await self._local(scope, send, path)
+                status = await self._local(scope, answer, path)
         except asyncio.CancelledError:
             status = ShuttingDown.status  # the server's grace period ended: counted so
             raise
@@ -254,17 +263,20 @@ class Gateway:
                 # Names and paths a client made up never become metric labels.
                 model = "-" if isinstance(exc, RouteNotFound) else "(unknown)"
                 route = _route_label(path)
-            await error_response(path, exc)(scope, receive, send)
+            await error_response(path, exc)(scope, receive, answer)
         except Exception as exc:  # a bug here must still answer in the API's shape
             log.exception("unhandled error on %s", path)
             status = 500
             failure = RuntimeFailure(f"internal error in the gateway: {exc!r}")
-            await error_response(path, failure)(scope, receive, send)
+            await error_response(path, failure)(scope, receive, answer)
         finally:
-            record.status, record.route = status, _route_label(path)
-            self.obs.finish(record, self.metrics.model_label(model) if model else NO_MODEL)
+            if route is None:
+                route = _route_label(path)
+            record.status, record.route = status, route
+            seconds = self.obs.finish(
+                record, self.metrics.model_label(model) if model else NO_MODEL
+            )
             if model:
-                seconds = time.perf_counter() - start
                 self.metrics.observe_request(model, route, status, seconds)
                 if self.manager is not None and model in self.metrics.models:
                     self.manager.observe(model, status, seconds)
@@ -327,14 +339,21 @@ class Gateway:
 
     def _ticket(self, scope: Scope, identity: KeyIdentity) -> Ticket:
         """The key's token quotas (429), then the class and tenant it queues as."""
-        self.quotas.check(identity.name, self.clock())
-        config = self.settings.traffic
-        return request_ticket(
-            identity,
-            config,
-            _header(scope, config.priority_header.encode()),
-            _header(scope, config.fairness_header.encode()),
-        )
+        if identity.name in self.quotas.quotas:
+            self.quotas.check(identity.name, self.clock())
+        priority = fairness = None
+        for name, value in scope["headers"]:
+            if name == self._priority_header and priority is None:
+                priority = value.decode("latin-1")
+            elif name == self._fairness_header and fairness is None:
+                fairness = value.decode("latin-1")
+        if priority is None and fairness is None:
+            ticket = self._tickets.get(identity.name)
+            if ticket is None:
+                ticket = request_ticket(identity, self.settings.traffic, None, None)
+                self._tickets[identity.name] = ticket  # bounded: configured keys only
+            return ticket
+        return request_ticket(identity, self.settings.traffic, priority, fairness)
 
     async def _send_to(
         self,
@@ -383,6 +402,7 @@ class Gateway:
         if tap is not None and key in self.quotas.quotas:
             charge = QuotaCharge(self.quotas, key, tap, self.clock, send)
             send = charge.send
+        response_headers = [record.response_header()]
         started = time.perf_counter()
 
         def acquired(replica: Replica, asked_at: float, waited: bool) -> None:
@@ -403,6 +423,7 @@ class Gateway:
                 seconds_left=max(0.001, deadline - self.clock()),
                 tap=tap,
                 progress=replica.progressed,
+                response_headers=response_headers,
             )
 
         try:
@@ -427,7 +448,7 @@ class Gateway:
         return CLIENT_CLOSED if result.disconnected else result.status
 
     def _deadline(self, scope: Scope, default: float) -> float:
-        raw = _header(scope, self.settings.timeout_header.encode())
+        raw = _header(scope, self._timeout_header)
         if raw is None:
             return default
         try:

@@ -113,7 +113,7 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_PoolCollector(supervisor))
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def model_label(self, model: str) -> str:
         """``model`` when it is configured (or ``-``), else ``(unknown)``."""
@@ -123,10 +123,13 @@ class GatewayMetrics:
         """Count one request and its latency (label children cached: this is per
         request). ``route`` must be one of the app's fixed route names."""
         model = self.model_label(model)
-        key = (model, route, str(status))
+        key = (model, route, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(*key), self.latency.labels(model, route))
+            children = (
+                self.requests.labels(model, route, str(status)),
+                self.latency.labels(model, route),
+            )
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)

@@ -124,6 +124,8 @@ class RequestQueue(Generic[T]):
     def goes_first(self, ticket: Ticket) -> bool:
         """Whether a waiter of ``ticket``'s class or a higher one is queued (then a new
         request of that ticket may not take a free slot past it)."""
+        if not self._tickets:  # the usual case, per request: nobody waits
+            return False
         return any(t.priority.rank <= ticket.priority.rank for t in self._tickets.values())
 
     def join(self, ticket: Ticket = STANDARD) -> asyncio.Future[T]:
@@ -225,6 +227,8 @@ class RequestQueue(Generic[T]):
     def dispatch(self, take: Callable[[], T | None]) -> None:
         """Hand ``take()``'s items to the waiters, highest class first and tenants in
         turn within a class, until it has none left."""
+        if not self._tickets:  # per released slot: nobody waits, nothing to hand out
+            return
         for priority in Priority:  # declared highest first
             queue = self._classes[priority]
             while queue.head() is not None:
