@@ -172,9 +172,9 @@ class Gateway:
         model, status = "", 500
         route: str | None = None  # the route's metric label, once known
         record = scope["edgeinfer.request"] = self.obs.begin(scope)
-        # Answers the gateway writes itself get x-request-id from this wrapper; a
-        # forwarded one gets it from the proxy (``send`` stays bare for it).
-        answer = Observer.send_with_id(record, send)
+        # Answers the gateway writes itself get x-request-id from a wrapper made when
+        # one is written (``answer``); a forwarded one gets it from the proxy.
+        answer = partial(Observer.send_with_id, record)
         try:
             target = _target(scope)
             method = scope["method"]
@@ -222,7 +222,7 @@ class Gateway:
                         raise MethodNotAllowed(
                             f"{method} {path}: this route takes GET", allow="GET, HEAD"
                         )
-                    status = await self._model_ready(scope, answer, model)
+                    status = await self._model_ready(scope, answer(send), model)
                 else:
                     # Never proxied with another method: a HEAD's answer has no body
                     # to wait for, and the replica would only refuse it anyway.
@@ -244,10 +244,10 @@ class Gateway:
                     )
             elif path == ollama.SHOW or path in ollama.LISTINGS:
                 model, route = "-", path
-                status = await self._ollama(scope, receive, answer, path)
+                status = await self._ollama(scope, receive, answer(send), path)
             else:
                 model, route = "-", _route_label(path)
-                status = await self._local(scope, answer, path)
+                status = await self._local(scope, answer(send), path)
         except asyncio.CancelledError:
             status = ShuttingDown.status  # the server's grace period ended: counted so
             raise
@@ -263,12 +263,12 @@ class Gateway:
                 # Names and paths a client made up never become metric labels.
                 model = "-" if isinstance(exc, RouteNotFound) else "(unknown)"
                 route = _route_label(path)
-            await error_response(path, exc)(scope, receive, answer)
+            await error_response(path, exc)(scope, receive, answer(send))
         except Exception as exc:  # a bug here must still answer in the API's shape
             log.exception("unhandled error on %s", path)
             status = 500
             failure = RuntimeFailure(f"internal error in the gateway: {exc!r}")
-            await error_response(path, failure)(scope, receive, answer)
+            await error_response(path, failure)(scope, receive, answer(send))
         finally:
             if route is None:
                 route = _route_label(path)
