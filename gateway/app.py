@@ -47,7 +47,7 @@ from gateway.usage import UsageTap
 from runtime.api import openai
 from runtime.api.body import json_object
 from runtime.api.ollama import keep_alive_seconds
-from runtime.api.render import error_response
+from runtime.api.render import error_body, error_response
 from runtime.errors import (
     BadInput,
     EdgeInferError,
@@ -56,6 +56,7 @@ from runtime.errors import (
     ResponseCut,
     RouteNotFound,
     RuntimeFailure,
+    Shed,
     ShuttingDown,
     Unauthorized,
 )
@@ -137,6 +138,8 @@ class Gateway:
         self._fairness_header = settings.traffic.fairness_header.encode()
         self._timeout_header = settings.timeout_header.encode()
         self._tickets: dict[str, Ticket] = {}
+        # (API shape, model) -> a shed request's answer: head and body, built once.
+        self._shed_answers: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
     def _record_cold_start(self, model: str, cold: ColdStart) -> None:
         for phase, seconds in cold.phases.items():
@@ -169,7 +172,7 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        model, status = "", 500
+        model, status, shed = "", 500, False
         route: str | None = None  # the route's metric label, once known
         record = scope["edgeinfer.request"] = self.obs.begin(scope)
         # Answers the gateway writes itself get x-request-id from a wrapper made when
@@ -257,6 +260,11 @@ class Gateway:
             status = exc.status
             log.warning("%s: %s", path, exc.message)
             raise
+        except Shed as exc:
+            # A flood of sheddable requests at a saturated model: each refusal is a
+            # pre-built answer and a counter, so refusing stays cheap (issue 18).
+            status, shed = exc.status, True
+            await self._shed(path, exc, record, send)
         except EdgeInferError as exc:
             status = exc.status
             if isinstance(exc, ModelNotFound):
@@ -272,14 +280,31 @@ class Gateway:
         finally:
             if route is None:
                 route = _route_label(path)
-            record.status, record.route = status, route
-            seconds = self.obs.finish(
-                record, self.metrics.model_label(model) if model else NO_MODEL
-            )
-            if model:
-                self.metrics.observe_request(model, route, status, seconds)
-                if self.manager is not None and model in self.metrics.models:
-                    self.manager.observe(model, status, seconds)
+            if shed:
+                self.metrics.count(model, route, status)
+                self.obs.shed(record)
+            else:
+                record.status, record.route = status, route
+                label = self.metrics.model_label(model) if model else NO_MODEL
+                seconds = self.obs.finish(record, label)
+                if model:
+                    self.metrics.observe_request(model, route, status, seconds)
+                    if self.manager is not None and model in self.metrics.models:
+                        self.manager.observe(model, status, seconds)
+
+    async def _shed(self, path: str, exc: Shed, record: RequestRecord, send: Send) -> None:
+        """A shed request's 429: its head and body built once per API shape and model."""
+        shape = "/v2" if path.startswith("/v2") else "/api/" if path.startswith("/api/") else ""
+        answer = self._shed_answers.get((shape, exc.model))
+        if answer is None:  # bounded: configured models x three API shapes
+            body = json.dumps(error_body(path, exc), separators=(",", ":")).encode()
+            after = str(max(1, round(exc.retry_after or 1))).encode()
+            answer = ([*_JSON, (b"retry-after", after)], body)
+            self._shed_answers[(shape, exc.model)] = answer
+        head, body = answer
+        headers = [*head, record.response_header()]
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")

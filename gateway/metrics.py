@@ -114,10 +114,20 @@ class GatewayMetrics:
         )
         r.register(_PoolCollector(supervisor))
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
 
     def model_label(self, model: str) -> str:
         """``model`` when it is configured (or ``-``), else ``(unknown)``."""
         return model if model in self.models else UNKNOWN_MODEL
+
+    def count(self, model: str, route: str, status: int) -> None:
+        """Count one request without its latency (a shed request: a counter only)."""
+        model = self.model_label(model)
+        key = (model, route, status)
+        child = self._counts.get(key)
+        if child is None:
+            child = self._counts[key] = self.requests.labels(model, route, str(status))
+        child.inc()
 
     def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
         """Count one request and its latency (label children cached: this is per

@@ -136,6 +136,12 @@ class Observer:
         if record.trace.traced:
             record.trace.queue_wait(begun, now, record.cold_start, replica.started, replica.tier)
 
+    def shed(self, record: RequestRecord) -> None:
+        """A shed request ended (429 at once): its span, if any, ends; no usage, history
+        or access line (the gateway counts it in ``edgeinfer_requests_total``)."""
+        if record.trace.traced:
+            record.trace.finish(429)
+
     def finish(self, record: RequestRecord, model_label: str) -> float:
         """The request ended: ``model_label`` is its model as a metric label. Returns
         its latency in seconds."""
