@@ -44,28 +44,36 @@ def _iso(epoch: float) -> str:
     return f"{_second[1]}.{int((epoch - whole) * 1000):03d}Z"
 
 
-def _ms(seconds: float | None) -> str:
-    return "null" if seconds is None else repr(round(seconds * 1000, 3))
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+# One line, in json's own spelling of each value: strings quoted by the C encoder,
+# milliseconds with three decimals, null for what is missing. Written by hand (one
+# format of one tuple, no dict handed to an encoder): it runs for every request.
+_LINE = (
+    '{"time":"%s","request_id":%s,"key":%s,"model":%s,"tier":%s,"role":%s,"method":%s,'
+    '"route":%s,"status":%d,"latency_ms":%s,"queue_ms":%s,"cold_start_ms":%s,'
+    '"ttft_ms":%s,"input_tokens":%d,"output_tokens":%d}'
+)
 
 
 def access_line(record: RequestRecord) -> str:
-    """The request's JSON line (written by hand in json's own spelling of each value:
-    one f-string, not a dict handed to the encoder)."""
-    cold = record.cold_start
-    return (
-        f'{{"time":"{_iso(record.started_epoch)}","request_id":{_quote(record.request_id)},'
-        f'"key":{_quote(record.key)},"model":{_quote(record.model)},'
-        f'"tier":{_text(record.tier)},"role":{_text(record.role)},'
-        f'"method":{_quote(record.method)},"route":{_quote(record.route)},'
-        f'"status":{int(record.status)},"latency_ms":{_ms(record.latency)},'
-        f'"queue_ms":{_ms(record.queue_wait)},'
-        f'"cold_start_ms":{_ms(None if cold is None else cold.total)},'
-        f'"ttft_ms":{_ms(record.ttft)},"input_tokens":{int(record.input_tokens)},'
-        f'"output_tokens":{int(record.output_tokens)}}}'
+    """The request's JSON line."""
+    q = _quote
+    latency, queue, cold, ttft = record.latency, record.queue_wait, record.cold_start, record.ttft
+    return _LINE % (
+        _iso(record.started_epoch),
+        q(record.request_id),
+        q(record.key),
+        q(record.model),
+        "null" if record.tier is None else q(record.tier),
+        "null" if record.role is None else q(record.role),
+        q(record.method),
+        q(record.route),
+        record.status,
+        "null" if latency is None else "%.3f" % (latency * 1000),
+        "null" if queue is None else "%.3f" % (queue * 1000),
+        "null" if cold is None else "%.3f" % (cold.total * 1000),
+        "null" if ttft is None else "%.3f" % (ttft * 1000),
+        record.input_tokens,
+        record.output_tokens,
     )
 
 

@@ -41,13 +41,15 @@ from gateway.openapi import gateway_document
 from gateway.proxy import ForwardResult, forward, upstream_headers
 from gateway.quotas import QuotaCharge
 from gateway.retry import send_with_retry
+from gateway.shedding import ShedAnswers
+from gateway.shedding import check as shed_check
 from gateway.traffic import ticket as request_ticket
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
 from runtime.api import openai
 from runtime.api.body import json_object
 from runtime.api.ollama import keep_alive_seconds
-from runtime.api.render import error_body, error_response
+from runtime.api.render import error_response
 from runtime.errors import (
     BadInput,
     EdgeInferError,
@@ -65,6 +67,7 @@ from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart, Replica
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ModelConfig
+from runtime.spec.traffic import Priority
 
 __all__ = ["Gateway"]
 
@@ -138,8 +141,7 @@ class Gateway:
         self._fairness_header = settings.traffic.fairness_header.encode()
         self._timeout_header = settings.timeout_header.encode()
         self._tickets: dict[str, Ticket] = {}
-        # (API shape, model) -> a shed request's answer: head and body, built once.
-        self._shed_answers: dict[tuple[str, str], tuple[list[tuple[bytes, bytes]], bytes]] = {}
+        self.shed_answers = ShedAnswers()
 
     def _record_cold_start(self, model: str, cold: ColdStart) -> None:
         for phase, seconds in cold.phases.items():
@@ -191,6 +193,7 @@ class Gateway:
                 model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
                 ticket = self._ticket(scope, identity)
+                self._shed_early(model, ticket)
                 if path in ollama.OLLAMA_PROXY and "keep_alive" in request:
                     self._keep_alive(model, request.pop("keep_alive"))
                     body = json.dumps(request).encode()  # the worker has no pool to hold
@@ -237,6 +240,7 @@ class Gateway:
                     identity = self._authenticate(scope)
                     self._admit(identity, model)  # all before the body
                     ticket = self._ticket(scope, identity)
+                    self._shed_early(model, ticket)
                     body = await self._body(scope, receive) if allow == "POST" else b""
                     status, model = await self._send_to(
                         scope,
@@ -264,7 +268,7 @@ class Gateway:
             # A flood of sheddable requests at a saturated model: each refusal is a
             # pre-built answer and a counter, so refusing stays cheap (issue 18).
             status, shed = exc.status, True
-            await self._shed(path, exc, record, send)
+            await self.shed_answers.send(path, exc, record.response_header(), send)
         except EdgeInferError as exc:
             status = exc.status
             if isinstance(exc, ModelNotFound):
@@ -291,20 +295,6 @@ class Gateway:
                     self.metrics.observe_request(model, route, status, seconds)
                     if self.manager is not None and model in self.metrics.models:
                         self.manager.observe(model, status, seconds)
-
-    async def _shed(self, path: str, exc: Shed, record: RequestRecord, send: Send) -> None:
-        """A shed request's 429: its head and body built once per API shape and model."""
-        shape = "/v2" if path.startswith("/v2") else "/api/" if path.startswith("/api/") else ""
-        answer = self._shed_answers.get((shape, exc.model))
-        if answer is None:  # bounded: configured models x three API shapes
-            body = json.dumps(error_body(path, exc), separators=(",", ":")).encode()
-            after = str(max(1, round(exc.retry_after or 1))).encode()
-            answer = ([*_JSON, (b"retry-after", after)], body)
-            self._shed_answers[(shape, exc.model)] = answer
-        head, body = answer
-        headers = [*head, record.response_header()]
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
@@ -361,6 +351,12 @@ class Gateway:
         """The key's model scope (403) and its rate (429)."""
         self.auth.authorize(identity, model)
         self.limiter.check(identity.name, self.clock())
+
+    def _shed_early(self, model: str, ticket: Ticket) -> None:
+        """A sheddable request at a saturated model: refused here, before the body (OIP)
+        or any forwarding work (gateway.shedding); an alias's pool decides later."""
+        if ticket.priority is Priority.SHEDDABLE and model not in self.aliases.aliases:
+            shed_check(self.supervisor.pool(model), ticket)
 
     def _ticket(self, scope: Scope, identity: KeyIdentity) -> Ticket:
         """The key's token quotas (429), then the class and tenant it queues as."""
