@@ -1,6 +1,6 @@
 """A sheddable request at a saturated model (issue 18): the real gateway in front of a
 hand-written replica that holds its one slot (container-concurrency 1) until the test
-lets it answer. The refusal is a 429 in the API's error shape with ``Retry-After`` and
+lets it answer (then a sheddable request is served). The refusal is a 429 in the API's error shape with ``Retry-After`` and
 ``x-request-id``, counted in ``edgeinfer_requests_total`` and nowhere else (no access
 line, no usage row), and the held request is served once released."""
 
@@ -97,15 +97,18 @@ def test_a_shed_request_is_a_prebuilt_429_and_a_counter(
     handler.release.set()
     first.join(60)
     assert [r.status_code for r in answers] == [200]
+    # A free slot: the same sheddable key is served, not refused.
+    assert httpx.post(url, json=INFER, headers=_key("batch")).status_code == 200
     registry = gw.app.metrics.registry
     shed = {"model": "held", "status": "429"}
     oip_route = "/v2/models/{name}/infer"
     assert _sample(registry, route=oip_route, **shed) == 2
     assert _sample(registry, route="/v1/embeddings", **shed) == 1
-    assert _sample(registry, route=oip_route, model="held", status="200") == 1
+    assert _sample(registry, route=oip_route, model="held", status="200") == 2
     usage = httpx.get(f"{gw.url}/admin/usage", headers={"authorization": "Bearer sk-adm"})
-    assert "batch" not in usage.json()["by_key"]  # a shed request is no usage
-    assert usage.json()["by_key"]["std"]["requests"] == 1
+    by_key = usage.json()["by_key"]
+    assert by_key["batch"]["requests"] == 1  # the served one: a shed request is no usage
+    assert by_key["std"]["requests"] == 1
 
 
 def _key(name: str) -> dict[str, str]:
