@@ -48,6 +48,9 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the riverbank at da
 
 def models(slots: int) -> list[dict[str, Any]]:
     (minilm,) = bundled_models("minilm")
+    # One thread each: both models' warm replicas fit the core budget of a 2-core box
+    # (with all cores each, the second model waits for the first's cores for ever).
+    minilm = {**minilm, "options": {**minilm.get("options", {}), "threads": 1}}
     rule = {"min-scale": 1, "max-scale": 1, "initial-scale": 1, "target": slots}
     shed = {**minilm, "scaling": {**rule, "container-concurrency": slots}}
     fair = {
