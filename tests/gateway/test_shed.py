@@ -1,8 +1,9 @@
 """A sheddable request at a saturated model (issue 18): the real gateway in front of a
 hand-written replica that holds its one slot (container-concurrency 1) until the test
-lets it answer (then a sheddable request is served). The refusal is a 429 in the API's error shape with ``Retry-After`` and
+lets it answer. The refusal is a 429 in the API's error shape with ``Retry-After`` and
 ``x-request-id``, counted in ``edgeinfer_requests_total`` and nowhere else (no access
-line, no usage row), and the held request is served once released."""
+line, no usage row); the held request is served once released, and then a sheddable
+request is served too (a free slot: no refusal)."""
 
 from __future__ import annotations
 
