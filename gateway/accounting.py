@@ -78,7 +78,9 @@ class UsageLedger:
             bucket = self._minutes[minute] = {}
             while self._minutes and next(iter(self._minutes)) <= minute - RETENTION_MINUTES:
                 self._minutes.popitem(last=False)
-        row = bucket.setdefault((key, model), [0, 0, 0, 0])
+        row = bucket.get((key, model))
+        if row is None:
+            row = bucket[(key, model)] = [0, 0, 0, 0]
         row[0] += 1
         row[1] += error
         row[2] += input_tokens

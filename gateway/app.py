@@ -41,6 +41,8 @@ from gateway.openapi import gateway_document
 from gateway.proxy import ForwardResult, forward, upstream_headers
 from gateway.quotas import QuotaCharge
 from gateway.retry import send_with_retry
+from gateway.shedding import ShedAnswers
+from gateway.shedding import check as shed_check
 from gateway.traffic import ticket as request_ticket
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageTap
@@ -56,6 +58,7 @@ from runtime.errors import (
     ResponseCut,
     RouteNotFound,
     RuntimeFailure,
+    Shed,
     ShuttingDown,
     Unauthorized,
     UnsupportedTask,
@@ -65,6 +68,7 @@ from runtime.scaling.queue import STANDARD, Ticket
 from runtime.scaling.replica import ColdStart, Replica
 from runtime.scaling.source import ReplicaSource
 from runtime.spec.model import MODEL_NAME, ROUTE_TASKS, ModelConfig
+from runtime.spec.traffic import Priority
 
 __all__ = ["Gateway"]
 
@@ -132,6 +136,13 @@ class Gateway:
             clock=clock,
         )
         self._sampling: asyncio.Task[None] | None = None
+        # Per request: header names as bytes once, and each key's ticket when its
+        # request names no class or tenant (the usual case) built once.
+        self._priority_header = settings.traffic.priority_header.encode()
+        self._fairness_header = settings.traffic.fairness_header.encode()
+        self._timeout_header = settings.timeout_header.encode()
+        self._tickets: dict[str, Ticket] = {}
+        self.shed_answers = ShedAnswers()
 
     def _record_cold_start(self, model: str, cold: ColdStart) -> None:
         for phase, seconds in cold.phases.items():
@@ -164,14 +175,17 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        start = time.perf_counter()
-        model, route, status = "", path, 500
+        model, status, shed = "", 500, False
+        route: str | None = None  # the route's metric label, once known
         record = scope["edgeinfer.request"] = self.obs.begin(scope)
-        send = Observer.send_with_id(record, send)
+        # Answers the gateway writes itself get x-request-id from a wrapper made when
+        # one is written (``answer``); a forwarded one gets it from the proxy.
+        answer = partial(Observer.send_with_id, record)
         try:
             target = _target(scope)
             method = scope["method"]
             if path in _OPENAI_PROXY:
+                route = path
                 if method != "POST":
                     raise MethodNotAllowed(f"{method} {path}: this route takes POST", allow="POST")
                 identity = self._authenticate(scope)  # from the head: before the body
@@ -180,6 +194,7 @@ class Gateway:
                 model = ollama.proxied_model(path, _model_field(request))
                 self._admit(identity, model)
                 ticket = self._ticket(scope, identity)
+                self._shed_early(model, ticket)
                 if path in ollama.OLLAMA_PROXY and "keep_alive" in request:
                     self._keep_alive(model, request.pop("keep_alive"))
                     body = json.dumps(request).encode()  # the worker has no pool to hold
@@ -214,7 +229,7 @@ class Gateway:
                         raise MethodNotAllowed(
                             f"{method} {path}: this route takes GET", allow="GET, HEAD"
                         )
-                    status = await self._model_ready(scope, send, model)
+                    status = await self._model_ready(scope, answer(send), model)
                 else:
                     # Never proxied with another method: a HEAD's answer has no body
                     # to wait for, and the replica would only refuse it anyway.
@@ -226,6 +241,7 @@ class Gateway:
                     identity = self._authenticate(scope)
                     self._admit(identity, model)  # all before the body
                     ticket = self._ticket(scope, identity)
+                    self._shed_early(model, ticket)
                     body = await self._body(scope, receive) if allow == "POST" else b""
                     status, model = await self._send_to(
                         scope,
@@ -236,10 +252,10 @@ class Gateway:
                     )
             elif path == ollama.SHOW or path in ollama.LISTINGS:
                 model, route = "-", path
-                status = await self._ollama(scope, receive, send, path)
+                status = await self._ollama(scope, receive, answer(send), path)
             else:
                 model, route = "-", _route_label(path)
-                status = await self._local(scope, send, path)
+                status = await self._local(scope, answer(send), path)
         except asyncio.CancelledError:
             status = ShuttingDown.status  # the server's grace period ended: counted so
             raise
@@ -249,26 +265,37 @@ class Gateway:
             status = exc.status
             log.warning("%s: %s", path, exc.message)
             raise
+        except Shed as exc:
+            # A flood of sheddable requests at a saturated model: each refusal is a
+            # pre-built answer and a counter, so refusing stays cheap (issue 18).
+            status, shed = exc.status, True
+            await self.shed_answers.send(path, exc, record.response_header(), send)
         except EdgeInferError as exc:
             status = exc.status
             if isinstance(exc, ModelNotFound):
                 # Names and paths a client made up never become metric labels.
                 model = "-" if isinstance(exc, RouteNotFound) else "(unknown)"
                 route = _route_label(path)
-            await error_response(path, exc)(scope, receive, send)
+            await error_response(path, exc)(scope, receive, answer(send))
         except Exception as exc:  # a bug here must still answer in the API's shape
             log.exception("unhandled error on %s", path)
             status = 500
             failure = RuntimeFailure(f"internal error in the gateway: {exc!r}")
-            await error_response(path, failure)(scope, receive, send)
+            await error_response(path, failure)(scope, receive, answer(send))
         finally:
-            record.status, record.route = status, _route_label(path)
-            self.obs.finish(record, self.metrics.model_label(model) if model else NO_MODEL)
-            if model:
-                seconds = time.perf_counter() - start
-                self.metrics.observe_request(model, route, status, seconds)
-                if self.manager is not None and model in self.metrics.models:
-                    self.manager.observe(model, status, seconds)
+            if route is None:
+                route = _route_label(path)
+            if shed:
+                self.metrics.count(model, route, status)
+                self.obs.shed(record)
+            else:
+                record.status, record.route = status, route
+                label = self.metrics.model_label(model) if model else NO_MODEL
+                seconds = self.obs.finish(record, label)
+                if model:
+                    self.metrics.observe_request(model, route, status, seconds)
+                    if self.manager is not None and model in self.metrics.models:
+                        self.manager.observe(model, status, seconds)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
@@ -326,16 +353,29 @@ class Gateway:
         self.auth.authorize(identity, model)
         self.limiter.check(identity.name, self.clock())
 
+    def _shed_early(self, model: str, ticket: Ticket) -> None:
+        """A sheddable request at a saturated model: refused here, before the body (OIP)
+        or any forwarding work (gateway.shedding); an alias's pool decides later."""
+        if ticket.priority is Priority.SHEDDABLE and model not in self.aliases.aliases:
+            shed_check(self.supervisor.pool(model), ticket)
+
     def _ticket(self, scope: Scope, identity: KeyIdentity) -> Ticket:
         """The key's token quotas (429), then the class and tenant it queues as."""
-        self.quotas.check(identity.name, self.clock())
-        config = self.settings.traffic
-        return request_ticket(
-            identity,
-            config,
-            _header(scope, config.priority_header.encode()),
-            _header(scope, config.fairness_header.encode()),
-        )
+        if identity.name in self.quotas.quotas:
+            self.quotas.check(identity.name, self.clock())
+        priority = fairness = None
+        for name, value in scope["headers"]:
+            if name == self._priority_header and priority is None:
+                priority = value.decode("latin-1")
+            elif name == self._fairness_header and fairness is None:
+                fairness = value.decode("latin-1")
+        if priority is None and fairness is None:
+            ticket = self._tickets.get(identity.name)
+            if ticket is None:
+                ticket = request_ticket(identity, self.settings.traffic, None, None)
+                self._tickets[identity.name] = ticket  # bounded: configured keys only
+            return ticket
+        return request_ticket(identity, self.settings.traffic, priority, fairness)
 
     async def _send_to(
         self,
@@ -391,6 +431,7 @@ class Gateway:
         if tap is not None and key in self.quotas.quotas:
             charge = QuotaCharge(self.quotas, key, tap, self.clock, send)
             send = charge.send
+        response_headers = [record.response_header()]
         started = time.perf_counter()
 
         def acquired(replica: Replica, asked_at: float, waited: bool) -> None:
@@ -411,6 +452,7 @@ class Gateway:
                 seconds_left=max(0.001, deadline - self.clock()),
                 tap=tap,
                 progress=replica.progressed,
+                response_headers=response_headers,
             )
 
         try:
@@ -441,7 +483,7 @@ class Gateway:
         return CLIENT_CLOSED if result.disconnected else result.status
 
     def _deadline(self, scope: Scope, default: float) -> float:
-        raw = _header(scope, self.settings.timeout_header.encode())
+        raw = _header(scope, self._timeout_header)
         if raw is None:
             return default
         try:

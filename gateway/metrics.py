@@ -113,20 +113,33 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_PoolCollector(supervisor))
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
 
     def model_label(self, model: str) -> str:
         """``model`` when it is configured (or ``-``), else ``(unknown)``."""
         return model if model in self.models else UNKNOWN_MODEL
 
+    def count(self, model: str, route: str, status: int) -> None:
+        """Count one request without its latency (a shed request: a counter only)."""
+        model = self.model_label(model)
+        key = (model, route, status)
+        child = self._counts.get(key)
+        if child is None:
+            child = self._counts[key] = self.requests.labels(model, route, str(status))
+        child.inc()
+
     def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
         """Count one request and its latency (label children cached: this is per
         request). ``route`` must be one of the app's fixed route names."""
         model = self.model_label(model)
-        key = (model, route, str(status))
+        key = (model, route, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(*key), self.latency.labels(model, route))
+            children = (
+                self.requests.labels(model, route, str(status)),
+                self.latency.labels(model, route),
+            )
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)

@@ -9,26 +9,31 @@ the replica, with a ``traceparent`` the gateway writes.
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 from starlette.types import Message, Scope, Send
 
-from gateway.access_log import access_line, log
+from gateway import access_log
 from gateway.accounting import NO_KEY, UsageLedger
 from gateway.dashboard.history import History
-from gateway.tracing import RequestTrace
+from gateway.tracing import UNTRACED, RequestTrace
 from runtime.scaling.replica import ColdStart, Replica
 from runtime.scaling.source import ReplicaSource
 from runtime.worker.tracing import REQUEST_ID_HEADER, TRACEPARENT, valid_request_id
 
 __all__ = ["Observer", "RequestRecord"]
+
+# Request ids the gateway makes: 24 hex digits counting up from a random start, so one
+# process never repeats one and processes do not share a sequence (a read of the
+# kernel's random source per request cost more than the rest of the record).
+_IDS = itertools.count(int.from_bytes(os.urandom(12), "big"))
+_ID_MASK = (1 << 96) - 1
 
 
 @dataclass(slots=True)
@@ -53,7 +58,10 @@ class RequestRecord:
     ttft: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def response_header(self) -> tuple[bytes, bytes]:
+        """The ``x-request-id`` header every answer carries."""
+        return (REQUEST_ID_HEADER, self.request_id.encode("ascii"))
 
     def replica_headers(self) -> list[tuple[bytes, bytes]]:
         """The request id and trace context the replica gets (written here)."""
@@ -88,35 +96,29 @@ class Observer:
                 request_id = valid_request_id(value)
             elif name == TRACEPARENT and client_traceparent is None:
                 client_traceparent = value
-        request_id = request_id or os.urandom(12).hex()
+        request_id = request_id or f"{next(_IDS) & _ID_MASK:024x}"
         method, path = scope["method"], scope["path"]
-        return RequestRecord(
-            request_id,
-            method,
-            path,
-            time.perf_counter(),
-            time.time(),
-            # Only POSTs (the inference routes) are traced: probes, scrapes and the
-            # dashboard's polling would bury them.
-            RequestTrace(
-                self.tracer if method == "POST" else None,
-                self.clock,
-                client_traceparent,
-                method,
-                path,
-                request_id,
-            ),
+        # Only POSTs (the inference routes) are traced: probes, scrapes and the
+        # dashboard's polling would bury them.
+        tracer = self.tracer if method == "POST" else None
+        trace = (
+            UNTRACED
+            if tracer is None and client_traceparent is None
+            else RequestTrace(tracer, self.clock, client_traceparent, method, path, request_id)
         )
+        return RequestRecord(request_id, method, path, time.perf_counter(), time.time(), trace)
 
     @staticmethod
     def send_with_id(record: RequestRecord, send: Send) -> Send:
-        """``send`` that puts ``x-request-id`` on the response head."""
-        value = record.request_id.encode("ascii")
+        """``send`` that puts ``x-request-id`` on the response head, for the answers the
+        gateway writes itself (a forwarded answer gets it from the proxy, with no
+        wrapper around each of its messages)."""
+        header = record.response_header()
 
         async def sender(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
-                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, value)]}
+                message = {**message, "headers": [*headers, header]}
             await send(message)
 
         return sender
@@ -131,27 +133,28 @@ class Observer:
         cold = replica.cold_start
         if waited and cold is not None and cold.finished_at >= begun:
             record.cold_start = cold
-        tier: dict[str, str] = {}
-        if replica.tier is not None:
-            tier = {
-                "edgeinfer.tier": replica.tier.key,
-                "edgeinfer.role": replica.tier.role.value,  # primary or bridge
-                "edgeinfer.runtime": replica.tier.runtime.value,
-                "edgeinfer.device": replica.tier.device.value,
-            }
-        record.trace.queue_wait(begun, now, record.cold_start, replica.started, tier)
+        if record.trace.traced:
+            record.trace.queue_wait(begun, now, record.cold_start, replica.started, replica.tier)
 
-    def finish(self, record: RequestRecord, model_label: str) -> None:
-        """The request ended: ``model_label`` is its model as a metric label."""
-        record.latency = time.perf_counter() - record.started
+    def shed(self, record: RequestRecord) -> None:
+        """A shed request ended (429 at once): its span, if any, ends; no usage, history
+        or access line (the gateway counts it in ``edgeinfer_requests_total``)."""
+        if record.trace.traced:
+            record.trace.finish(429)
+
+    def finish(self, record: RequestRecord, model_label: str) -> float:
+        """The request ended: ``model_label`` is its model as a metric label. Returns
+        its latency in seconds."""
+        record.latency = latency = time.perf_counter() - record.started
         record.model = model_label
-        record.trace.model(model_label, record.path, record.key)
-        record.trace.finish(
-            record.status,
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            ttft=record.ttft,
-        )
+        if record.trace.traced:
+            record.trace.model(model_label, record.path, record.key)
+            record.trace.finish(
+                record.status,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                ttft=record.ttft,
+            )
         self.ledger.record(
             record.key,
             model_label,
@@ -160,6 +163,6 @@ class Observer:
             record.output_tokens,
             record.started_epoch,
         )
-        self.history.request(model_label, record.latency, record.ttft, record.status)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s", access_line(record))
+        self.history.request(model_label, latency, record.ttft, record.status)
+        access_log.write(record)
+        return latency

@@ -1,7 +1,8 @@
 """The gateway's OpenAPI document (``GET /openapi.json``): its own routes, not a worker's.
 
 The OpenAI and OIP v2 routes come from :mod:`runtime.api.openapi` (built from the wire
-types); the gateway adds its operations routes, which take the admin key.
+types); the gateway adds its operations routes, which take the admin key. The ``model``
+enums list the configured models and then the aliases (``aliases:``).
 """
 
 from __future__ import annotations
@@ -45,4 +46,6 @@ def gateway_document(config: ModelConfig, secured: bool) -> dict[str, Any]:
         ),
         Operation("get", "/openapi.json", "This document"),
     ]
-    return document("edgeinfer gateway", [m.name for m in config.models], ops)
+    # A client names an alias wherever it names a model: both are in every enum.
+    names = [*(m.name for m in config.models), *(a.name for a in config.aliases)]
+    return document("edgeinfer gateway", names, ops)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,10 @@ _DROP_REQUEST = frozenset(
         b"x-request-id",
     }
 )
-_DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})
+# The replica's x-request-id too: the gateway puts its own on (``response_headers``).
+_DROP_RESPONSE = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server", b"x-request-id"}
+)
 # A request still running after this long gets a task watching for the client to hang
 # up (and for its deadline); the many that finish sooner never pay for one. Not
 # shorter: waking up during a generation preempts llama.cpp's spinning threads, and a
@@ -113,8 +116,10 @@ async def forward(
     seconds_left: float,
     tap: UsageTap | None = None,
     progress: Callable[[], None] | None = None,
+    response_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> ForwardResult:
-    """Proxy one request (``headers`` as the replica gets them: ``upstream_headers``).
+    """Proxy one request (``headers`` as the replica gets them: ``upstream_headers``);
+    ``response_headers`` are added to the answer's head (the request id).
     Raises ReplicaFailed / DeadlineExceeded before anything was sent to the client;
     after that the status line is gone, so a failure raises :class:`ResponseCut` (for
     SSE after an error event) and the server aborts the client's connection: a cut
@@ -140,7 +145,10 @@ async def forward(
     # the deadline, so the many requests that finish sooner never pay for either.
     handle = loop.call_at(min(deadline, loop.time() + _WATCH_AFTER), watch)
     try:
-        await _forward(pool, host, port, target, method, headers, body, send, result, tap, progress)
+        await _forward(
+            pool, host, port, target, method, headers, body, send, result, tap, progress,
+            response_headers,
+        )  # fmt: skip
     except asyncio.CancelledError:
         if not (result.disconnected or result.timed_out):
             if result.streaming:  # cancelled by the server: the gateway shuts down
@@ -203,7 +211,8 @@ async def _forward(
     send: Send,
     result: ForwardResult,
     tap: UsageTap | None,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[], None] | None,
+    response_headers: Sequence[tuple[bytes, bytes]],
 ) -> None:
     try:
         # Every request the gateway forwards is an inference call, free of side effects.
@@ -217,6 +226,7 @@ async def _forward(
     try:
         result.status = response.status
         out = [(k, v) for k, v in response.headers if k not in _DROP_RESPONSE]
+        out += response_headers
         streaming = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
         result.streaming = streaming
         if tap is not None:

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Tracer
 
 from runtime.scaling.replica import ColdStart
+from runtime.spec.placement import Tier
 from runtime.worker.tracing import (
     GEN_AI_FINISH_REASONS,
     GEN_AI_INPUT_TOKENS,
@@ -34,13 +35,15 @@ from runtime.worker.tracing import (
     traceparent,
 )
 
-__all__ = ["RequestTrace"]
+__all__ = ["UNTRACED", "RequestTrace"]
 
 _NS = 1_000_000_000
 
 
 class RequestTrace:
-    """One request's spans. ``clock`` is the pool's clock (cold starts are in it)."""
+    """One request's spans. ``clock`` is the pool's clock (cold starts are in it).
+    ``traced``: whether there is a span (else every method but
+    :meth:`upstream_traceparent` does nothing, and callers may skip them)."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class RequestTrace:
                     "edgeinfer.request_id": request_id,
                 },
             )
+        self.traced = self.span is not None
 
     def upstream_traceparent(self) -> bytes | None:
         """The ``traceparent`` the replica gets: the gateway span's, or the client's
@@ -90,13 +94,21 @@ class RequestTrace:
         ended: float,
         cold: ColdStart | None,
         launched: float,
-        tier: dict[str, str],
+        on: Tier | None,
     ) -> None:
         """A span for the wait for a replica slot (``begun``..``ended`` in the pool's
         clock), and in it the cold start it waited on (of the replica ``launched`` at
-        that time), phase by phase."""
+        that time, on tier ``on``), phase by phase."""
         if self.span is None or self.tracer is None:
             return
+        tier: dict[str, str] = {}
+        if on is not None:
+            tier = {
+                "edgeinfer.tier": on.key,
+                "edgeinfer.role": on.role.value,  # primary or bridge
+                "edgeinfer.runtime": on.runtime.value,
+                "edgeinfer.device": on.device.value,
+            }
         self.span.set_attributes(tier)
         context = trace.set_span_in_context(self.span)
         wait = self.tracer.start_span(
@@ -167,3 +179,8 @@ class RequestTrace:
     def _epoch_ns(self, at: float) -> int:
         """Clock time ``at`` as nanoseconds since the epoch (what spans are timed in)."""
         return time.time_ns() - int((self.clock() - at) * _NS)
+
+
+# The trace of a request with neither a tracer nor a client's traceparent: one shared,
+# stateless instance (every method does nothing), not one built per request.
+UNTRACED = RequestTrace(None, time.monotonic, None, "", "", "")

@@ -14,7 +14,8 @@ in the shape of the API that was called (see ``runtime.api.openai`` and
     ├── Unauthorized (401)
     ├── PermissionDenied (403)
     ├── RateLimited (429)
-    │   └── QuotaExceeded (429)
+    │   ├── QuotaExceeded (429)
+    │   └── Shed (429)
     ├── MethodNotAllowed (405)
     ├── HttpStatus (the HTTP status it carries)
     ├── ModelNotFound (404)
@@ -91,6 +92,7 @@ __all__ = [
     "RouteNotFound",
     "RuntimeFailure",
     "RuntimeUnavailable",
+    "Shed",
     "ShuttingDown",
     "SnapshotUnsupported",
     "StrayResponse",
@@ -173,6 +175,16 @@ class QuotaExceeded(RateLimited):
     and ``retry_after`` says when its window ends (429)."""
 
     code = "quota_exceeded"
+
+
+class Shed(RateLimited):
+    """A sheddable request refused because its model is saturated (429, the same code
+    as any rate limit): the gateway answers it with a pre-built response and counts it,
+    nothing more, so that refusing a flood stays cheap. ``model``: the model's name."""
+
+    def __init__(self, message: str, *, model: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.model = model
 
 
 class MethodNotAllowed(EdgeInferError):

@@ -57,9 +57,12 @@ class History:
         self.models: dict[str, _Model] = {}
 
     def _model(self, name: str) -> _Model | None:
-        if name not in self.supervisor.pools:
-            return None  # "-", "(unknown)": nothing to chart
-        return self.models.setdefault(name, _Model())
+        m = self.models.get(name)  # per request: no _Model built to be thrown away
+        if m is None:
+            if name not in self.supervisor.pools:
+                return None  # "-", "(unknown)": nothing to chart
+            m = self.models[name] = _Model()
+        return m
 
     def request(self, model: str, latency: float, ttft: float | None, status: int) -> None:
         m = self._model(model)

@@ -11,7 +11,7 @@ The queue knows nothing of replicas: the pool hands items out with :meth:`dispat
 (a ``take`` that returns a slot or None) and fails every waiter with :meth:`fail_all`.
 Queue full: ``Overloaded`` (503 with Retry-After), except that a critical waiter takes
 the place of the newest sheddable one, which gets ``RateLimited`` (429); a sheddable
-request refused because the model is saturated gets ``RateLimited`` too; deadline
+request refused because the model is saturated gets ``Shed`` (a 429 too); deadline
 passed: ``DeadlineExceeded`` (504). Tenants exist only while they have waiters, so
 their number is bounded by ``max_queue``.
 """
@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from runtime.errors import DeadlineExceeded, Overloaded, RateLimited
+from runtime.errors import DeadlineExceeded, Overloaded, RateLimited, Shed
 from runtime.scaling.service_time import deadline_problem
 from runtime.spec.traffic import Priority
 
-__all__ = ["STANDARD", "RequestQueue", "Ticket"]
+__all__ = ["STANDARD", "RequestQueue", "Ticket", "shed_message"]
 
 T = TypeVar("T")
 _Waiter = asyncio.Future
@@ -46,6 +46,14 @@ class Ticket:
 
 
 STANDARD = Ticket()
+
+
+def shed_message(model: str) -> str:
+    """What a sheddable request refused at a saturated ``model`` is told."""
+    return (
+        f"model {model!r} is saturated and this request is sheddable: refused rather "
+        "than queued; retry later"
+    )
 
 
 class _Class(Generic[T]):
@@ -124,6 +132,8 @@ class RequestQueue(Generic[T]):
     def goes_first(self, ticket: Ticket) -> bool:
         """Whether a waiter of ``ticket``'s class or a higher one is queued (then a new
         request of that ticket may not take a free slot past it)."""
+        if not self._tickets:  # the usual case, per request: nobody waits
+            return False
         return any(t.priority.rank <= ticket.priority.rank for t in self._tickets.values())
 
     def join(self, ticket: Ticket = STANDARD) -> asyncio.Future[T]:
@@ -165,7 +175,7 @@ class RequestQueue(Generic[T]):
         return True
 
     def admit(self, ticket: Ticket, *, slots: int, service: float | None, left: float) -> None:
-        """Before a request of ``ticket`` that found no free slot joins: RateLimited
+        """Before a request of ``ticket`` that found no free slot joins: Shed
         (429) when it is sheddable and the model is saturated (``slots`` > 0 on ready
         replicas, all taken); DeadlineExceeded (504) when the waiters served before it,
         spread over the ``slots``, and its own service (``service`` seconds each,
@@ -174,11 +184,7 @@ class RequestQueue(Generic[T]):
         if not slots:
             return
         if ticket.priority is Priority.SHEDDABLE:
-            raise RateLimited(
-                f"model {self.model!r} is saturated and this request is sheddable: "
-                "refused rather than queued; retry later",
-                retry_after=1.0,
-            )
+            raise Shed(shed_message(self.model), model=self.model)
         problem = deadline_problem(
             ahead=self.ahead(ticket), slots=slots, service=service, left=left, model=self.model
         )
@@ -225,6 +231,8 @@ class RequestQueue(Generic[T]):
     def dispatch(self, take: Callable[[], T | None]) -> None:
         """Hand ``take()``'s items to the waiters, highest class first and tenants in
         turn within a class, until it has none left."""
+        if not self._tickets:  # per released slot: nobody waits, nothing to hand out
+            return
         for priority in Priority:  # declared highest first
             queue = self._classes[priority]
             while queue.head() is not None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
+from gateway.openapi import gateway_document
+from runtime.spec.model import load_config
 from tests.gateway.conftest import GatewayServer
 
 Factory = Callable[..., GatewayServer]
@@ -50,3 +54,28 @@ def test_without_keys_nothing_is_marked_secured_but_the_admin_routes(
     doc = httpx.get(f"{gw.url}/openapi.json").json()
     secured = {p for p, ms in doc["paths"].items() for m in ms.values() if "security" in m}
     assert secured == {"/metrics", "/admin/models", "/admin/usage", "/admin/state"}
+
+
+def test_aliases_are_listed_wherever_the_models_are(tmp_path: Path) -> None:
+    second = {**MODEL, "name": "magika-b"}
+    alias = {
+        "name": "filetype",
+        "targets": [{"model": "magika", "weight": 9}, {"model": "magika-b", "weight": 1}],
+    }
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": [MODEL, second], "aliases": [alias]}))
+    doc = gateway_document(load_config(path), secured=False)
+    enums = [
+        p["schema"]["enum"]
+        for methods in doc["paths"].values()
+        for op in methods.values()
+        for p in op.get("parameters", [])
+        if p.get("name") == "name"
+    ]
+    assert enums and all(e == ["magika", "magika-b", "filetype"] for e in enums)
+    body_enums = [
+        s["properties"]["model"]["enum"]
+        for s in doc["components"]["schemas"].values()
+        if "enum" in s.get("properties", {}).get("model", {})
+    ]
+    assert body_enums and all(e == ["magika", "magika-b", "filetype"] for e in body_enums)
