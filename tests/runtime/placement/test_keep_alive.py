@@ -13,8 +13,9 @@ import pytest
 from runtime.placement.inventory import CpuInfo, GpuInfo, Inventory
 from runtime.placement.policy import PolicyConfig, choose_runtime
 from runtime.placement.pricing import choose_keep_alive, held_fraction
-from runtime.placement.profiles import LoadPoint, Profile
-from runtime.spec.model import ModelSpec, RuntimeName
+from runtime.placement.profiles import Profile
+from runtime.spec.model import ModelSpec
+from tests.runtime.placement.measured import one_point_profile
 
 CFG = PolicyConfig()
 CPU_BOX = Inventory(cpu=CpuInfo(cores=8), memory_total_mib=16384, memory_free_mib=15000)
@@ -42,26 +43,7 @@ def spec(goal_ms: float = 10000, **scaling: Any) -> ModelSpec:
 
 
 def llama_cpu(p50: float, cold: float) -> Profile:
-    return Profile(
-        model="chat",
-        runtime=RuntimeName.LLAMA,
-        device="cpu",
-        artifact_hash="x",
-        cold_start={"spawn": 0.1, "load": cold - 0.1, "warmup": 0.0},
-        points=(
-            LoadPoint(
-                concurrency=1,
-                requests=16,
-                p50_ms=p50,
-                p95_ms=p50 * 1.1,
-                throughput_rps=1000 / p50,
-                tokens_per_s=70.0,
-            ),
-        ),
-        memory_mib=4000,
-        rss_mib=4200,
-        cpu_cores=2,
-    )
+    return one_point_profile("chat", "llama", p50=p50, cold=cold, memory=4000, spawn=0.1, cores=2)
 
 
 FAST_START = llama_cpu(p50=470, cold=0.6)  # cold start + p95 well within 10 s

@@ -11,9 +11,10 @@ import pytest
 from runtime.placement.inventory import CpuInfo, GpuInfo, Inventory
 from runtime.placement.policy import PolicyConfig, choose_runtime
 from runtime.placement.pricing import held_fraction, idle_seconds, replica_cost_per_s
-from runtime.placement.profiles import LoadPoint, Profile
-from runtime.spec.model import ModelSpec, RuntimeName
+from runtime.placement.profiles import Profile
+from runtime.spec.model import ModelSpec
 from runtime.spec.placement import TierRole
+from tests.runtime.placement.measured import one_point_profile
 
 EDGE_BOX = Inventory(cpu=CpuInfo(cores=2), memory_total_mib=2048, memory_free_mib=1500)
 DC_HOST = Inventory(
@@ -49,26 +50,7 @@ def spec(kind: str, **over: Any) -> ModelSpec:
 def profile(
     runtime: str, *, p50: float, cold: float, memory: float, device: str = "cpu"
 ) -> Profile:
-    return Profile(
-        model="m",
-        runtime=RuntimeName(runtime),
-        device=device,
-        artifact_hash="x",
-        cold_start={"spawn": 0.2, "load": cold - 0.2, "warmup": 0.0},
-        points=(
-            LoadPoint(
-                concurrency=1,
-                requests=16,
-                p50_ms=p50,
-                p95_ms=p50 * 1.1,
-                throughput_rps=1000 / p50,
-                tokens_per_s=70.0 if runtime != "onnx" else None,
-            ),
-        ),
-        memory_mib=memory,
-        rss_mib=memory + 150,
-        cpu_cores=1,
-    )
+    return one_point_profile("m", runtime, p50=p50, cold=cold, memory=memory, device=device)
 
 
 # Shaped like the bundled models' profiles here: SmolLM2 (llama vs the wasi-nn guest,
