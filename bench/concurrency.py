@@ -18,6 +18,8 @@
   capacity first in the same run (64 closed-loop clients, chat idle) and offers them
   ``--saturation`` (1.5) times it. Per model: offered, completed, failed by status,
   p50/p99 beside idle p50/p99, and chat's p99 over its idle p99 (target 5x).
+  ``--chat-rate C``: chat as its own stream at C per second (0: half its capacity
+  alone), MiniLM and Magika still at their share of R.
 
 Prints one JSON line. Run: ``python bench/concurrency.py [--clients 1 4 16 64]
 [--requests-per-client 2] [--mixed SECONDS [--rate R]]``.
@@ -580,14 +582,35 @@ async def open_loop(
     }
 
 
+def mixed_schedule(rate: float, seconds: float, chat_rate: float | None) -> list[tuple[float, str]]:
+    """``MIX`` at ``rate`` per second; with ``chat_rate``, MiniLM and Magika keep their
+    share of ``rate`` (70:25) and chat arrives as its own Poisson stream at
+    ``chat_rate``."""
+    if chat_rate is None:
+        return arrivals(rate, seconds, MIX)
+    others = [(m, w) for m, w in MIX if m != "smollm2"]
+    share = sum(w for _, w in others)
+    merged = arrivals(rate * share, seconds, others) + arrivals(
+        chat_rate, seconds, [("smollm2", 1.0)], seed=16
+    )
+    return sorted(merged)
+
+
 async def mixed_open(
-    seconds: float, rate: float, saturation: float, capacity_seconds: float, max_outstanding: int
+    seconds: float,
+    rate: float,
+    saturation: float,
+    capacity_seconds: float,
+    max_outstanding: int,
+    chat_rate: float | None = None,
 ) -> dict[str, Any]:
     """Issue 15's mixed load as an open loop: Poisson arrivals at ``rate`` per second in
     all (70 % MiniLM, 25 % Magika, 5 % SmolLM2 chat of 16 tokens). ``rate`` 0: measure
     MiniLM + Magika's capacity first (same run) and offer ``saturation`` times it to
     them, i.e. rate = saturation x capacity / 0.95. Chat's capacity alone is measured
-    too (``capacity_seconds``), to set beside its 5 % of the rate."""
+    too (``capacity_seconds``), to set beside its 5 % of the rate. ``chat_rate``: chat
+    at that rate instead of 5 % of ``rate`` (0: half its capacity alone), to ask
+    whether chat keeps its share when it is not overloaded itself."""
     calls = mixed_calls()
     with tempfile.TemporaryDirectory() as home:
         served = Served(home)
@@ -603,7 +626,9 @@ async def mixed_open(
                     capacity = await other_capacity(s, served.url, calls, capacity_seconds)
                     rate = saturation * capacity / 0.95
                 await asyncio.sleep(5)  # let the capacity rounds' queues empty
-                schedule = arrivals(rate, seconds, MIX)
+                if chat_rate is not None and chat_rate <= 0:
+                    chat_rate = chat_cap / 2
+                schedule = mixed_schedule(rate, seconds, chat_rate)
                 got = await open_loop(s, served.url, calls, schedule, max_outstanding)
                 async with s.get(f"{served.url}/admin/models") as r:
                     admin = {m["model"]: m for m in (await r.json())["models"]}
@@ -635,6 +660,7 @@ async def mixed_open(
         "mode": "open_loop",
         "seconds": seconds,
         "rate_per_s": rate,
+        "chat_rate_per_s": chat_rate,
         "minilm_magika_capacity_per_s": capacity,
         "saturation": saturation if capacity is not None else None,
         "max_outstanding": max_outstanding,
@@ -666,6 +692,13 @@ def main() -> None:
     parser.add_argument("--saturation", type=float, default=1.5)
     parser.add_argument("--capacity-seconds", type=float, default=15.0)
     parser.add_argument("--max-outstanding", type=int, default=2000)
+    parser.add_argument(
+        "--chat-rate",
+        type=float,
+        default=None,
+        help="with --rate: chat as its own Poisson stream at CHAT_RATE/s instead of 5 %% "
+        "of RATE (0 = half its capacity alone, measured in the same run)",
+    )
     args = parser.parse_args()
     threads = host_cores()
     result: dict[str, Any] = {"bench": "concurrency", "threads": threads}
@@ -677,6 +710,7 @@ def main() -> None:
                 args.saturation,
                 args.capacity_seconds,
                 args.max_outstanding,
+                args.chat_rate,
             )
         )
     elif args.mixed:
