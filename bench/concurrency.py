@@ -10,10 +10,19 @@
   single-client latency against one raw sentence.
 * ``--mixed SECONDS``: issue 15's mixed load instead: 200 clients for SECONDS (70 %
   MiniLM, 25 % Magika, 5 % SmolLM2 chat with ``max_tokens`` 16); each model's p50/p99
-  beside its idle latency (one client, measured first).
+  beside its idle latency (one client, measured first). A closed loop: a client that
+  draws chat waits for it, so most clients end up waiting on chat.
+* ``--mixed SECONDS --rate R``: the same mix as an open loop: Poisson arrivals at R per
+  second in all, each its own request (at most ``--max-outstanding`` at once), its
+  latency measured from its scheduled time. ``--rate 0`` measures MiniLM + Magika's
+  capacity first in the same run (64 closed-loop clients, chat idle) and offers them
+  ``--saturation`` (1.5) times it. Per model: offered, completed, failed by status,
+  p50/p99 beside idle p50/p99, and chat's p99 over its idle p99 (target 5x).
+  ``--chat-rate C``: chat as its own stream at C per second (0: half its capacity
+  alone), MiniLM and Magika still at their share of R.
 
 Prints one JSON line. Run: ``python bench/concurrency.py [--clients 1 4 16 64]
-[--requests-per-client 2] [--mixed SECONDS]``.
+[--requests-per-client 2] [--mixed SECONDS [--rate R]]``.
 """
 
 from __future__ import annotations
@@ -211,7 +220,7 @@ Call = Callable[[aiohttp.ClientSession, str, int], Awaitable[int]]
 
 async def closed_loop(
     s: aiohttp.ClientSession, base: str, call: Call, clients: int, per_client: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``clients`` each send ``per_client`` requests one after another. A refused
     request (the gateway's 504 when its deadline cannot be met, a 429/503) is counted
     in ``failed`` by status, not in the rates: the round goes on."""
@@ -382,16 +391,329 @@ async def mixed(seconds: float) -> dict[str, Any]:
     }
 
 
+# -- issue 15's mixed load at a fixed arrival rate (open loop) -------------------------
+
+MIX = [("minilm", 0.70), ("magika", 0.25), ("smollm2", 0.05)]
+
+
+def arrivals(
+    rate: float, seconds: float, mix: list[tuple[str, float]], seed: int = 15
+) -> list[tuple[float, str]]:
+    """A Poisson arrival schedule: (offset in seconds, model) at ``rate`` per second in
+    all for ``seconds``, each arrival's model drawn by ``mix``'s weights."""
+    rng = random.Random(seed)
+    names = [m for m, _ in mix]
+    weights = [w for _, w in mix]
+    out: list[tuple[float, str]] = []
+    t = rng.expovariate(rate)
+    while t < seconds:
+        out.append((t, rng.choices(names, weights)[0]))
+        t += rng.expovariate(rate)
+    return out
+
+
+def mixed_calls() -> dict[str, Call]:
+    return {
+        "minilm": embed,
+        "magika": classify,
+        "smollm2": lambda s, b, i: chat(s, b, i, max_tokens=16),
+    }
+
+
+def failure_key(exc: BaseException) -> str:
+    status = re.search(r"answered (\d+)", str(exc))
+    return status[1] if status else type(exc).__name__
+
+
+async def measure_idle(
+    s: aiohttp.ClientSession, base: str, calls: dict[str, Call]
+) -> dict[str, list[float]]:
+    """Each model alone, one request at a time, after its cold start."""
+    idle: dict[str, list[float]] = {}
+    for name, call in calls.items():
+        await call(s, base, 0)  # cold start
+        idle[name] = []
+        for i in range(10 if name == "smollm2" else 40):
+            start = time.perf_counter()
+            await call(s, base, i)
+            idle[name].append(time.perf_counter() - start)
+    return idle
+
+
+async def other_capacity(
+    s: aiohttp.ClientSession, base: str, calls: dict[str, Call], seconds: float
+) -> float:
+    """MiniLM + Magika completed requests/s at their 70:25 mix, 64 closed-loop
+    clients for ``seconds`` (chat idle): what the open loop's rate must exceed to
+    saturate them."""
+    rng = random.Random(25)
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done
+        i = 0
+        while time.perf_counter() < end:
+            name = rng.choices(["minilm", "magika"], [0.70, 0.25])[0]
+            try:
+                await calls[name](s, base, 50000 + k * 1000 + i)
+            except (TimeoutError, SystemExit, aiohttp.ClientError):
+                pass
+            else:
+                done += 1
+            i += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(64)))
+    return done / (time.perf_counter() - start)
+
+
+async def chat_capacity(
+    s: aiohttp.ClientSession, base: str, calls: dict[str, Call], seconds: float
+) -> float:
+    """SmolLM2 chats (16 tokens) completed per second alone: 8 closed-loop clients (its
+    sequences per replica) for ``seconds``, the others idle."""
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done
+        i = 0
+        while time.perf_counter() < end:
+            try:
+                await calls["smollm2"](s, base, 70000 + k * 1000 + i)
+            except (TimeoutError, SystemExit, aiohttp.ClientError):
+                pass
+            else:
+                done += 1
+            i += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(8)))
+    return done / (time.perf_counter() - start)
+
+
+async def sample_admin(
+    s: aiohttp.ClientSession, base: str, stop: asyncio.Event
+) -> dict[str, dict[str, float]]:
+    """Once a second until ``stop``: per model, the share of samples with a replica
+    ready, its mean ready replicas and mean queue depth."""
+    seen: dict[str, list[tuple[int, int]]] = {}
+    while not stop.is_set():
+        try:
+            async with s.get(f"{base}/admin/models") as r:
+                for m in (await r.json())["models"]:
+                    seen.setdefault(m["model"], []).append(
+                        (m["replicas"]["ready"], m["queue_depth"])
+                    )
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+    return {
+        name: {
+            "samples": len(v),
+            "share_with_ready_replica": sum(1 for r, _ in v if r) / len(v),
+            "mean_ready": statistics.fmean(r for r, _ in v),
+            "mean_queue_depth": statistics.fmean(q for _, q in v),
+        }
+        for name, v in seen.items()
+        if v
+    }
+
+
+async def open_loop(
+    s: aiohttp.ClientSession,
+    base: str,
+    calls: dict[str, Call],
+    schedule: list[tuple[float, str]],
+    max_outstanding: int,
+) -> dict[str, Any]:
+    """Sends each scheduled arrival as its own request at its time, whatever is still
+    outstanding, up to ``max_outstanding`` (an arrival past it is counted as
+    ``client_bound`` and not sent). A latency is measured from the arrival's scheduled
+    time, not from when it was sent, so a late client does not hide queueing."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    failed: dict[str, dict[str, int]] = {name: {} for name in calls}
+    outstanding: set[asyncio.Task[None]] = set()
+    late: list[float] = []
+    sample: dict[str, str] = {}  # "model status" -> the first such answer, cut short
+
+    async def one(name: str, at: float, i: int) -> None:
+        try:
+            await calls[name](s, base, i)
+        except (TimeoutError, SystemExit, aiohttp.ClientError) as exc:
+            key = failure_key(exc)
+            failed[name][key] = failed[name].get(key, 0) + 1
+            sample.setdefault(f"{name} {key}", str(exc)[:200])
+        else:
+            latencies[name].append(time.perf_counter() - at)
+
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_admin(s, base, stop))
+    start = time.perf_counter()
+    for i, (offset, name) in enumerate(schedule):
+        at = start + offset
+        wait = at - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        else:
+            late.append(-wait)
+        if len(outstanding) >= max_outstanding:
+            failed[name]["client_bound"] = failed[name].get("client_bound", 0) + 1
+            continue
+        task = asyncio.create_task(one(name, at, 100000 + i))
+        outstanding.add(task)
+        task.add_done_callback(outstanding.discard)
+    sent_s = time.perf_counter() - start
+    if outstanding:
+        await asyncio.gather(*list(outstanding))
+    stop.set()
+    return {
+        "latencies": latencies,
+        "failed": failed,
+        "failure_samples": sample,
+        "admin_samples": await sampler,
+        "send_seconds": sent_s,
+        "drain_seconds": time.perf_counter() - start - sent_s,
+        "sender_late_p99_s": pct(late, 0.99) if late else 0.0,
+    }
+
+
+def mixed_schedule(rate: float, seconds: float, chat_rate: float | None) -> list[tuple[float, str]]:
+    """``MIX`` at ``rate`` per second; with ``chat_rate``, MiniLM and Magika keep their
+    share of ``rate`` (70:25) and chat arrives as its own Poisson stream at
+    ``chat_rate``."""
+    if chat_rate is None:
+        return arrivals(rate, seconds, MIX)
+    others = [(m, w) for m, w in MIX if m != "smollm2"]
+    share = sum(w for _, w in others)
+    merged = arrivals(rate * share, seconds, others) + arrivals(
+        chat_rate, seconds, [("smollm2", 1.0)], seed=16
+    )
+    return sorted(merged)
+
+
+async def mixed_open(
+    seconds: float,
+    rate: float,
+    saturation: float,
+    capacity_seconds: float,
+    max_outstanding: int,
+    chat_rate: float | None = None,
+) -> dict[str, Any]:
+    """Issue 15's mixed load as an open loop: Poisson arrivals at ``rate`` per second in
+    all (70 % MiniLM, 25 % Magika, 5 % SmolLM2 chat of 16 tokens). ``rate`` 0: measure
+    MiniLM + Magika's capacity first (same run) and offer ``saturation`` times it to
+    them, i.e. rate = saturation x capacity / 0.95. Chat's capacity alone is measured
+    too (``capacity_seconds``), to set beside its 5 % of the rate. ``chat_rate``: chat
+    at that rate instead of 5 % of ``rate`` (0: half its capacity alone), to ask
+    whether chat keeps its share when it is not overloaded itself."""
+    calls = mixed_calls()
+    with tempfile.TemporaryDirectory() as home:
+        served = Served(home)
+        connector = aiohttp.TCPConnector(limit=max_outstanding + 64)
+        timeout = aiohttp.ClientTimeout(total=600)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+                await served.wait_ready(s)
+                idle = await measure_idle(s, served.url, calls)
+                capacity = None
+                chat_cap = await chat_capacity(s, served.url, calls, capacity_seconds)
+                if rate <= 0:
+                    capacity = await other_capacity(s, served.url, calls, capacity_seconds)
+                    rate = saturation * capacity / 0.95
+                await asyncio.sleep(5)  # let the capacity rounds' queues empty
+                if chat_rate is not None and chat_rate <= 0:
+                    chat_rate = chat_cap / 2
+                schedule = mixed_schedule(rate, seconds, chat_rate)
+                got = await open_loop(s, served.url, calls, schedule, max_outstanding)
+                async with s.get(f"{served.url}/admin/models") as r:
+                    admin = {m["model"]: m for m in (await r.json())["models"]}
+        finally:
+            served.stop()
+    offered = {name: sum(1 for _, m in schedule if m == name) for name in calls}
+    models: dict[str, Any] = {}
+    for name in calls:
+        lat = got["latencies"][name]
+        idle_p99 = pct(idle[name], 0.99)
+        models[name] = {
+            "offered": offered[name],
+            "offered_per_s": offered[name] / seconds,
+            "completed": len(lat),
+            "completed_per_s": len(lat) / (got["send_seconds"] + got["drain_seconds"]),
+            "failed_by_status": got["failed"][name],
+            "p50_s": statistics.median(lat) if lat else None,
+            "p99_s": pct(lat, 0.99) if lat else None,
+            "idle_p50_s": statistics.median(idle[name]),
+            "idle_p99_s": idle_p99,
+            "p99_over_idle_p99": pct(lat, 0.99) / idle_p99 if lat else None,
+            "cold_starts": admin[name]["cold_starts"],
+            "cores": admin[name]["autoscaler"]["cores"],
+            "during": got["admin_samples"].get(name),
+        }
+    chat = models["smollm2"]
+    chat["alone_capacity_per_s"] = chat_cap
+    return {
+        "mode": "open_loop",
+        "seconds": seconds,
+        "rate_per_s": rate,
+        "chat_rate_per_s": chat_rate,
+        "minilm_magika_capacity_per_s": capacity,
+        "saturation": saturation if capacity is not None else None,
+        "max_outstanding": max_outstanding,
+        "send_seconds": got["send_seconds"],
+        "drain_seconds": got["drain_seconds"],
+        "sender_late_p99_s": got["sender_late_p99_s"],
+        "models": models,
+        "failure_samples": got["failure_samples"],
+        "target_chat_p99_over_idle_p99": 5.0,
+        "pass_chat": chat["p99_over_idle_p99"] is not None
+        and chat["p99_over_idle_p99"] <= 5.0
+        and chat["completed"] == chat["offered"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16, 64])
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--raw-requests", type=int, default=12)
     parser.add_argument("--mixed", type=float, default=0.0, help="seconds of mixed load")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="with --mixed: open loop, Poisson arrivals at RATE/s in all; 0 = measure "
+        "MiniLM+Magika's capacity first and offer --saturation times it",
+    )
+    parser.add_argument("--saturation", type=float, default=1.5)
+    parser.add_argument("--capacity-seconds", type=float, default=15.0)
+    parser.add_argument("--max-outstanding", type=int, default=2000)
+    parser.add_argument(
+        "--chat-rate",
+        type=float,
+        default=None,
+        help="with --rate: chat as its own Poisson stream at CHAT_RATE/s instead of 5 %% "
+        "of RATE (0 = half its capacity alone, measured in the same run)",
+    )
     args = parser.parse_args()
     threads = host_cores()
     result: dict[str, Any] = {"bench": "concurrency", "threads": threads}
-    if args.mixed:
+    if args.mixed and args.rate is not None:
+        result["mixed"] = asyncio.run(
+            mixed_open(
+                args.mixed,
+                args.rate,
+                args.saturation,
+                args.capacity_seconds,
+                args.max_outstanding,
+                args.chat_rate,
+            )
+        )
+    elif args.mixed:
         result["mixed"] = asyncio.run(mixed(args.mixed))
     else:
         result.update(asyncio.run(gateway_rounds(args, RawChat(threads), RawEmbed(threads))))
