@@ -22,6 +22,7 @@ core, and into calls of at most ``options.max_tokens`` padded tokens.
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,7 +55,7 @@ from runtime.backends.wasm.package import FILES_MOUNT, MANIFEST_NAME
 from runtime.backends.wasm.request_pool import RequestPool
 from runtime.backends.wasm.reset import page_scan, resettable
 from runtime.backends.wasm.snapshot import SnapshotModule, snapshot_cache
-from runtime.errors import ConfigError, ModelNotReady
+from runtime.errors import ConfigError, DeadlineExceeded, ModelNotReady
 from runtime.spec.artifacts import resolve_artifact
 from runtime.spec.model import Task
 from runtime.spec.types import Embeddings, Tensor, TensorSpec
@@ -282,8 +283,28 @@ class ComputeGuest(GuestAbi):
             # executor would wait for another thread's wake-up, which costs most under
             # load. The pool still bounds how many calls run at once (its instances).
             return [pool.run(*jobs[0])]
-        futures = [executor.submit(pool.run, *job) for job in jobs]
-        return [f.result() for f in futures]
+        # One part failed (a trap, its deadline): the request's answer is that error,
+        # so its parts not started yet never run and hold no instance (the failing
+        # part says so before its thread takes the next one).
+        failed = threading.Event()
+
+        def part(job: tuple[np.ndarray, int, int]) -> np.ndarray:
+            if failed.is_set():
+                raise DeadlineExceeded("another part of this request failed")
+            try:
+                return pool.run(*job)
+            except BaseException:
+                failed.set()
+                raise
+
+        futures = [executor.submit(part, job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            failed.set()
+            for f in futures:
+                f.cancel()
+            raise
 
     # -- embeddings --------------------------------------------------------------------
 
