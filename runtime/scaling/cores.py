@@ -31,6 +31,9 @@ free cores is drained again when another waits at zero. (A ledger of past drains
 here once went stale that way: a model came back on free cores, the budget still counted
 its old drain as cores coming back, and magika waited at zero for 60 s in CI.)
 
+Replicas in the WASM host and external endpoints take no cores here: a guest call
+runs on one thread that waits for no other, and the host bounds its threads.
+
 A model in crash-loop back-off takes no cores and has no other model drained for it:
 its next start may fail too, and it would hold the cores while it sleeps out the delay.
 """
