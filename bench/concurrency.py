@@ -440,6 +440,38 @@ async def measure_idle(
     return idle
 
 
+async def completed_per_s(
+    s: aiohttp.ClientSession,
+    base: str,
+    calls: dict[str, Call],
+    seconds: float,
+    *,
+    clients: int,
+    pick: Callable[[], str],
+    seed: int,
+) -> float:
+    """Requests completed per second by ``clients`` closed-loop clients for ``seconds``,
+    each request to the model ``pick()`` names (seeds from ``seed`` up)."""
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal done
+        i = 0
+        while time.perf_counter() < end:
+            try:
+                await calls[pick()](s, base, seed + k * 1000 + i)
+            except (TimeoutError, SystemExit, aiohttp.ClientError):
+                pass
+            else:
+                done += 1
+            i += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return done / (time.perf_counter() - start)
+
+
 async def other_capacity(
     s: aiohttp.ClientSession, base: str, calls: dict[str, Call], seconds: float
 ) -> float:
@@ -447,25 +479,11 @@ async def other_capacity(
     clients for ``seconds`` (chat idle): what the open loop's rate must exceed to
     saturate them."""
     rng = random.Random(25)
-    done = 0
-    end = time.perf_counter() + seconds
 
-    async def client(k: int) -> None:
-        nonlocal done
-        i = 0
-        while time.perf_counter() < end:
-            name = rng.choices(["minilm", "magika"], [0.70, 0.25])[0]
-            try:
-                await calls[name](s, base, 50000 + k * 1000 + i)
-            except (TimeoutError, SystemExit, aiohttp.ClientError):
-                pass
-            else:
-                done += 1
-            i += 1
+    def pick() -> str:
+        return rng.choices(["minilm", "magika"], [0.70, 0.25])[0]
 
-    start = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(64)))
-    return done / (time.perf_counter() - start)
+    return await completed_per_s(s, base, calls, seconds, clients=64, pick=pick, seed=50000)
 
 
 async def chat_capacity(
@@ -473,24 +491,9 @@ async def chat_capacity(
 ) -> float:
     """SmolLM2 chats (16 tokens) completed per second alone: 8 closed-loop clients (its
     sequences per replica) for ``seconds``, the others idle."""
-    done = 0
-    end = time.perf_counter() + seconds
-
-    async def client(k: int) -> None:
-        nonlocal done
-        i = 0
-        while time.perf_counter() < end:
-            try:
-                await calls["smollm2"](s, base, 70000 + k * 1000 + i)
-            except (TimeoutError, SystemExit, aiohttp.ClientError):
-                pass
-            else:
-                done += 1
-            i += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(8)))
-    return done / (time.perf_counter() - start)
+    return await completed_per_s(
+        s, base, calls, seconds, clients=8, pick=lambda: "smollm2", seed=70000
+    )
 
 
 async def sample_admin(
