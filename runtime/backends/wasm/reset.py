@@ -143,6 +143,29 @@ class PageScan:
 
     def written(self, start: int, length: int) -> list[tuple[int, int]]:
         """The page ranges in [start, start+length) that hold private (written) pages."""
+        return self._scan(
+            start,
+            length,
+            # Written and present, and NOT the zero page nor a file's page.
+            category_inverted=PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            category_mask=PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        )
+
+    def tracked_writes(self, start: int, length: int) -> list[tuple[int, int]]:
+        """The ranges in [start, start+length) written since they were write-protected
+        (memory registered with a :class:`WriteTracker`): one bit test per entry."""
+        return self._scan(
+            start,
+            length,
+            flags=PM_SCAN_CHECK_WPASYNC,
+            category_mask=PAGE_IS_WRITTEN,
+            return_mask=PAGE_IS_WRITTEN,
+        )
+
+    def _scan(self, start: int, length: int, **categories: int) -> list[tuple[int, int]]:
+        """``PAGEMAP_SCAN`` over [start, start+length) with ``categories`` (the
+        ``pm_scan_arg`` fields that choose pages), as many calls as its result vector
+        needs; the ranges it reports."""
         out: list[tuple[int, int]] = []
         regions = (_Region * _REGIONS)()
         end = start + length
@@ -153,9 +176,7 @@ class PageScan:
                 end=end,
                 vec=ctypes.addressof(regions),
                 vec_len=_REGIONS,
-                # Written and present, and NOT the zero page nor a file's page.
-                category_inverted=PAGE_IS_FILE | PAGE_IS_PFNZERO,
-                category_mask=PAGE_IS_WRITTEN | PAGE_IS_PRESENT | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+                **categories,
             )
             n = self.libc.ioctl(self.fd, ctypes.c_ulong(_PAGEMAP_SCAN), ctypes.byref(arg))
             if n < 0:
@@ -163,33 +184,6 @@ class PageScan:
                 raise OSError(err, f"PAGEMAP_SCAN failed: {os.strerror(err)}")
             out.extend((regions[i].start, regions[i].end) for i in range(n))
             if arg.walk_end <= start:  # no progress: never loop forever
-                raise OSError("PAGEMAP_SCAN made no progress")
-            start = arg.walk_end
-        return out
-
-    def tracked_writes(self, start: int, length: int) -> list[tuple[int, int]]:
-        """The ranges in [start, start+length) written since they were write-protected
-        (memory registered with a :class:`WriteTracker`): one bit test per entry."""
-        out: list[tuple[int, int]] = []
-        regions = (_Region * _REGIONS)()
-        end = start + length
-        while start < end:
-            arg = _ScanArg(
-                size=ctypes.sizeof(_ScanArg),
-                flags=PM_SCAN_CHECK_WPASYNC,
-                start=start,
-                end=end,
-                vec=ctypes.addressof(regions),
-                vec_len=_REGIONS,
-                category_mask=PAGE_IS_WRITTEN,
-                return_mask=PAGE_IS_WRITTEN,
-            )
-            n = self.libc.ioctl(self.fd, ctypes.c_ulong(_PAGEMAP_SCAN), ctypes.byref(arg))
-            if n < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"PAGEMAP_SCAN failed: {os.strerror(err)}")
-            out.extend((regions[i].start, regions[i].end) for i in range(n))
-            if arg.walk_end <= start:
                 raise OSError("PAGEMAP_SCAN made no progress")
             start = arg.walk_end
         return out
