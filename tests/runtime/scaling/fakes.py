@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import ModelNotReady
 from runtime.scaling.replica import ColdStart, Replica
 from runtime.spec.model import ModelSpec
 from runtime.spec.placement import Tier
+
+if TYPE_CHECKING:
+    from runtime.scaling.pool import ModelPool
 
 
 class FakeClock:
@@ -144,6 +147,21 @@ async def settle(rounds: int = 50) -> None:
     not time."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+async def idle_until_zero(pool: ModelPool, clock: FakeClock, idle_for: float) -> None:
+    """From now, a second at a time: ``pool`` keeps its one ready replica while idle
+    for less than ``idle_for`` seconds, and is at zero once it has been idle that long."""
+    last = clock.now
+    for t in range(1, int(idle_for)):
+        clock.now = last + t
+        pool.autoscale(clock.now)
+        await settle()
+        assert pool.status().ready == 1, f"scaled to zero {t} s after the last request"
+    clock.now = last + idle_for
+    pool.autoscale(clock.now)
+    await settle()
+    assert pool.status().ready == 0
 
 
 @dataclass

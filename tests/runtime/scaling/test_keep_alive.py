@@ -13,7 +13,7 @@ from runtime.scaling.pool import ModelPool
 from runtime.spec.model import ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier
 from runtime.spec.scaling import ScalingRule
-from tests.runtime.scaling.fakes import FakeClock, FakeLauncher, settle
+from tests.runtime.scaling.fakes import FakeClock, FakeLauncher, idle_until_zero, settle
 
 FAR = 1e9
 
@@ -77,16 +77,7 @@ def test_the_pool_goes_to_zero_after_the_tiers_keep_alive(
         launcher.ready(0)
         await settle()
         pool.release(call.result())
-        last = clock.now
-        for t in range(1, idle_for):
-            clock.now = last + t
-            pool.autoscale(clock.now)
-            await settle()
-            assert pool.status().ready == 1, f"scaled to zero {t} s after the last request"
-        clock.now = last + idle_for
-        pool.autoscale(clock.now)
-        await settle()
-        assert pool.status().ready == 0
+        await idle_until_zero(pool, clock, idle_for)
         await pool.close()
 
     asyncio.run(scenario())

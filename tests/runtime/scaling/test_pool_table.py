@@ -16,7 +16,13 @@ from runtime.scaling.replica import Replica, ReplicaState
 from runtime.scaling.supervisor import Supervisor
 from runtime.spec.model import ModelConfig, ModelSpec, RuntimeName
 from runtime.spec.placement import Device, Placement, Tier, TierRole
-from tests.runtime.scaling.fakes import FakeClock, FakeLauncher, FakeProcess, settle
+from tests.runtime.scaling.fakes import (
+    FakeClock,
+    FakeLauncher,
+    FakeProcess,
+    idle_until_zero,
+    settle,
+)
 
 CPU = Tier(RuntimeName.ONNX, Device.CPU)
 WASM = Tier(RuntimeName.WASM, Device.CPU)
@@ -229,16 +235,7 @@ def test_scale_to_zero_after_the_window_and_grace(
         await settle()
         replica = calls[0].result()
         pool.release(replica)
-        last = clock.now
-        for t in range(1, int(idle_for)):
-            clock.now = last + t
-            pool.autoscale(clock.now)
-            await settle()
-            assert pool.status().ready == 1, f"scaled to zero {t} s after the last request"
-        clock.now = last + idle_for
-        pool.autoscale(clock.now)
-        await settle()
-        assert pool.status().ready == 0
+        await idle_until_zero(pool, clock, idle_for)
         assert replica.process.terminated  # type: ignore[attr-defined]
         assert "scaled to zero" in pool.status().reason
         await pool.close()
