@@ -21,7 +21,6 @@ from runtime.api.render import error_body
 from runtime.errors import Shed
 from runtime.scaling.pool import ModelPool
 from runtime.scaling.queue import Ticket, shed_message
-from runtime.scaling.replica import ReplicaState
 from runtime.scaling.source import ReplicaPool
 from runtime.spec.traffic import Priority
 
@@ -31,20 +30,9 @@ _Head = list[tuple[bytes, bytes]]
 
 
 def saturated(pool: ReplicaPool, ticket: Ticket) -> bool:
-    """Whether ``pool`` would refuse a sheddable ``ticket`` at once: it has a ready
-    replica, and the free slots on ready replicas are no more than the ticket leaves
-    free (none, without headroom). False for a pool it cannot see into."""
-    if not isinstance(pool, ModelPool):
-        return False
-    capacity = pool.spec.scaling.container_concurrency
-    if not capacity:  # unlimited: never saturated
-        return False
-    ready = free = 0
-    for r in pool.replicas:
-        if r.state is ReplicaState.READY and r.alive:
-            ready += 1
-            free += max(0, capacity - r.in_flight)
-    return ready > 0 and free <= ticket.leave_free
+    """Whether ``pool`` would refuse a sheddable ``ticket`` at once
+    (:meth:`ModelPool.saturated`); False for a pool it cannot see into."""
+    return isinstance(pool, ModelPool) and pool.saturated(ticket)
 
 
 def check(pool: ReplicaPool, ticket: Ticket) -> None:

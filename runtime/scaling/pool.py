@@ -182,9 +182,17 @@ class ModelPool:
             self._observe()
         return replica
 
+    def _ready(self) -> list[Replica]:
+        return [r for r in self.replicas if r.state is ReplicaState.READY and r.alive]
+
     def _free_slots(self) -> int:
-        ready = [r for r in self.replicas if r.state is ReplicaState.READY and r.alive]
-        return sum(max(0, self.capacity - r.in_flight) for r in ready)
+        return sum(max(0, self.capacity - r.in_flight) for r in self._ready())
+
+    def saturated(self, ticket: Ticket) -> bool:
+        """Whether no ready replica has a slot ``ticket`` may take (more free than it
+        leaves free) while one is ready: then ``acquire`` refuses a sheddable ticket
+        at once (a cold start is no saturation)."""
+        return bool(self._ready()) and self._free_slots() <= ticket.leave_free
 
     async def acquire(self, deadline: float, *, ticket: Ticket = STANDARD) -> Replica:
         """A ready replica with a slot taken for the caller; ``release`` gives it back.
@@ -194,10 +202,9 @@ class ModelPool:
         if replica is not None:
             return replica
         self._refuse_in_backoff(deadline)
-        ready = sum(1 for r in self.replicas if r.state is ReplicaState.READY and r.alive)
         self.queue.admit(
             ticket,
-            slots=ready * self.capacity,
+            slots=len(self._ready()) * self.capacity,
             service=self.service.seconds,
             left=deadline - self._clock(),
         )
