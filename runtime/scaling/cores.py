@@ -143,6 +143,8 @@ class CoreBudget:
         ``options.threads`` set where the budget narrowed it."""
         spec = pool.spec
         width = self.width(pool)
+        if not width:  # outside the budget (an endpoint, the WASM host): its own spec
+            return spec
         if spec.options.threads is not None or width >= replica_threads(spec, self.cores):
             return spec
         return spec.model_copy(

@@ -450,3 +450,36 @@ def test_workers_do_not_outlive_a_killed_gateway(tmp_path: Any) -> None:
     while alive(pid):
         assert time.monotonic() < deadline, f"worker {pid} outlived its gateway"
         time.sleep(0.1)
+
+
+def test_the_bundled_wasm_form_scales_from_zero_through_the_gateway(
+    gateway_factory: Factory,
+) -> None:
+    """The bundled MiniLM's WASM form (our engine, in the WASM host) and its native form,
+    both at zero, neither with ``options.threads``: the in-host replica starts from zero
+    and answers what the native one answers (before: the core budget launched it with
+    ``options.threads: 0`` and the host refused it, a 503 on every request)."""
+    wasm = {
+        **MINILM,
+        "name": "minilm-wasm",
+        "artifacts": {"wasm": "py://runtime.backends.wasm.bundled_packages:minilm_engine"},
+        "runtimes": ["wasm"],
+        "options": {"max_input_tokens": 256},
+    }
+    native = {**MINILM, "options": {"max_input_tokens": 256}}
+    gw = gateway_factory([with_scaling(native), with_scaling(wasm)])
+    answers = {}
+    for name in ("minilm-wasm", "minilm"):
+        r = httpx.post(
+            f"{gw.url}/v1/embeddings",
+            json={"model": name, "input": "the edge host"},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        answers[name] = r.json()["data"][0]["embedding"]
+    assert gw.admin()["minilm-wasm"]["cold_starts"] == 1
+    assert len(answers["minilm-wasm"]) == 384
+    assert (
+        max(abs(a - b) for a, b in zip(answers["minilm-wasm"], answers["minilm"], strict=True))
+        < 1e-3
+    )

@@ -254,3 +254,31 @@ def test_a_wasm_model_at_zero_starts_while_native_replicas_hold_every_core() -> 
         await sup.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_wasm_model_without_threads_is_launched_with_its_own_spec_not_zero_threads() -> None:
+    """A replica in the WASM host takes no width from the core budget; its launch spec
+    must stay the config's (before: ``options.threads`` was set to that width, 0, and
+    the host refused the spec with a 400, so every in-host engine model failed to
+    start from zero through ``serve``)."""
+    from tests.runtime.scaling.fakes import FakeClock, settle
+
+    zero = {"scaling": {"initial-scale": 0, "container-concurrency": 1}}
+    native = _spec("native", ["onnx"], **zero)
+    edge = _spec("edge", ["wasm"], **zero)
+    config = ModelConfig(models=[native, edge])
+
+    async def scenario() -> None:
+        clock, launcher = FakeClock(), FakeLauncher()
+        sup = Supervisor(config, launcher=launcher, clock=clock, tick=3600, cores=2)
+        await sup.start()
+        call = asyncio.ensure_future(sup.pool("edge").acquire(1e9))
+        await settle()
+        assert [s.name for s in launcher.specs] == ["edge"]
+        assert launcher.specs[0].options.threads is None
+        launcher.ready(0)
+        await settle()
+        sup.pool("edge").release(call.result())
+        await sup.stop()
+
+    asyncio.run(scenario())
